@@ -1,0 +1,201 @@
+//! The command line: `klines [--config PATH] <command>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand};
+
+use crate::domain::Minute;
+use crate::telemetry::LogFormat;
+
+/// klines: 1-minute OHLCV candles from crypto exchanges, captured in real
+/// time into PostgreSQL, exact to the last decimal.
+#[derive(Debug, Parser)]
+#[command(name = "klines", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Config file (TOML). Every key can be overridden by a KLINES_* env var
+    /// (nested keys joined by `__`, e.g. KLINES_EXCHANGES__BINANCE__WS_URL)
+    /// and the database URL by DATABASE_URL.
+    #[arg(long, global = true, env = "KLINES_CONFIG", default_value = "config/klines.toml")]
+    pub config: PathBuf,
+
+    /// Log format: json for production and log shippers, pretty for a terminal.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: WebSocket workers for every configured exchange and
+    /// pair, the bronze sink (COPY, with a disk spool while PostgreSQL is
+    /// away) and hourly partition upkeep. Stops gracefully on SIGTERM/SIGINT.
+    Ingest,
+    /// Create or upgrade the database schema (schemas ref, bronze, silver,
+    /// gold, ops). Safe to run any number of times.
+    Migrate,
+    /// Run the bundled exchange simulator: Binance's WebSocket and REST
+    /// protocol on localhost, replaying real candle files, with faults.
+    Simulate(SimulateArgs),
+}
+
+/// `klines simulate` options.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to listen on. Binance is served under /binance: point
+    /// ws_url at ws://ADDR/binance and rest_url at http://ADDR/binance.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: SocketAddr,
+
+    /// Replay data: a Binance Vision 1m kline CSV, as PATH (the symbol is
+    /// read from the file name, e.g. BTCUSDT-1m-2023-01-21.csv) or
+    /// SYMBOL=PATH. Repeat for more symbols or more days.
+    #[arg(long = "data", required = true, value_name = "[SYMBOL=]PATH")]
+    pub data: Vec<String>,
+
+    /// Replay speed: `realtime`, or simulated minutes per wall second
+    /// (e.g. 60 replays an hour per second).
+    #[arg(long, default_value = "realtime", value_parser = parse_speed)]
+    pub speed: f64,
+
+    /// Shift the data so it starts at this time (RFC 3339, a date, or `now`).
+    #[arg(long, value_parser = parse_start)]
+    pub start: Option<Minute>,
+
+    /// Repeat the data forever, time moving on.
+    #[arg(long = "loop")]
+    pub looped: bool,
+
+    /// Start the replay clock at once (default: at the first subscription).
+    #[arg(long)]
+    pub start_immediately: bool,
+
+    /// In-progress updates per minute before each final.
+    #[arg(long, default_value_t = 3)]
+    pub updates_per_minute: u32,
+
+    /// Delay of each final after its minute ends, in simulated time.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub final_delay: Duration,
+
+    /// Time between WebSocket pings to each client (wall time).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Fault: drop this fraction of in-progress updates.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub drop_updates: f64,
+
+    /// Fault: drop this fraction of final frames.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub drop_finals: f64,
+
+    /// Fault: send this fraction of frames twice.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub duplicate: f64,
+
+    /// Fault: cut every connection abruptly after this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub disconnect_every: Option<Duration>,
+
+    /// Fault: close every connection after this long (Binance: 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+
+    /// Announce the age-limit close with a serverShutdown event.
+    #[arg(long)]
+    pub shutdown_notice: bool,
+
+    /// Fault: answer every Nth REST request with 429 and Retry-After.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rest_429_every: Option<u64>,
+
+    /// Seed of the fault dice (same seed, same faults).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    if s.eq_ignore_ascii_case("realtime") {
+        return Ok(1.0);
+    }
+    let minutes_per_second: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is neither `realtime` nor a number of minutes per second"))?;
+    if !(minutes_per_second.is_finite() && minutes_per_second > 0.0) {
+        return Err("speed must be a positive number of minutes per second".into());
+    }
+    // Simulated ms per wall ms.
+    Ok(minutes_per_second * 60.0)
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("`{s}` is not a fraction between 0 and 1"))
+    }
+}
+
+/// Parses a CLI time: RFC 3339 or a plain date (its 00:00 UTC).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.to_utc());
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| format!("`{s}` is not an RFC 3339 time (2026-11-21T13:00:00Z) or a date (2026-11-21)"))
+}
+
+fn parse_start(s: &str) -> Result<Minute, String> {
+    if s.eq_ignore_ascii_case("now") {
+        return Ok(Minute::containing(Utc::now()));
+    }
+    let t = parse_time(s)?;
+    Ok(Minute::containing(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn times_and_speeds_parse() {
+        assert_eq!(parse_time("2026-11-21").unwrap().to_rfc3339(), "2026-11-21T00:00:00+00:00");
+        assert_eq!(
+            parse_time("2026-11-21T13:05:00+01:00").unwrap().to_rfc3339(),
+            "2026-11-21T12:05:00+00:00"
+        );
+        assert!(parse_time("21/11/2026").unwrap_err().contains("21/11/2026"));
+        assert_eq!(parse_speed("realtime").unwrap(), 1.0);
+        assert_eq!(parse_speed("60").unwrap(), 3600.0);
+        assert!(parse_speed("-1").is_err());
+        assert!(parse_speed("fast").is_err());
+        assert!(parse_fraction("1.5").is_err());
+    }
+
+    #[test]
+    fn bad_arguments_are_rejected_with_the_argument_named() {
+        let err = Cli::try_parse_from(["klines", "simulate", "--data", "x.csv", "--drop-updates", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--drop-updates"), "{err}");
+        let err = Cli::try_parse_from(["klines", "simulate"]).unwrap_err().to_string();
+        assert!(err.contains("--data"), "{err}");
+        let err = Cli::try_parse_from(["klines", "frobnicate"]).unwrap_err().to_string();
+        assert!(err.contains("frobnicate"), "{err}");
+    }
+}

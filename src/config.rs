@@ -1,0 +1,474 @@
+//! The one `Config` of the service: read from a TOML file, overridden by
+//! `KLINES_*` environment variables (nested keys joined with `__`, e.g.
+//! `KLINES_EXCHANGES__BINANCE__WS_URL`) and `DATABASE_URL`, then checked by a
+//! pure [`Config::validate`].
+//!
+//! Every struct denies unknown keys, so a typo stops start-up instead of
+//! being silently ignored, and every error names the key it is about. Values
+//! of secrets (the database URL) are never echoed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use thiserror::Error;
+use url::Url;
+
+use crate::domain::{ExchangeId, Pair};
+use crate::exchange;
+
+/// Environment variables that are read elsewhere, never as config keys.
+const ENV_NOT_CONFIG: &[&str] = &["KLINES_CONFIG", "KLINES_API_KEY", "KLINES_LOG"];
+const ENV_PREFIX: &str = "KLINES_";
+
+/// A config that cannot be used, with the key it is about.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config: cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The offending key, for `Invalid` errors.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The whole configuration. See `config/klines.toml` for every key with its
+/// meaning and default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub bronze: BronzeConfig,
+    #[serde(default)]
+    pub partitions: PartitionConfig,
+    /// One table per exchange: `[exchanges.binance]`.
+    #[serde(default)]
+    pub exchanges: BTreeMap<ExchangeId, ExchangeConfig>,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user[:password]@host[:port]/db`; `DATABASE_URL` overrides.
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:5432/klines".into(),
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[ingest]`: the WebSocket workers and the service around them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Where events wait on disk while PostgreSQL is unreachable.
+    pub spool_dir: PathBuf,
+    /// First reconnect delay; doubles per failed attempt up to
+    /// `reconnect_backoff_max`, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_max: Duration,
+    /// A connection that stayed up this long resets the backoff.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_stable_after: Duration,
+    /// No data frame for this long on an open socket means a dead feed:
+    /// reconnect.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Replace each connection after this long, before the exchange's own
+    /// forced disconnect (Binance: 24 h). The new connection is opened first.
+    #[serde(with = "humantime_serde")]
+    pub rotate_after: Duration,
+    /// How long the old connection is kept while its replacement comes up.
+    #[serde(with = "humantime_serde")]
+    pub handover_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long draining may take before what is left is
+    /// written to the spool.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Capacity of the channel from the workers to the bronze sink.
+    pub channel_capacity: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            spool_dir: PathBuf::from("data/spool"),
+            reconnect_backoff_initial: Duration::from_secs(1),
+            reconnect_backoff_max: Duration::from_secs(60),
+            reconnect_stable_after: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            connect_timeout: Duration::from_secs(10),
+            rotate_after: Duration::from_secs(23 * 3600 + 50 * 60),
+            handover_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
+            channel_capacity: 10_000,
+        }
+    }
+}
+
+/// `[bronze]`: the batching COPY sink into `bronze.ohlcv_native`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BronzeConfig {
+    /// Flush when this many rows are waiting…
+    pub batch_rows: usize,
+    /// …or when the oldest waiting row is this old.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// While PostgreSQL is down, rows past this many go to the disk spool.
+    pub memory_buffer_rows: usize,
+    /// Longest wait between write attempts while PostgreSQL is down.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for BronzeConfig {
+    fn default() -> Self {
+        BronzeConfig {
+            batch_rows: 1000,
+            flush_interval: Duration::from_secs(1),
+            memory_buffer_rows: 100_000,
+            retry_backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[partitions]`: hourly partition upkeep.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartitionConfig {
+    /// Partitions are created this far ahead of now.
+    #[serde(with = "humantime_serde")]
+    pub ahead: Duration,
+    /// How often the upkeep runs.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        PartitionConfig {
+            ahead: Duration::from_secs(48 * 3600),
+            every: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[exchanges.<id>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeConfig {
+    /// Set false to keep the section but not connect.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// WebSocket base URL (`wss://stream.binance.com:9443`).
+    pub ws_url: Url,
+    /// REST base URL (`https://api.binance.com`).
+    pub rest_url: Url,
+    /// Native symbols; a list, or a comma-separated string from the env.
+    #[serde(deserialize_with = "string_or_list")]
+    pub pairs: Vec<String>,
+    /// Pairs per WebSocket connection; defaults to the exchange's maximum.
+    #[serde(default)]
+    pub max_pairs_per_connection: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+impl Config {
+    /// Reads `path`, applies the process environment, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_with_env(&text, path, std::env::vars())
+    }
+
+    /// Parses TOML `text` (named `origin` in errors), applies `env`
+    /// overrides, validates. Pure: tests pass their own environment.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut root: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        apply_env(&mut root, env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.inner().to_string();
+                ConfigError::invalid(key_of(&path, &message), message)
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks everything serde cannot: non-empty pair lists, URL schemes,
+    /// positive durations and sizes, implemented exchanges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let db = &self.database.url;
+        if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            // Never echo the value: it may hold a password.
+            return Err(ConfigError::invalid(
+                "database.url",
+                "must be a postgres:// or postgresql:// URL (value not shown)",
+            ));
+        }
+        positive("database.max_connections", self.database.max_connections as usize)?;
+        nonzero("database.connect_timeout", self.database.connect_timeout)?;
+
+        let ing = &self.ingest;
+        nonzero("ingest.reconnect_backoff_initial", ing.reconnect_backoff_initial)?;
+        nonzero("ingest.reconnect_backoff_max", ing.reconnect_backoff_max)?;
+        if ing.reconnect_backoff_initial > ing.reconnect_backoff_max {
+            return Err(ConfigError::invalid(
+                "ingest.reconnect_backoff_initial",
+                "must not be longer than ingest.reconnect_backoff_max",
+            ));
+        }
+        nonzero("ingest.idle_timeout", ing.idle_timeout)?;
+        nonzero("ingest.connect_timeout", ing.connect_timeout)?;
+        nonzero("ingest.rotate_after", ing.rotate_after)?;
+        nonzero("ingest.handover_timeout", ing.handover_timeout)?;
+        positive("ingest.channel_capacity", ing.channel_capacity)?;
+        if ing.spool_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("ingest.spool_dir", "must not be empty"));
+        }
+
+        positive("bronze.batch_rows", self.bronze.batch_rows)?;
+        nonzero("bronze.flush_interval", self.bronze.flush_interval)?;
+        positive("bronze.memory_buffer_rows", self.bronze.memory_buffer_rows)?;
+        nonzero("bronze.retry_backoff_max", self.bronze.retry_backoff_max)?;
+        nonzero("partitions.every", self.partitions.every)?;
+
+        if self.exchanges.values().all(|e| !e.enabled) {
+            return Err(ConfigError::invalid(
+                "exchanges",
+                "no exchange is configured and enabled; add e.g. [exchanges.binance] with ws_url, rest_url and pairs",
+            ));
+        }
+        for (id, ex) in &self.exchanges {
+            let key = |k: &str| format!("exchanges.{id}.{k}");
+            if !matches!(ex.ws_url.scheme(), "ws" | "wss") {
+                return Err(ConfigError::invalid(
+                    key("ws_url"),
+                    format!("must be a ws:// or wss:// URL, got scheme `{}`", ex.ws_url.scheme()),
+                ));
+            }
+            if !matches!(ex.rest_url.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    key("rest_url"),
+                    format!(
+                        "must be an http:// or https:// URL, got scheme `{}`",
+                        ex.rest_url.scheme()
+                    ),
+                ));
+            }
+            if ex.pairs.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("pairs"),
+                    "is empty; list at least one pair, e.g. pairs = [\"BTCUSDT\"]",
+                ));
+            }
+            if !ex.enabled {
+                continue;
+            }
+            let exchange = exchange::build(*id, ex)
+                .map_err(|e| ConfigError::invalid(format!("exchanges.{id}"), e.to_string()))?;
+            let mut seen = std::collections::BTreeSet::new();
+            for symbol in &ex.pairs {
+                let native = exchange
+                    .normalize_symbol(symbol)
+                    .map_err(|e| ConfigError::invalid(key("pairs"), e.to_string()))?;
+                if !seen.insert(native.clone()) {
+                    return Err(ConfigError::invalid(
+                        key("pairs"),
+                        format!("`{native}` is listed twice"),
+                    ));
+                }
+            }
+            if let Some(n) = ex.max_pairs_per_connection {
+                let max = exchange.limits().max_pairs_per_connection;
+                if n == 0 || n > max {
+                    return Err(ConfigError::invalid(
+                        key("max_pairs_per_connection"),
+                        format!("must be between 1 and {max} for {id}, got {n}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The enabled exchanges with their normalised pairs.
+    pub fn enabled_pairs(&self) -> Vec<(ExchangeId, Vec<Pair>)> {
+        self.exchanges
+            .iter()
+            .filter(|(_, ex)| ex.enabled)
+            .filter_map(|(id, ex)| {
+                let exchange = exchange::build(*id, ex).ok()?;
+                let pairs = ex
+                    .pairs
+                    .iter()
+                    .filter_map(|s| exchange.normalize_symbol(s).ok())
+                    .map(|s| Pair::new(*id, s))
+                    .collect();
+                Some((*id, pairs))
+            })
+            .collect()
+    }
+}
+
+/// Turns serde's `(path, message)` into the most precise key: an unknown
+/// field is named as `path.field`.
+fn key_of(path: &str, message: &str) -> String {
+    let path = if path == "." { "" } else { path };
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(field) = rest.split('`').next() {
+            return if path.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{path}.{field}")
+            };
+        }
+    }
+    if path.is_empty() {
+        "(top level)".to_owned()
+    } else {
+        path.to_owned()
+    }
+}
+
+/// Applies `KLINES_A__B__C=value` as `a.b.c = value` and `DATABASE_URL` as
+/// `database.url`. A value that parses as a TOML value (number, bool,
+/// array) is taken as one; anything else is a string.
+fn apply_env(
+    root: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut overrides: Vec<(Vec<String>, String)> = Vec::new();
+    for (name, value) in env {
+        if name == "DATABASE_URL" {
+            overrides.push((vec!["database".into(), "url".into()], value));
+        } else if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+            if ENV_NOT_CONFIG.contains(&name.as_str()) || rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError::invalid(
+                    name,
+                    "environment override has an empty key segment",
+                ));
+            }
+            overrides.push((path, value));
+        }
+    }
+    overrides.sort();
+    for (path, raw) in overrides {
+        let key = path.join(".");
+        let value = env_value(&raw);
+        let (last, parents) = path.split_last().expect("non-empty path");
+        let mut table = &mut *root;
+        for segment in parents {
+            let entry = table
+                .entry(segment.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry.as_table_mut().ok_or_else(|| {
+                ConfigError::invalid(
+                    key.clone(),
+                    format!("environment override: `{segment}` is not a table"),
+                )
+            })?;
+        }
+        table.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !matches!(v, toml::Value::Datetime(_)))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn nonzero(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::invalid(key, "must be longer than 0s"))
+    } else {
+        Ok(())
+    }
+}
+
+fn positive(key: &str, n: usize) -> Result<(), ConfigError> {
+    if n == 0 {
+        Err(ConfigError::invalid(key, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}

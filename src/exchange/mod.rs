@@ -1,0 +1,258 @@
+//! The exchange abstraction: one small type per exchange that knows its URLs,
+//! its subscribe messages, its limits and how to parse its messages, and does
+//! **no I/O**. Generic code (`ingest::worker`, the backfiller) owns the
+//! sockets and HTTP clients and asks the exchange what to send and how to
+//! read what came back. That keeps every parser a pure function, testable on
+//! recorded frames, and lets every URL point at a simulator.
+
+pub mod binance;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+use url::Url;
+
+use crate::config::ExchangeConfig;
+use crate::domain::{Candle, CandleEvent, ExchangeId, Minute, Pair};
+
+/// What an exchange allows one client to do, so generic code can stay inside
+/// the limits instead of discovering them by being disconnected or banned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most pairs (streams) one WebSocket connection may carry.
+    pub max_pairs_per_connection: usize,
+    /// Most control messages (subscribe requests, pongs, pings) the client may
+    /// send per second on one connection.
+    pub control_messages_per_second: u32,
+    /// Most new connections per `connect_window` from one IP.
+    pub max_connects_per_window: u32,
+    pub connect_window: Duration,
+    /// The exchange closes every connection after this long; klines opens
+    /// the replacement before that happens.
+    pub max_connection_lifetime: Option<Duration>,
+    /// An application-level ping to send every so often, where the exchange
+    /// wants one (Binance does not: it pings us).
+    pub app_ping: Option<(Duration, String)>,
+}
+
+/// A REST request the exchange wants made: a GET of `url` that costs
+/// `weight` units of the exchange's request budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestRequest {
+    pub url: Url,
+    pub weight: u32,
+}
+
+/// An instrument (tradable pair) as the exchange lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instrument {
+    pub exchange: ExchangeId,
+    pub symbol: String,
+    /// Canonical base asset (`BTC`, also for Kraken's `XBT`).
+    pub base: String,
+    pub quote: String,
+    /// The exchange's own status word (`TRADING`, `online`, …).
+    pub status: String,
+    /// True when the exchange reports the pair as trading now.
+    pub trading: bool,
+}
+
+/// What one WebSocket frame turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A data frame: zero or more candle observations.
+    Candles(Vec<CandleEvent>),
+    /// Anything else the exchange sends that the worker must act on or may
+    /// ignore. Control frames do not count as data for dead-feed detection.
+    Control(Control),
+}
+
+/// Non-data frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// A subscribe (or other request) was acknowledged.
+    Ack,
+    /// The server announced it will close this connection soon; open a new
+    /// one now.
+    ServerShutdown,
+    /// An application-level pong or heartbeat.
+    Heartbeat,
+    /// The exchange answered a request with an error.
+    ExchangeError(String),
+}
+
+/// Per-connection decode state, for exchanges whose frames only make sense
+/// in sequence (trade-built candles, snapshot-then-update feeds). Binance
+/// frames are self-contained and leave it untouched.
+#[derive(Debug, Default)]
+pub struct DecodeState {}
+
+/// Why a frame or response could not be decoded. The worker counts it, keeps
+/// the raw frame for the lake's `kind=reject`, and carries on.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error("unexpected message shape: {0}")]
+    Shape(String),
+    #[error("field `{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("unsupported message: {0}")]
+    Unsupported(String),
+}
+
+impl DecodeError {
+    /// A short, fixed label for metrics (`klines_decode_errors_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Json(_) => "json",
+            DecodeError::Shape(_) => "shape",
+            DecodeError::Field { .. } => "field",
+            DecodeError::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+/// Errors building an exchange from config.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ExchangeError {
+    #[error("exchange `{0}` is not implemented in this build yet")]
+    NotImplemented(ExchangeId),
+    #[error("symbol `{symbol}`: {reason}")]
+    BadSymbol { symbol: String, reason: String },
+}
+
+/// One exchange's protocol knowledge. Implementations are plain data plus
+/// pure functions; see the module docs.
+pub trait Exchange: Send + Sync + 'static {
+    fn id(&self) -> ExchangeId;
+
+    fn limits(&self) -> ConnectionLimits;
+
+    /// Checks a configured symbol and returns it in the exchange's native
+    /// spelling (`btcusdt` → `BTCUSDT` on Binance).
+    fn normalize_symbol(&self, symbol: &str) -> Result<String, ExchangeError>;
+
+    /// The URL to open for a connection that will carry `pairs`.
+    fn connect_url(&self, pairs: &[Pair]) -> Url;
+
+    /// Text messages to send after connecting, in order, for `pairs`
+    /// (empty when the URL already subscribes). The worker paces them within
+    /// [`ConnectionLimits::control_messages_per_second`].
+    fn subscribe_messages(&self, pairs: &[Pair]) -> Vec<String>;
+
+    /// Decodes one text frame received at `received`.
+    fn decode(
+        &self,
+        frame: &str,
+        received: DateTime<Utc>,
+        state: &mut DecodeState,
+    ) -> Result<Decoded, DecodeError>;
+
+    /// Most candles one REST klines call returns.
+    fn rest_page_limit(&self) -> usize;
+
+    /// The REST request for the 1-minute candles of `symbol` whose start lies
+    /// in `range` (at most [`Exchange::rest_page_limit`] minutes).
+    fn rest_klines_request(&self, symbol: &str, range: Range<Minute>) -> RestRequest;
+
+    /// Parses a REST klines response. Candles not yet closed at the server
+    /// time `now` are left out: REST has no closed flag.
+    fn parse_rest_klines(
+        &self,
+        symbol: &str,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Candle>, DecodeError>;
+
+    /// The REST request that lists the exchange's instruments.
+    fn instruments_request(&self) -> RestRequest;
+
+    fn parse_instruments(&self, body: &[u8]) -> Result<Vec<Instrument>, DecodeError>;
+}
+
+/// Builds the exchange named `id` from its config section.
+pub fn build(id: ExchangeId, config: &ExchangeConfig) -> Result<Arc<dyn Exchange>, ExchangeError> {
+    match id {
+        ExchangeId::Binance => Ok(Arc::new(binance::Binance::new(
+            config.ws_url.clone(),
+            config.rest_url.clone(),
+        ))),
+        other => Err(ExchangeError::NotImplemented(other)),
+    }
+}
+
+/// Appends `segment` to the path of `base`, keeping whatever path the base
+/// already has (so `ws://127.0.0.1:9100/binance` + `stream` →
+/// `ws://127.0.0.1:9100/binance/stream`).
+pub(crate) fn join_path(base: &Url, segment: &str) -> Url {
+    let mut url = base.clone();
+    let path = format!(
+        "{}/{}",
+        base.path().trim_end_matches('/'),
+        segment.trim_start_matches('/')
+    );
+    url.set_path(&path);
+    url.set_query(None);
+    url
+}
+
+/// Parses an exact decimal from its textual form, naming the field on error.
+pub(crate) fn parse_decimal(
+    field: &'static str,
+    text: &str,
+) -> Result<rust_decimal::Decimal, DecodeError> {
+    text.parse::<rust_decimal::Decimal>()
+        .map_err(|e| DecodeError::Field {
+            field,
+            reason: format!("`{text}` is not a decimal number ({e})"),
+        })
+}
+
+/// Like [`parse_decimal`], and rejects negative values (no price or volume is
+/// ever negative).
+pub(crate) fn parse_non_negative(
+    field: &'static str,
+    text: &str,
+) -> Result<rust_decimal::Decimal, DecodeError> {
+    let value = parse_decimal(field, text)?;
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err(DecodeError::Field {
+            field,
+            reason: format!("`{text}` is negative"),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_path_keeps_the_base_path() {
+        let base = Url::parse("ws://127.0.0.1:9100/binance").unwrap();
+        assert_eq!(
+            join_path(&base, "stream").as_str(),
+            "ws://127.0.0.1:9100/binance/stream"
+        );
+        let base = Url::parse("wss://stream.binance.com:9443").unwrap();
+        assert_eq!(
+            join_path(&base, "/stream").as_str(),
+            "wss://stream.binance.com:9443/stream"
+        );
+    }
+
+    #[test]
+    fn decimals_are_exact_and_errors_name_the_field() {
+        let d = parse_decimal("k.o", "22666.00000000").unwrap();
+        assert_eq!(d.to_string(), "22666.00000000");
+        let err = parse_decimal("k.o", "12,5").unwrap_err();
+        assert!(err.to_string().contains("k.o"), "{err}");
+        assert!(parse_non_negative("k.v", "-1.5").is_err());
+        assert!(parse_non_negative("k.v", "0").is_ok());
+    }
+}

@@ -1,0 +1,174 @@
+//! The ingest service (`klines ingest`): starts the bronze sink, the
+//! partition upkeep and one WebSocket slot per group of pairs, and shuts
+//! them down in order when the root token is cancelled: workers stop and
+//! hand over their open minutes, the channel closes, the sink drains and
+//! flushes, all within the configured grace period.
+
+pub mod backoff;
+pub mod finality;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::db::{self, partitions::Partitions};
+use crate::exchange;
+use crate::sink::bronze::{BronzeReport, BronzeSink};
+use crate::sink::spool::{Spool, SpoolError};
+use crate::telemetry::Metrics;
+use backoff::ConnectLimiter;
+use worker::Slot;
+
+/// Why the service could not start.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("config: {0}")]
+    Exchange(#[from] exchange::ExchangeError),
+}
+
+/// What the service did, reported at exit.
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    pub bronze: BronzeReport,
+}
+
+/// Runs the service until `shutdown` is cancelled, then stops gracefully.
+pub async fn run(
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<IngestReport, IngestError> {
+    let pool = db::connect_lazy(&config.database)?;
+    match db::migrate(&pool).await {
+        Ok(()) => info!("Database schema is up to date"),
+        Err(e) => warn!(error = %e, "Could not apply migrations at start-up; bronze rows wait in the spool until PostgreSQL is usable"),
+    }
+    let partitions = Arc::new(Partitions::new());
+    let spool = Spool::open(config.ingest.spool_dir.join("bronze"))?;
+
+    let tasks = TaskTracker::new();
+    let upkeep_stop = CancellationToken::new();
+    tasks.spawn(partition_upkeep(
+        pool.clone(),
+        Arc::clone(&partitions),
+        config.partitions.clone(),
+        Arc::clone(&metrics),
+        upkeep_stop.clone(),
+    ));
+
+    let (bronze_tx, bronze_rx) = mpsc::channel(config.ingest.channel_capacity);
+    let sink = BronzeSink::new(
+        pool.clone(),
+        Arc::clone(&partitions),
+        config.bronze.clone(),
+        spool,
+        Arc::clone(&metrics),
+    );
+    let grace = config.ingest.shutdown_grace;
+    let sink_task = tokio::spawn(sink.run(bronze_rx, grace));
+
+    let workers = TaskTracker::new();
+    let worker_stop = shutdown.child_token();
+    for (id, pairs) in config.enabled_pairs() {
+        let ex_config = &config.exchanges[&id];
+        let exchange = exchange::build(id, ex_config)?;
+        let limits = exchange.limits();
+        let per_conn = ex_config
+            .max_pairs_per_connection
+            .unwrap_or(limits.max_pairs_per_connection)
+            .max(1);
+        let limiter = Arc::new(ConnectLimiter::new(
+            limits.max_connects_per_window,
+            limits.connect_window,
+        ));
+        for (index, chunk) in pairs.chunks(per_conn).enumerate() {
+            let slot = Arc::new(Slot::new(
+                Arc::clone(&exchange),
+                chunk.to_vec(),
+                config.ingest.clone(),
+                bronze_tx.clone(),
+                Arc::clone(&metrics),
+                Arc::clone(&limiter),
+                index,
+            ));
+            workers.spawn(slot.run(worker_stop.clone()));
+        }
+        info!(exchange = %id, pairs = pairs.len(), connections = pairs.len().div_ceil(per_conn), "Exchange started");
+    }
+    // The sink's channel closes when the last worker drops its sender.
+    drop(bronze_tx);
+    workers.close();
+
+    shutdown.cancelled().await;
+    info!(grace_s = grace.as_secs_f64(), "Shutting down: stopping workers, draining sinks");
+    if tokio::time::timeout(grace, workers.wait()).await.is_err() {
+        error!("Workers did not stop within the grace period");
+    }
+    upkeep_stop.cancel();
+    tasks.close();
+    let bronze = match tokio::time::timeout(grace + Duration::from_secs(5), sink_task).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            error!(error = %e, "Bronze sink task failed");
+            BronzeReport::default()
+        }
+        Err(_) => {
+            error!("Bronze sink did not stop in time");
+            BronzeReport::default()
+        }
+    };
+    tasks.wait().await;
+    pool.close().await;
+    Ok(IngestReport { bronze })
+}
+
+/// Creates the hourly partitions from an hour ago to `ahead` from now, at
+/// start and then every `every`.
+async fn partition_upkeep(
+    pool: sqlx::PgPool,
+    partitions: Arc<Partitions>,
+    config: crate::config::PartitionConfig,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = chrono::Utc::now();
+        let ahead = chrono::Duration::from_std(config.ahead).unwrap_or_default();
+        match partitions
+            .ensure_range(&pool, now - chrono::Duration::hours(1), now + ahead)
+            .await
+        {
+            Ok(created) => {
+                metrics.partitions_created.inc_by(created);
+                if created > 0 {
+                    info!(created, "Created hourly partitions ahead");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "Partition upkeep failed; retrying in a minute");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+                tick.reset_immediately();
+            }
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! WebSocket workers. A *slot* is a set of pairs of one exchange that share a
+//! connection; it keeps exactly one healthy connection open for its whole
+//! life:
+//!
+//! - connects (within the exchange's connection-attempt limit), subscribes
+//!   (paced under the exchange's message-rate limit), reads frames, decodes
+//!   them and hands the observations to [`Finality`], whose output goes to
+//!   the bronze sink;
+//! - answers pings (tungstenite replies to protocol pings as it reads) and
+//!   sends the exchange's application ping where it wants one;
+//! - treats an open socket that delivers no data frame for `idle_timeout` as
+//!   a dead feed and reconnects;
+//! - reconnects after any loss with capped exponential backoff plus jitter,
+//!   resetting the backoff only after a connection stayed up for
+//!   `reconnect_stable_after`;
+//! - replaces its connection before the exchange's forced disconnect (Binance
+//!   closes connections after 24 h) or when the server announces a shutdown:
+//!   the new connection is opened and receiving before the old one is closed,
+//!   so there is no gap, and the shared [`Finality`] writes each final once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::backoff::{Backoff, ConnectLimiter};
+use super::finality::Finality;
+use crate::config::IngestConfig;
+use crate::domain::{CandleEvent, Pair};
+use crate::exchange::{Control, DecodeState, Decoded, Exchange};
+use crate::telemetry::metrics::{CandleLabels, ChannelLabels, ExchangeLabels, ReasonLabels};
+use crate::telemetry::Metrics;
+
+/// A rotation is scheduled at least this long before the exchange's own
+/// connection lifetime runs out.
+const ROTATION_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// How long a closing connection may take to say goodbye.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest excerpt of an undecodable frame put in a log line.
+const LOG_FRAME_CHARS: usize = 200;
+
+/// What a connection tells its slot while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// The socket is open and subscribed.
+    Connected,
+    /// The first data frame arrived.
+    Live,
+    /// The server announced it will close this connection.
+    ShutdownNotice,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ConnEnd {
+    Cancelled,
+    ConnectFailed(String),
+    Closed(String),
+    Error(String),
+    DeadFeed,
+}
+
+impl ConnEnd {
+    fn reason(&self) -> &'static str {
+        match self {
+            ConnEnd::Cancelled => "cancelled",
+            ConnEnd::ConnectFailed(_) => "connect_failed",
+            ConnEnd::Closed(_) => "closed",
+            ConnEnd::Error(_) => "error",
+            ConnEnd::DeadFeed => "dead_feed",
+        }
+    }
+}
+
+/// Everything the connections of one slot share.
+pub struct Slot {
+    pub exchange: Arc<dyn Exchange>,
+    pub pairs: Vec<Pair>,
+    pub config: IngestConfig,
+    pub bronze: mpsc::Sender<CandleEvent>,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<ConnectLimiter>,
+    /// Index of the slot within its exchange, for logs.
+    pub index: usize,
+    finality: Mutex<Finality>,
+    next_conn: AtomicU64,
+}
+
+/// A running connection as the slot sees it.
+struct Conn {
+    id: u64,
+    task: JoinHandle<ConnEnd>,
+    token: CancellationToken,
+    signals: mpsc::Receiver<Signal>,
+    connected_at: Option<Instant>,
+    rotate_at: Instant,
+}
+
+impl Slot {
+    pub fn new(
+        exchange: Arc<dyn Exchange>,
+        pairs: Vec<Pair>,
+        config: IngestConfig,
+        bronze: mpsc::Sender<CandleEvent>,
+        metrics: Arc<Metrics>,
+        limiter: Arc<ConnectLimiter>,
+        index: usize,
+    ) -> Self {
+        Slot {
+            exchange,
+            pairs,
+            config,
+            bronze,
+            metrics,
+            limiter,
+            index,
+            finality: Mutex::new(Finality::new()),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    fn label(&self) -> ExchangeLabels {
+        ExchangeLabels {
+            exchange: self.exchange.id().as_str(),
+        }
+    }
+
+    fn count_reconnect(&self, reason: &'static str) {
+        self.metrics
+            .reconnects
+            .get_or_create(&ReasonLabels {
+                exchange: self.exchange.id().as_str(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// How long a connection is used before it is replaced.
+    fn rotate_after(&self) -> Duration {
+        let configured = self.config.rotate_after;
+        match self.exchange.limits().max_connection_lifetime {
+            Some(life) if life > ROTATION_MARGIN * 2 => configured.min(life - ROTATION_MARGIN),
+            _ => configured,
+        }
+    }
+
+    fn spawn_conn(self: &Arc<Self>, parent: &CancellationToken) -> Conn {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let token = parent.child_token();
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(Arc::clone(self).run_connection(id, token.clone(), tx));
+        Conn {
+            id,
+            task,
+            token,
+            signals: rx,
+            connected_at: None,
+            rotate_at: Instant::now() + self.rotate_after(),
+        }
+    }
+
+    /// Runs the slot until `cancel`; then closes the connection and hands the
+    /// open minutes to bronze as not final.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let exchange = self.exchange.id();
+        let mut backoff = Backoff::new(
+            self.config.reconnect_backoff_initial,
+            self.config.reconnect_backoff_max,
+        );
+        let mut conn = self.spawn_conn(&cancel);
+        loop {
+            let end = loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        conn.token.cancel();
+                        let _ = (&mut conn.task).await;
+                        break None;
+                    }
+                    end = &mut conn.task => {
+                        break Some(end.unwrap_or_else(|e| ConnEnd::Error(format!("connection task failed: {e}"))));
+                    }
+                    Some(signal) = conn.signals.recv() => match signal {
+                        Signal::Connected => conn.connected_at = Some(Instant::now()),
+                        Signal::Live => {}
+                        Signal::ShutdownNotice => {
+                            info!(%exchange, slot = self.index, conn = conn.id, "Server announced shutdown; replacing the connection");
+                            conn = self.handover(conn, "server_shutdown", &cancel).await;
+                        }
+                    },
+                    _ = sleep_until(conn.rotate_at) => {
+                        info!(%exchange, slot = self.index, conn = conn.id, "Connection reached its rotation age; replacing it");
+                        conn = self.handover(conn, "rotation", &cancel).await;
+                    }
+                }
+            };
+            self.flush_open_minutes().await;
+            let Some(end) = end else {
+                info!(%exchange, slot = self.index, "Worker stopped");
+                return;
+            };
+            if conn
+                .connected_at
+                .is_some_and(|t| t.elapsed() >= self.config.reconnect_stable_after)
+            {
+                backoff.reset();
+            }
+            self.count_reconnect(end.reason());
+            let delay = backoff.next_delay();
+            warn!(
+                %exchange,
+                slot = self.index,
+                conn = conn.id,
+                reason = end.reason(),
+                detail = ?end,
+                attempt = backoff.attempt(),
+                delay_ms = delay.as_millis() as u64,
+                "Connection lost; reconnecting"
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = sleep(delay) => {}
+            }
+            conn = self.spawn_conn(&cancel);
+        }
+    }
+
+    /// Opens a replacement for `old` and switches to it once it delivers data
+    /// (or, on a quiet feed, once it has been connected for the handover
+    /// timeout). If the replacement fails, `old` is kept and the rotation is
+    /// tried again later.
+    async fn handover(
+        self: &Arc<Self>,
+        mut old: Conn,
+        reason: &'static str,
+        cancel: &CancellationToken,
+    ) -> Conn {
+        let exchange = self.exchange.id();
+        let mut next = self.spawn_conn(cancel);
+        let deadline = Instant::now() + self.config.handover_timeout;
+        let switch = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break false,
+                signal = next.signals.recv() => match signal {
+                    Some(Signal::Live) => break true,
+                    Some(Signal::Connected) => next.connected_at = Some(Instant::now()),
+                    Some(Signal::ShutdownNotice) => {}
+                    None => break false,
+                },
+                _ = sleep_until(deadline) => break next.connected_at.is_some(),
+            }
+        };
+        if switch {
+            self.count_reconnect(reason);
+            info!(%exchange, slot = self.index, old = old.id, new = next.id, reason, "Switched to the new connection");
+            old.token.cancel();
+            // The old connection closes in the background; its frames until
+            // then are de-duplicated by the shared finality state.
+            tokio::spawn(old.task);
+            next
+        } else {
+            warn!(%exchange, slot = self.index, conn = next.id, reason, "Replacement connection did not come up; keeping the old one");
+            next.token.cancel();
+            let _ = next.task.await;
+            old.rotate_at = Instant::now() + self.config.handover_timeout;
+            old
+        }
+    }
+
+    async fn flush_open_minutes(&self) {
+        let open = self
+            .finality
+            .lock()
+            .expect("finality state poisoned")
+            .disconnect();
+        for event in open {
+            self.send_bronze(event).await;
+        }
+    }
+
+    async fn send_bronze(&self, event: CandleEvent) {
+        match self.bronze.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                self.metrics
+                    .channel_full
+                    .get_or_create(&ChannelLabels { channel: "bronze" })
+                    .inc();
+                if self.bronze.send(event).await.is_err() {
+                    warn!(exchange = %self.exchange.id(), "Bronze sink is gone; event not written");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                warn!(exchange = %self.exchange.id(), "Bronze sink is gone; event not written");
+            }
+        }
+    }
+
+    /// One connection, from connect to close.
+    async fn run_connection(
+        self: Arc<Self>,
+        id: u64,
+        token: CancellationToken,
+        signals: mpsc::Sender<Signal>,
+    ) -> ConnEnd {
+        let exchange = self.exchange.id();
+        tokio::select! {
+            _ = token.cancelled() => return ConnEnd::Cancelled,
+            _ = self.limiter.acquire() => {}
+        }
+        let url = self.exchange.connect_url(&self.pairs);
+        let connect = tokio::time::timeout(
+            self.config.connect_timeout,
+            tokio_tungstenite::connect_async(url.as_str()),
+        );
+        let mut ws = tokio::select! {
+            _ = token.cancelled() => return ConnEnd::Cancelled,
+            result = connect => match result {
+                Ok(Ok((ws, _response))) => ws,
+                Ok(Err(e)) => return ConnEnd::ConnectFailed(e.to_string()),
+                Err(_) => return ConnEnd::ConnectFailed(format!("no answer within {:?}", self.config.connect_timeout)),
+            },
+        };
+        let gauge = self.metrics.connections.get_or_create(&self.label()).clone();
+        gauge.inc();
+        let _gauge_guard = GaugeGuard(gauge);
+
+        // Subscribe, paced under the exchange's control-message rate (one
+        // message of headroom for pongs).
+        let limits = self.exchange.limits();
+        let pace = Duration::from_secs(1) / limits.control_messages_per_second.saturating_sub(1).max(1);
+        for (i, msg) in self.exchange.subscribe_messages(&self.pairs).into_iter().enumerate() {
+            if i > 0 {
+                sleep(pace).await;
+            }
+            if let Err(e) = ws.send(Message::text(msg)).await {
+                return ConnEnd::Error(format!("subscribe failed: {e}"));
+            }
+        }
+        info!(%exchange, slot = self.index, conn = id, pairs = self.pairs.len(), "Connected");
+        let _ = signals.try_send(Signal::Connected);
+
+        let mut decode_state = DecodeState::default();
+        let mut last_data = Instant::now();
+        let mut live = false;
+        let (ping_every, ping_msg) = match limits.app_ping {
+            Some((every, msg)) => (every, Some(msg)),
+            None => (Duration::from_secs(3600), None),
+        };
+        let mut ping_timer = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let labels = self.label();
+
+        loop {
+            let frame = tokio::select! {
+                _ = token.cancelled() => {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                    return ConnEnd::Cancelled;
+                }
+                _ = sleep_until(last_data + self.config.idle_timeout) => {
+                    warn!(%exchange, slot = self.index, conn = id, idle_s = self.config.idle_timeout.as_secs_f64(), "No data on an open connection: dead feed");
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                    return ConnEnd::DeadFeed;
+                }
+                _ = ping_timer.tick(), if ping_msg.is_some() => {
+                    if let Some(msg) = &ping_msg {
+                        if let Err(e) = ws.send(Message::text(msg.clone())).await {
+                            return ConnEnd::Error(format!("ping failed: {e}"));
+                        }
+                    }
+                    continue;
+                }
+                msg = ws.next() => msg,
+            };
+            let text = match frame {
+                None => return ConnEnd::Closed("stream ended".into()),
+                Some(Err(e)) => return ConnEnd::Error(e.to_string()),
+                Some(Ok(Message::Close(frame))) => {
+                    return ConnEnd::Closed(frame.map_or_else(|| "no reason".into(), |f| format!("{} {}", f.code, f.reason)));
+                }
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
+                    Ok(text) => text.into(),
+                    Err(_) => {
+                        self.count_decode_error("binary");
+                        continue;
+                    }
+                },
+                // Protocol pings are answered by tungstenite itself.
+                Some(Ok(_)) => continue,
+            };
+            self.metrics.ws_messages.get_or_create(&labels).inc();
+            let received = Utc::now();
+            match self.exchange.decode(text.as_str(), received, &mut decode_state) {
+                Ok(Decoded::Candles(events)) => {
+                    last_data = Instant::now();
+                    if !live {
+                        live = true;
+                        let _ = signals.try_send(Signal::Live);
+                    }
+                    self.take_events(events).await;
+                }
+                Ok(Decoded::Control(Control::ServerShutdown)) => {
+                    let _ = signals.try_send(Signal::ShutdownNotice);
+                }
+                Ok(Decoded::Control(Control::ExchangeError(msg))) => {
+                    warn!(%exchange, slot = self.index, conn = id, error = %msg, "Exchange reported an error");
+                }
+                Ok(Decoded::Control(control)) => {
+                    debug!(%exchange, conn = id, ?control, "Control frame");
+                }
+                Err(e) => {
+                    self.count_decode_error(e.kind());
+                    let excerpt: String = text.as_str().chars().take(LOG_FRAME_CHARS).collect();
+                    warn!(%exchange, conn = id, error = %e, frame = %excerpt, "Skipped a frame that does not decode");
+                }
+            }
+        }
+    }
+
+    fn count_decode_error(&self, kind: &'static str) {
+        self.metrics
+            .decode_errors
+            .get_or_create(&ReasonLabels {
+                exchange: self.exchange.id().as_str(),
+                reason: kind,
+            })
+            .inc();
+    }
+
+    async fn take_events(&self, events: Vec<CandleEvent>) {
+        let exchange = self.exchange.id().as_str();
+        let mut to_bronze = Vec::new();
+        {
+            let mut finality = self.finality.lock().expect("finality state poisoned");
+            for event in events {
+                self.metrics
+                    .candles
+                    .get_or_create(&CandleLabels {
+                        exchange,
+                        source: event.source.as_str(),
+                        is_final: if event.is_final { "true" } else { "false" },
+                    })
+                    .inc();
+                if event.is_final {
+                    let lag = (event.received_ts - event.candle.interval_end())
+                        .to_std()
+                        .unwrap_or_default();
+                    self.metrics
+                        .candle_lag
+                        .get_or_create(&ExchangeLabels { exchange })
+                        .observe(lag.as_secs_f64());
+                }
+                let outcome = finality.observe(event);
+                if outcome.duplicate_final {
+                    self.metrics
+                        .duplicate_finals
+                        .get_or_create(&ExchangeLabels { exchange })
+                        .inc();
+                }
+                to_bronze.extend(outcome.to_bronze);
+            }
+        }
+        for event in to_bronze {
+            self.send_bronze(event).await;
+        }
+    }
+}
+
+/// Decrements the open-connections gauge when the connection ends, however
+/// it ends.
+struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

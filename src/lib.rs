@@ -1,0 +1,26 @@
+//! klines captures 1-minute OHLCV candles from crypto exchanges in real time
+//! and builds a trustworthy warehouse from them: WebSocket workers feed a
+//! PostgreSQL `bronze` table (and, in later slices, a raw S3 lake), a REST
+//! backfiller fills gaps, and an idempotent merge builds `silver` and `gold`.
+//!
+//! Module map (see `docs` in the README for the data flow):
+//! - [`domain`]: candles, minutes, exchanges: the shared vocabulary;
+//! - [`exchange`]: one protocol module per exchange behind a trait that does
+//!   no I/O;
+//! - [`ingest`]: the WebSocket workers, finality and the service supervisor;
+//! - [`sink`]: bronze (batched COPY) and its disk spool;
+//! - [`db`]: pool, migrations, hourly partitions;
+//! - [`simulator`]: the bundled exchange simulator;
+//! - [`config`], [`cli`], [`telemetry`].
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod exchange;
+pub mod ingest;
+pub mod simulator;
+pub mod sink;
+pub mod telemetry;

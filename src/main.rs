@@ -1,0 +1,131 @@
+//! The `klines` binary: sets up telemetry, parses the command line and
+//! dispatches. The only place that uses `anyhow`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use klines::cli::{Cli, Command, SimulateArgs};
+use klines::config::Config;
+use klines::simulator::{self, dataset, Faults, SimConfig};
+use klines::telemetry::{self, Metrics};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    // rustls needs one process-wide crypto provider; ring is the one built in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("klines: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "klines failed");
+            eprintln!("klines: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ingest => {
+            let config = Config::load(&cli.config)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let metrics = Arc::new(Metrics::new());
+            let report = klines::ingest::run(config, metrics, shutdown).await?;
+            info!(
+                bronze_rows_written = report.bronze.rows_written,
+                bronze_rows_left_in_spool = report.bronze.rows_left_in_spool,
+                "Stopped"
+            );
+            Ok(())
+        }
+        Command::Migrate => {
+            let config = Config::load(&cli.config)?;
+            let pool = klines::db::connect(&config.database)
+                .await
+                .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
+            klines::db::migrate(&pool).await.context("migration failed")?;
+            let applied = klines::db::MIGRATOR.iter().count();
+            info!(migrations = applied, "Schema is up to date");
+            println!("klines: schema is up to date ({applied} migrations)");
+            Ok(())
+        }
+        Command::Simulate(args) => simulate(args).await,
+    }
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let data = dataset::load_all(&args.data).context("cannot load replay data")?;
+    let config = SimConfig {
+        listen: args.listen,
+        data,
+        speed: args.speed,
+        start: args.start,
+        looped: args.looped,
+        start_immediately: args.start_immediately,
+        updates_per_minute: args.updates_per_minute,
+        final_delay: args.final_delay,
+        ping_interval: args.ping_interval,
+        faults: Faults {
+            drop_updates: args.drop_updates,
+            drop_finals: args.drop_finals,
+            duplicate: args.duplicate,
+            disconnect_every: args.disconnect_every,
+            max_connection_age: args.max_connection_age,
+            shutdown_notice: args.shutdown_notice,
+            rest_429_every: args.rest_429_every,
+        },
+        seed: args.seed,
+    };
+    let symbols: Vec<String> = config.data.iter().map(|s| s.symbol.clone()).collect();
+    let handle = simulator::start(config)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!("klines simulator listening on {}", handle.addr);
+    println!("  binance ws_url   = \"{}\"", handle.binance_ws_url());
+    println!("  binance rest_url = \"{}\"", handle.binance_rest_url());
+    println!("  symbols: {}", symbols.join(", "));
+    println!("  stats:   http://{}/sim/stats", handle.addr);
+    info!(addr = %handle.addr, symbols = symbols.join(","), "Simulator started");
+    let stop = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+    stop.cancelled().await;
+    handle.stop().await.context("simulator failed")?;
+    Ok(())
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => info!(signal = "SIGTERM", "Shutdown requested"),
+                    _ = int.recv() => info!(signal = "SIGINT", "Shutdown requested"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}

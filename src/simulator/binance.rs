@@ -1,0 +1,597 @@
+//! Binance's protocol, as served by the simulator: combined streams
+//! (`/stream?streams=…`), raw streams (`/ws/<stream>`, `/ws`), live
+//! `SUBSCRIBE`/`UNSUBSCRIBE`/`LIST_SUBSCRIPTIONS`, protocol pings with pong
+//! tracking, the 5 messages/s client limit, `serverShutdown`; REST
+//! `/api/v3/klines`, `/api/v3/exchangeInfo`, `/api/v3/time`, `/api/v3/ping`
+//! with Binance's error bodies and the `X-MBX-USED-WEIGHT-1M` header.
+//! Message shapes follow `docs/exchanges.md` §1 and the recorded frames.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::time::{sleep_until, Instant};
+
+use super::dataset::SimCandle;
+use super::{partial_candle, FaultDice, Schedule, SimState, SimStats, Step};
+use crate::domain::{ms_to_utc, Minute};
+
+/// Binance closes a connection whose client sends more than this many
+/// messages (including pongs) per second.
+const CLIENT_MESSAGES_PER_SECOND: u32 = 5;
+const KLINES_WEIGHT: u64 = 2;
+const EXCHANGE_INFO_WEIGHT: u64 = 20;
+const KLINES_MAX_LIMIT: usize = 1000;
+const KLINES_DEFAULT_LIMIT: usize = 500;
+/// Wait between the `serverShutdown` notice and the close.
+const SHUTDOWN_NOTICE_LEAD: Duration = Duration::from_secs(2);
+
+pub fn routes() -> Router<Arc<SimState>> {
+    Router::new()
+        .route("/stream", get(combined_stream))
+        .route("/ws", get(raw_stream_empty))
+        .route("/ws/{stream}", get(raw_stream))
+        .route("/api/v3/klines", get(klines))
+        .route("/api/v3/exchangeInfo", get(exchange_info))
+        .route("/api/v3/time", get(server_time))
+        .route("/api/v3/ping", get(ping))
+}
+
+/// `btcusdt@kline_1m` → `BTCUSDT`; other stream types are not simulated.
+fn kline_stream_symbol(stream: &str) -> Option<String> {
+    stream
+        .strip_suffix("@kline_1m")
+        .filter(|s| !s.is_empty())
+        .map(str::to_ascii_uppercase)
+}
+
+fn stream_name(symbol: &str) -> String {
+    format!("{}@kline_1m", symbol.to_ascii_lowercase())
+}
+
+/// One kline event, raw or in its combined-stream envelope.
+pub fn kline_frame(
+    symbol: &str,
+    minute: Minute,
+    c: &SimCandle,
+    closed: bool,
+    event_ms: i64,
+    combined: bool,
+) -> String {
+    let t = minute.epoch_ms();
+    let (first_id, last_id) = if c.trades > 0 {
+        let f = minute.index() * 100_000;
+        (f, f + c.trades - 1)
+    } else {
+        (-1, -1)
+    };
+    let data = format!(
+        concat!(
+            r#"{{"e":"kline","E":{e},"s":"{s}","k":{{"t":{t},"T":{tt},"s":"{s}","i":"1m","f":{f},"L":{l},"#,
+            r#""o":"{o}","c":"{c}","h":"{h}","l":"{lo}","v":"{v}","n":{n},"x":{x},"q":"{q}","V":"{vb}","Q":"{qb}","B":"0"}}}}"#
+        ),
+        e = event_ms,
+        s = symbol,
+        t = t,
+        tt = t + 59_999,
+        f = first_id,
+        l = last_id,
+        o = c.open,
+        c = c.close,
+        h = c.high,
+        lo = c.low,
+        v = c.volume,
+        n = c.trades,
+        x = closed,
+        q = c.quote_volume,
+        vb = c.taker_buy_volume,
+        qb = c.taker_buy_quote_volume,
+    );
+    if combined {
+        format!(r#"{{"stream":"{}","data":{data}}}"#, stream_name(symbol))
+    } else {
+        data
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StreamsQuery {
+    streams: Option<String>,
+}
+
+async fn combined_stream(
+    State(sim): State<Arc<SimState>>,
+    Query(q): Query<StreamsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let streams: Vec<String> = q
+        .streams
+        .unwrap_or_default()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    ws.on_upgrade(move |socket| connection(sim, socket, streams, true))
+}
+
+async fn raw_stream(
+    State(sim): State<Arc<SimState>>,
+    Path(stream): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| connection(sim, socket, vec![stream], false))
+}
+
+async fn raw_stream_empty(State(sim): State<Arc<SimState>>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| connection(sim, socket, Vec::new(), false))
+}
+
+/// Outcome of handling one client message.
+enum Reply {
+    Send(String),
+    None,
+}
+
+/// A live `SUBSCRIBE` / `UNSUBSCRIBE` / `LIST_SUBSCRIPTIONS` request.
+fn handle_request(text: &str, subs: &mut BTreeSet<String>) -> Reply {
+    let v: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Reply::Send(json!({"code": 3, "msg": format!("Invalid JSON: {e}")}).to_string())
+        }
+    };
+    let id = v.get("id").cloned().unwrap_or(Value::Null);
+    let params: Vec<String> = v
+        .get("params")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    match v.get("method").and_then(Value::as_str) {
+        Some("SUBSCRIBE") => {
+            subs.extend(params.iter().filter_map(|s| kline_stream_symbol(s)));
+            Reply::Send(json!({"result": null, "id": id}).to_string())
+        }
+        Some("UNSUBSCRIBE") => {
+            for s in params.iter().filter_map(|s| kline_stream_symbol(s)) {
+                subs.remove(&s);
+            }
+            Reply::Send(json!({"result": null, "id": id}).to_string())
+        }
+        Some("LIST_SUBSCRIPTIONS") => {
+            let list: Vec<String> = subs.iter().map(|s| stream_name(s)).collect();
+            Reply::Send(json!({"result": list, "id": id}).to_string())
+        }
+        Some(other) => Reply::Send(
+            json!({"code": 2, "msg": format!("Invalid request: unknown variant `{other}`"), "id": id})
+                .to_string(),
+        ),
+        None if v.is_object() => Reply::Send(
+            json!({"code": 2, "msg": "Invalid request: missing field `method`", "id": id}).to_string(),
+        ),
+        None => Reply::None,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Serves one WebSocket client until it leaves, a fault ends it, or the
+/// simulator stops.
+async fn connection(sim: Arc<SimState>, mut socket: WebSocket, streams: Vec<String>, combined: bool) {
+    let (conn_id, rng) = sim.conn_rng();
+    let mut dice = FaultDice::new(rng);
+    let cfg = &sim.config;
+    let faults = &cfg.faults;
+    let stats = &sim.stats;
+    let mut subs: BTreeSet<String> = streams.iter().filter_map(|s| kline_stream_symbol(s)).collect();
+    let opened = Instant::now();
+    let disconnect_at = faults.disconnect_every.map(|d| opened + d);
+    let mut age_at = faults.max_connection_age.map(|d| opened + d);
+    let mut notice_sent = false;
+    let mut clock_changes = sim.clock.subscribe();
+    let mut ping = tokio::time::interval_at(opened + cfg.ping_interval, cfg.ping_interval);
+    let mut schedule: Option<Schedule> = None;
+    let mut window = (Instant::now(), 0u32);
+    tracing::debug!(conn_id, ?subs, "Simulator: client connected");
+
+    loop {
+        if !subs.is_empty() {
+            sim.clock.start();
+        }
+        if schedule.is_none() && sim.clock.is_running() {
+            schedule = Some(Schedule::new(
+                sim.clock.now_ms(),
+                cfg.updates_per_minute,
+                cfg.final_delay,
+                sim.market.end(),
+            ));
+        }
+        let next_wall = schedule
+            .as_mut()
+            .and_then(|s| s.next_due(sim.clock.now_ms()))
+            .and_then(|at| sim.clock.wall_at(at));
+        tokio::select! {
+            _ = sim.cancel.cancelled() => {
+                let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: "simulator stopping".into() }))).await;
+                return;
+            }
+            _ = sleep_until(next_wall.unwrap_or_else(far_future)), if next_wall.is_some() => {
+                let now = sim.clock.now_ms();
+                while let Some(step) = schedule.as_mut().and_then(|s| s.pop_due(now)) {
+                    let is_final = schedule.as_ref().is_some_and(|s| s.is_final(&step));
+                    if !emit(&sim, &mut socket, &subs, step, is_final, combined, &mut dice).await {
+                        return;
+                    }
+                }
+            }
+            _ = clock_changes.changed() => {}
+            _ = ping.tick() => {
+                let payload = sim.clock.now_ms().to_string();
+                if socket.send(Message::Ping(payload.into_bytes().into())).await.is_err() {
+                    return;
+                }
+                SimStats::add(&stats.pings_sent);
+            }
+            _ = sleep_until(disconnect_at.unwrap_or_else(far_future)), if disconnect_at.is_some() => {
+                // Abrupt: drop the socket without a close frame.
+                SimStats::add(&stats.disconnects_injected);
+                return;
+            }
+            _ = sleep_until(age_at.unwrap_or_else(far_future)), if age_at.is_some() => {
+                if faults.shutdown_notice && !notice_sent {
+                    notice_sent = true;
+                    let now = sim.clock.now_ms();
+                    let event = format!(r#"{{"e":"serverShutdown","E":{now}}}"#);
+                    let frame = if combined { format!(r#"{{"stream":"!serverShutdown","data":{event}}}"#) } else { event };
+                    if socket.send(Message::Text(frame.into())).await.is_err() {
+                        return;
+                    }
+                    age_at = Some(Instant::now() + SHUTDOWN_NOTICE_LEAD);
+                } else {
+                    SimStats::add(&stats.age_closes);
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "connection age limit".into() }))).await;
+                    return;
+                }
+            }
+            msg = socket.recv() => {
+                let Some(Ok(msg)) = msg else { return };
+                let counts = matches!(msg, Message::Text(_) | Message::Pong(_) | Message::Binary(_));
+                if counts {
+                    SimStats::add(&stats.client_messages);
+                    if window.0.elapsed() >= Duration::from_secs(1) {
+                        window = (Instant::now(), 0);
+                    }
+                    window.1 += 1;
+                    if window.1 > CLIENT_MESSAGES_PER_SECOND {
+                        SimStats::add(&stats.rate_limit_closes);
+                        let _ = socket.send(Message::Close(Some(CloseFrame { code: 1008, reason: "Too many messages".into() }))).await;
+                        return;
+                    }
+                }
+                match msg {
+                    Message::Text(text) => {
+                        if let Reply::Send(reply) = handle_request(text.as_str(), &mut subs) {
+                            if socket.send(Message::Text(reply.into())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Message::Pong(_) => SimStats::add(&stats.pongs_received),
+                    Message::Close(_) => return,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Sends one step's frames for every subscribed symbol. False when the
+/// socket is gone.
+async fn emit(
+    sim: &SimState,
+    socket: &mut WebSocket,
+    subs: &BTreeSet<String>,
+    step: Step,
+    is_final: bool,
+    combined: bool,
+    dice: &mut FaultDice,
+) -> bool {
+    let faults = &sim.config.faults;
+    let updates = sim.config.updates_per_minute;
+    for symbol in subs {
+        let Some(candle) = sim.market.candle_at(symbol, step.minute) else {
+            continue;
+        };
+        let drop_p = if is_final { faults.drop_finals } else { faults.drop_updates };
+        if dice.roll(drop_p) {
+            SimStats::add(&sim.stats.dropped);
+            continue;
+        }
+        let frame = if is_final {
+            kline_frame(symbol, step.minute, candle, true, step.at_ms, combined)
+        } else {
+            let partial = partial_candle(candle, step.step + 1, updates + 1);
+            kline_frame(symbol, step.minute, &partial, false, step.at_ms, combined)
+        };
+        let copies = if dice.roll(faults.duplicate) {
+            SimStats::add(&sim.stats.duplicated);
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            if socket.send(Message::Text(frame.clone().into())).await.is_err() {
+                return false;
+            }
+            SimStats::add(&sim.stats.frames_sent);
+        }
+        if is_final {
+            sim.stats.record_final(symbol, step.minute);
+        }
+    }
+    true
+}
+
+fn binance_error(status: StatusCode, code: i64, msg: &str) -> Response {
+    (status, axum::Json(json!({"code": code, "msg": msg}))).into_response()
+}
+
+fn with_weight(mut response: Response, used: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&used.to_string()) {
+        response.headers_mut().insert("x-mbx-used-weight-1m", v);
+    }
+    response
+}
+
+fn too_many_requests() -> Response {
+    let mut r = binance_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        -1003,
+        "Too many requests; current limit is 6000 request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+    );
+    r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+    r
+}
+
+/// `GET /api/v3/klines`, with Binance's parameter rules: both bounds
+/// inclusive on open time, oldest first, the current open candle included.
+async fn klines(
+    State(sim): State<Arc<SimState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(used) = sim.rest_request(KLINES_WEIGHT) else {
+        return too_many_requests();
+    };
+    let missing = |name: &str| {
+        binance_error(
+            StatusCode::BAD_REQUEST,
+            -1102,
+            &format!("Mandatory parameter '{name}' was not sent, was empty/null, or malformed."),
+        )
+    };
+    let Some(symbol) = q.get("symbol").filter(|s| !s.is_empty()) else {
+        return with_weight(missing("symbol"), used);
+    };
+    let Some(interval) = q.get("interval").filter(|s| !s.is_empty()) else {
+        return with_weight(missing("interval"), used);
+    };
+    if interval != "1m" {
+        return with_weight(binance_error(StatusCode::BAD_REQUEST, -1120, "Invalid interval."), used);
+    }
+    if !sim.market.has_symbol(symbol) {
+        return with_weight(binance_error(StatusCode::BAD_REQUEST, -1121, "Invalid symbol."), used);
+    }
+    let parse_i64 = |name: &str| -> Result<Option<i64>, Response> {
+        match q.get(name) {
+            None => Ok(None),
+            Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
+                binance_error(
+                    StatusCode::BAD_REQUEST,
+                    -1100,
+                    &format!("Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."),
+                )
+            }),
+        }
+    };
+    let (start, end, limit) = match (parse_i64("startTime"), parse_i64("endTime"), parse_i64("limit")) {
+        (Ok(s), Ok(e), Ok(l)) => (s, e, l),
+        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return with_weight(r, used),
+    };
+    let limit = limit.map_or(KLINES_DEFAULT_LIMIT, |l| (l.max(1) as usize).min(KLINES_MAX_LIMIT));
+    if let (Some(s), Some(e)) = (start, end) {
+        if s > e {
+            return with_weight(
+                binance_error(StatusCode::BAD_REQUEST, -1023, "Start time is greater than end time."),
+                used,
+            );
+        }
+    }
+    let now_ms = sim.clock.now_ms();
+    let current = Minute::containing(ms_to_utc(now_ms));
+    // Minutes that exist now: up to the current (open) one.
+    let last = match end {
+        Some(e) => Minute::containing(ms_to_utc(e)).min(current),
+        None => current,
+    };
+    let first_data = sim.market.first();
+    let minutes: Vec<Minute> = match start {
+        Some(s) => {
+            let from = Minute::containing(ms_to_utc(s + 59_999)).max(first_data);
+            (from.index()..=last.index())
+                .map(Minute::from_index)
+                .filter(|m| sim.market.candle_at(symbol, *m).is_some())
+                .take(limit)
+                .collect()
+        }
+        None => {
+            let mut v: Vec<Minute> = (first_data.index()..=last.index())
+                .rev()
+                .map(Minute::from_index)
+                .filter(|m| sim.market.candle_at(symbol, *m).is_some())
+                .take(limit)
+                .collect();
+            v.reverse();
+            v
+        }
+    };
+    let rows: Vec<Value> = minutes
+        .into_iter()
+        .filter_map(|m| {
+            let full = sim.market.candle_at(symbol, m)?;
+            let c = if m == current {
+                let elapsed = u32::try_from((now_ms - m.epoch_ms()).clamp(0, 59_999) / 1000).unwrap_or(0);
+                partial_candle(full, elapsed, 60)
+            } else {
+                full.clone()
+            };
+            Some(json!([
+                m.epoch_ms(),
+                c.open.to_string(),
+                c.high.to_string(),
+                c.low.to_string(),
+                c.close.to_string(),
+                c.volume.to_string(),
+                m.epoch_ms() + 59_999,
+                c.quote_volume.to_string(),
+                c.trades,
+                c.taker_buy_volume.to_string(),
+                c.taker_buy_quote_volume.to_string(),
+                "0"
+            ]))
+        })
+        .collect();
+    with_weight(axum::Json(rows).into_response(), used)
+}
+
+/// Splits a simulated symbol into base and quote by the common quote assets.
+fn split_symbol(symbol: &str) -> (String, String) {
+    const QUOTES: &[&str] = &["USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB"];
+    for q in QUOTES {
+        if let Some(base) = symbol.strip_suffix(q) {
+            if !base.is_empty() {
+                return (base.to_owned(), (*q).to_owned());
+            }
+        }
+    }
+    (symbol.to_owned(), String::new())
+}
+
+async fn exchange_info(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response {
+    let _ = headers;
+    let Some(used) = sim.rest_request(EXCHANGE_INFO_WEIGHT) else {
+        return too_many_requests();
+    };
+    let symbols: Vec<Value> = sim
+        .market
+        .symbols()
+        .into_iter()
+        .map(|s| {
+            let (base, quote) = split_symbol(&s);
+            json!({
+                "symbol": s,
+                "status": "TRADING",
+                "baseAsset": base,
+                "quoteAsset": quote,
+                "isSpotTradingAllowed": true,
+                "permissionSets": [["SPOT"]],
+            })
+        })
+        .collect();
+    let body = json!({
+        "timezone": "UTC",
+        "serverTime": sim.clock.now_ms(),
+        "rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 300000}
+        ],
+        "symbols": symbols,
+    });
+    with_weight(axum::Json(body).into_response(), used)
+}
+
+async fn server_time(State(sim): State<Arc<SimState>>) -> Response {
+    sim.stats.rest_requests.fetch_add(1, Ordering::Relaxed);
+    axum::Json(json!({"serverTime": sim.clock.now_ms()})).into_response()
+}
+
+async fn ping() -> Response {
+    axum::Json(json!({})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn frames_have_the_documented_shape() {
+        let doc: Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/ws/docs_example_binance_ws_kline.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let d = |s: &str| rust_decimal::Decimal::from_str(s).unwrap();
+        let c = SimCandle {
+            open: d("117842.10000000"),
+            high: d("117869.55000000"),
+            low: d("117830.00000000"),
+            close: d("117861.27000000"),
+            volume: d("12.48391000"),
+            quote_volume: d("1471245.77161760"),
+            trades: 2147,
+            taker_buy_volume: d("6.90121000"),
+            taker_buy_quote_volume: d("813321.53894420"),
+        };
+        let m = Minute::from_epoch_ms(1_784_125_860_000).unwrap();
+        let raw: Value = serde_json::from_str(&kline_frame("BTCUSDT", m, &c, true, 1_784_125_921_018, false)).unwrap();
+        // Same keys, same JSON types, same values where not synthetic.
+        fn shape(v: &Value) -> Value {
+            match v {
+                Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+                Value::String(_) => json!("string"),
+                Value::Number(_) => json!("number"),
+                Value::Bool(_) => json!("bool"),
+                other => other.clone(),
+            }
+        }
+        assert_eq!(shape(&raw), shape(&doc));
+        for key in ["t", "T", "s", "i", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B"] {
+            assert_eq!(raw["k"][key], doc["k"][key], "k.{key}");
+        }
+        let combined: Value = serde_json::from_str(&kline_frame("BTCUSDT", m, &c, true, 1, true)).unwrap();
+        assert_eq!(combined["stream"], "btcusdt@kline_1m");
+        assert_eq!(combined["data"]["k"]["x"], true);
+    }
+
+    #[test]
+    fn live_requests_are_answered_like_binance() {
+        let mut subs = BTreeSet::new();
+        let r = handle_request(r#"{"method":"SUBSCRIBE","params":["btcusdt@kline_1m","ethusdt@aggTrade"],"id":7}"#, &mut subs);
+        assert!(matches!(r, Reply::Send(s) if s == r#"{"id":7,"result":null}"#));
+        assert_eq!(subs.iter().collect::<Vec<_>>(), vec!["BTCUSDT"]);
+        let r = handle_request(r#"{"method":"LIST_SUBSCRIPTIONS","id":"a"}"#, &mut subs);
+        assert!(matches!(r, Reply::Send(s) if s.contains("btcusdt@kline_1m")));
+        let r = handle_request(r#"{"method":"FOO","id":1}"#, &mut subs);
+        assert!(matches!(r, Reply::Send(s) if s.contains(r#""code":2"#)));
+        let r = handle_request("{not json", &mut subs);
+        assert!(matches!(r, Reply::Send(s) if s.contains(r#""code":3"#)));
+    }
+
+    #[test]
+    fn symbols_split_into_base_and_quote() {
+        assert_eq!(split_symbol("BTCUSDT"), ("BTC".into(), "USDT".into()));
+        assert_eq!(split_symbol("ETHBTC"), ("ETH".into(), "BTC".into()));
+    }
+}

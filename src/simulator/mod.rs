@@ -1,0 +1,580 @@
+//! The bundled exchange simulator (`klines simulate`): serves each supported
+//! exchange's WebSocket and REST protocol on localhost, shaped exactly like
+//! the real exchange's messages, replaying a real candle data set at real or
+//! accelerated speed, with faults injected on request (drops, duplicates,
+//! disconnects, connection age limits, late finals, REST 429s).
+//!
+//! Every exchange lives under its own path prefix on one port
+//! (`ws://127.0.0.1:9100/binance/stream?streams=…`,
+//! `http://127.0.0.1:9100/binance/api/v3/klines`), so a klines config points
+//! at it by changing only the base URLs. `/sim/stats` reports what was sent,
+//! `/sim/pause` and `/sim/resume` control the replay clock.
+//!
+//! Adding an exchange: a module with its frame encoder and routes, nested
+//! under its name in [`router`]; the replay data, clock, schedule and faults
+//! here are shared.
+
+pub mod binance;
+pub mod clock;
+pub mod dataset;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Minute;
+use clock::Clock;
+use dataset::{Series, SimCandle};
+
+/// Faults to inject. Probabilities are per frame, in `[0, 1]`.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Drop in-progress (not final) updates.
+    pub drop_updates: f64,
+    /// Drop final frames.
+    pub drop_finals: f64,
+    /// Send a frame twice.
+    pub duplicate: f64,
+    /// Cut every connection abruptly (no close frame) after this long.
+    pub disconnect_every: Option<Duration>,
+    /// Close every connection with a close frame after this long, like
+    /// Binance's 24-hour limit.
+    pub max_connection_age: Option<Duration>,
+    /// Announce the age-limit close with a `serverShutdown` event first.
+    pub shutdown_notice: bool,
+    /// Answer every Nth REST request with 429 and `Retry-After`.
+    pub rest_429_every: Option<u64>,
+}
+
+/// Everything `klines simulate` can be told.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub listen: SocketAddr,
+    pub data: Vec<Series>,
+    /// Simulated milliseconds per wall millisecond (1.0 = real time).
+    pub speed: f64,
+    /// Shift every series so it starts at this minute.
+    pub start: Option<Minute>,
+    /// Repeat the data set forever, time moving on.
+    pub looped: bool,
+    /// Start the clock at once instead of at the first subscription.
+    pub start_immediately: bool,
+    /// In-progress updates per minute before the final.
+    pub updates_per_minute: u32,
+    /// Simulated delay of each final after its minute ends.
+    pub final_delay: Duration,
+    /// Wall time between WebSocket pings to each client.
+    pub ping_interval: Duration,
+    pub faults: Faults,
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data: Vec::new(),
+            speed: 1.0,
+            start: None,
+            looped: false,
+            start_immediately: false,
+            updates_per_minute: 3,
+            final_delay: Duration::from_millis(500),
+            ping_interval: Duration::from_secs(20),
+            faults: Faults::default(),
+            seed: 42,
+        }
+    }
+}
+
+/// The replay data after rebasing, looked up by symbol and simulated minute.
+#[derive(Debug)]
+pub struct Market {
+    series: HashMap<String, BTreeMap<Minute, SimCandle>>,
+    first: Minute,
+    last: Minute,
+    looped: bool,
+}
+
+impl Market {
+    pub fn new(data: &[Series], start: Option<Minute>, looped: bool) -> Market {
+        let mut series = HashMap::new();
+        for s in data {
+            let Some(first) = s.first() else { continue };
+            let shift = start.map_or(0, |st| st.index() - first.index());
+            let candles = s
+                .candles
+                .iter()
+                .map(|(m, c)| (m.plus(shift), c.clone()))
+                .collect::<BTreeMap<_, _>>();
+            series.insert(s.symbol.clone(), candles);
+        }
+        let first = series
+            .values()
+            .filter_map(|c| c.keys().next().copied())
+            .min()
+            .unwrap_or(Minute::from_index(0));
+        let last = series
+            .values()
+            .filter_map(|c| c.keys().next_back().copied())
+            .max()
+            .unwrap_or(first);
+        Market {
+            series,
+            first,
+            last,
+            looped,
+        }
+    }
+
+    pub fn first(&self) -> Minute {
+        self.first
+    }
+
+    /// The last minute with data, or `None` when the data repeats forever.
+    pub fn end(&self) -> Option<Minute> {
+        (!self.looped).then_some(self.last)
+    }
+
+    pub fn has_symbol(&self, symbol: &str) -> bool {
+        self.series.contains_key(symbol)
+    }
+
+    pub fn symbols(&self) -> BTreeSet<String> {
+        self.series.keys().cloned().collect()
+    }
+
+    pub fn candle_at(&self, symbol: &str, minute: Minute) -> Option<&SimCandle> {
+        let candles = self.series.get(symbol)?;
+        let minute = if self.looped {
+            let period = self.last.index() - self.first.index() + 1;
+            Minute::from_index(self.first.index() + (minute.index() - self.first.index()).rem_euclid(period))
+        } else {
+            minute
+        };
+        candles.get(&minute)
+    }
+}
+
+/// What the simulator did, for tests and `/sim/stats`.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    pub connections: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub finals_sent: AtomicU64,
+    pub pings_sent: AtomicU64,
+    pub pongs_received: AtomicU64,
+    pub disconnects_injected: AtomicU64,
+    pub age_closes: AtomicU64,
+    pub dropped: AtomicU64,
+    pub duplicated: AtomicU64,
+    pub client_messages: AtomicU64,
+    pub rate_limit_closes: AtomicU64,
+    pub rest_requests: AtomicU64,
+    pub rest_429: AtomicU64,
+    /// Distinct (symbol, minute index) of every final frame sent.
+    pub final_minutes: Mutex<BTreeMap<String, BTreeSet<i64>>>,
+}
+
+/// A copy of [`SimStats`] as numbers.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub connections: u64,
+    pub frames_sent: u64,
+    pub finals_sent: u64,
+    pub distinct_finals: u64,
+    pub pings_sent: u64,
+    pub pongs_received: u64,
+    pub disconnects_injected: u64,
+    pub age_closes: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub client_messages: u64,
+    pub rate_limit_closes: u64,
+    pub rest_requests: u64,
+    pub rest_429: u64,
+    pub sim_now_ms: i64,
+}
+
+impl SimStats {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_final(&self, symbol: &str, minute: Minute) {
+        Self::add(&self.finals_sent);
+        self.final_minutes
+            .lock()
+            .expect("stats poisoned")
+            .entry(symbol.to_owned())
+            .or_default()
+            .insert(minute.index());
+    }
+
+    /// The distinct minutes of `symbol` whose final was sent.
+    pub fn finals_of(&self, symbol: &str) -> BTreeSet<i64> {
+        self.final_minutes
+            .lock()
+            .expect("stats poisoned")
+            .get(symbol)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Shared state of a running simulator.
+pub struct SimState {
+    pub config: SimConfig,
+    pub market: Market,
+    pub clock: Clock,
+    pub stats: SimStats,
+    pub cancel: CancellationToken,
+    next_conn: AtomicU64,
+    /// REST request weight used in the current wall minute.
+    weight: Mutex<(tokio::time::Instant, u64)>,
+}
+
+impl SimState {
+    pub fn new(config: SimConfig) -> SimState {
+        let market = Market::new(&config.data, config.start, config.looped);
+        let clock = Clock::new(market.first().epoch_ms(), config.speed);
+        if config.start_immediately {
+            clock.start();
+        }
+        SimState {
+            market,
+            clock,
+            stats: SimStats::default(),
+            cancel: CancellationToken::new(),
+            next_conn: AtomicU64::new(1),
+            weight: Mutex::new((tokio::time::Instant::now(), 0)),
+            config,
+        }
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connections: get(&s.connections),
+            frames_sent: get(&s.frames_sent),
+            finals_sent: get(&s.finals_sent),
+            distinct_finals: s
+                .final_minutes
+                .lock()
+                .expect("stats poisoned")
+                .values()
+                .map(|m| m.len() as u64)
+                .sum(),
+            pings_sent: get(&s.pings_sent),
+            pongs_received: get(&s.pongs_received),
+            disconnects_injected: get(&s.disconnects_injected),
+            age_closes: get(&s.age_closes),
+            dropped: get(&s.dropped),
+            duplicated: get(&s.duplicated),
+            client_messages: get(&s.client_messages),
+            rate_limit_closes: get(&s.rate_limit_closes),
+            rest_requests: get(&s.rest_requests),
+            rest_429: get(&s.rest_429),
+            sim_now_ms: self.clock.now_ms(),
+        }
+    }
+
+    fn conn_rng(&self) -> (u64, StdRng) {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        SimStats::add(&self.stats.connections);
+        (id, StdRng::seed_from_u64(self.config.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
+
+    /// Counts a REST request of `weight`; returns the weight used in the
+    /// current minute, or `None` when the 429 fault answers this one.
+    fn rest_request(&self, weight: u64) -> Option<u64> {
+        let n = self.stats.rest_requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.config.faults.rest_429_every.is_some_and(|every| every > 0 && n % every == 0) {
+            SimStats::add(&self.stats.rest_429);
+            return None;
+        }
+        let mut w = self.weight.lock().expect("weight poisoned");
+        if w.0.elapsed() >= Duration::from_secs(60) {
+            *w = (tokio::time::Instant::now(), 0);
+        }
+        w.1 += weight;
+        Some(w.1)
+    }
+}
+
+/// One scheduled emission: an in-progress update (`step < updates`) or the
+/// final (`step == updates`) of `minute`, due at simulated `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Step {
+    pub at_ms: i64,
+    pub minute: Minute,
+    pub step: u32,
+}
+
+/// The emission timetable of one connection: every minute's updates spread
+/// evenly over the minute, then its final `final_delay` after the minute
+/// ends. Steps before the connection opened are skipped.
+#[derive(Debug)]
+pub struct Schedule {
+    heap: BinaryHeap<Reverse<Step>>,
+    next_minute: Minute,
+    cutoff_ms: i64,
+    updates: u32,
+    final_delay_ms: i64,
+    end: Option<Minute>,
+}
+
+impl Schedule {
+    pub fn new(now_ms: i64, updates: u32, final_delay: Duration, end: Option<Minute>) -> Self {
+        let now_minute = Minute::containing(crate::domain::ms_to_utc(now_ms));
+        Schedule {
+            heap: BinaryHeap::new(),
+            // The previous minute's final may still be due.
+            next_minute: now_minute.plus(-1),
+            cutoff_ms: now_ms,
+            updates,
+            final_delay_ms: final_delay.as_millis() as i64,
+            end,
+        }
+    }
+
+    fn fill(&mut self, now_ms: i64) {
+        while self.next_minute.epoch_ms() <= now_ms + 60_000
+            && self.end.is_none_or(|end| self.next_minute <= end)
+        {
+            let m = self.next_minute;
+            for step in 0..=self.updates {
+                let at_ms = if step < self.updates {
+                    m.epoch_ms() + i64::from(step + 1) * 60_000 / i64::from(self.updates + 1)
+                } else {
+                    m.epoch_ms() + 60_000 + self.final_delay_ms
+                };
+                if at_ms >= self.cutoff_ms {
+                    self.heap.push(Reverse(Step { at_ms, minute: m, step }));
+                }
+            }
+            self.next_minute = m.next();
+        }
+    }
+
+    /// When the next step is due (simulated ms), scheduling ahead as needed.
+    pub fn next_due(&mut self, now_ms: i64) -> Option<i64> {
+        self.fill(now_ms);
+        self.heap.peek().map(|Reverse(s)| s.at_ms)
+    }
+
+    /// The next step if it is due at `now_ms`.
+    pub fn pop_due(&mut self, now_ms: i64) -> Option<Step> {
+        self.fill(now_ms);
+        match self.heap.peek() {
+            Some(Reverse(s)) if s.at_ms <= now_ms => self.heap.pop().map(|Reverse(s)| s),
+            _ => None,
+        }
+    }
+
+    pub fn is_final(&self, step: &Step) -> bool {
+        step.step >= self.updates
+    }
+}
+
+/// The in-progress state of a candle `num/den` of the way through its
+/// minute: volumes and trades pro rata, the close moved that far from open to
+/// close, high and low spanning open and that close. Always inside the final
+/// candle's range.
+pub fn partial_candle(c: &SimCandle, num: u32, den: u32) -> SimCandle {
+    let f = Decimal::from(num) / Decimal::from(den.max(1));
+    let scale = |d: Decimal| d.scale();
+    let close = (c.open + (c.close - c.open) * f).round_dp(scale(c.close).max(scale(c.open)));
+    let pro_rata = |d: Decimal| (d * f).round_dp(scale(d));
+    SimCandle {
+        open: c.open,
+        high: c.open.max(close),
+        low: c.open.min(close),
+        close,
+        volume: pro_rata(c.volume),
+        quote_volume: pro_rata(c.quote_volume),
+        trades: c.trades * i64::from(num) / i64::from(den.max(1)),
+        taker_buy_volume: pro_rata(c.taker_buy_volume),
+        taker_buy_quote_volume: pro_rata(c.taker_buy_quote_volume),
+    }
+}
+
+/// Per-connection fault decisions.
+pub struct FaultDice {
+    rng: StdRng,
+}
+
+impl FaultDice {
+    pub fn new(rng: StdRng) -> Self {
+        FaultDice { rng }
+    }
+
+    fn roll(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.random::<f64>() < p
+    }
+}
+
+/// The whole simulator's HTTP and WebSocket surface.
+pub fn router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .nest("/binance", binance::routes())
+        .route("/sim/stats", get(stats))
+        .route("/sim/pause", post(pause))
+        .route("/sim/resume", post(resume))
+        .with_state(state)
+}
+
+async fn stats(State(sim): State<Arc<SimState>>) -> Json<StatsSnapshot> {
+    Json(sim.snapshot())
+}
+
+async fn pause(State(sim): State<Arc<SimState>>) -> Json<StatsSnapshot> {
+    sim.clock.pause();
+    Json(sim.snapshot())
+}
+
+async fn resume(State(sim): State<Arc<SimState>>) -> Json<StatsSnapshot> {
+    sim.clock.resume();
+    Json(sim.snapshot())
+}
+
+/// A running simulator.
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    pub state: Arc<SimState>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl SimHandle {
+    /// Base URL of the Binance WebSocket API (`ws_url` in config).
+    pub fn binance_ws_url(&self) -> String {
+        format!("ws://{}/binance", self.addr)
+    }
+
+    /// Base URL of the Binance REST API (`rest_url` in config).
+    pub fn binance_rest_url(&self) -> String {
+        format!("http://{}/binance", self.addr)
+    }
+
+    /// Stops serving and closes every connection.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.state.cancel.cancel();
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Binds and serves until [`SimHandle::stop`] (or the state's cancel token).
+pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(SimState::new(config));
+    let app = router(Arc::clone(&state));
+    let cancel = state.cancel.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await
+    });
+    Ok(SimHandle { addr, state, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn candle() -> SimCandle {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        SimCandle {
+            open: d("22666.00000000"),
+            high: d("22692.66000000"),
+            low: d("22658.71000000"),
+            close: d("22685.44000000"),
+            volume: d("338.71242000"),
+            quote_volume: d("7680391.66219380"),
+            trades: 7236,
+            taker_buy_volume: d("177.18389000"),
+            taker_buy_quote_volume: d("4017824.52651240"),
+        }
+    }
+
+    #[test]
+    fn partial_candles_stay_inside_the_final_range() {
+        let c = candle();
+        for num in 1..4 {
+            let p = partial_candle(&c, num, 4);
+            assert!(p.low >= c.low && p.high <= c.high, "{p:?}");
+            assert!(p.volume < c.volume && p.trades < c.trades);
+            assert_eq!(p.volume.scale(), 8);
+        }
+        assert_eq!(partial_candle(&c, 4, 4).close, c.close);
+    }
+
+    #[test]
+    fn schedule_orders_updates_then_final() {
+        let m = Minute::from_epoch_ms(1_674_259_200_000).unwrap();
+        let mut s = Schedule::new(m.epoch_ms(), 3, Duration::from_millis(500), Some(m.next()));
+        let mut steps = Vec::new();
+        while let Some(at) = s.next_due(m.epoch_ms()) {
+            let step = s.pop_due(at).unwrap();
+            steps.push((step.at_ms - m.epoch_ms(), step.minute == m, s.is_final(&step)));
+        }
+        assert_eq!(
+            steps,
+            vec![
+                // The previous minute's final is still due when a client
+                // connects at the top of a minute.
+                (500, false, true),
+                (15_000, true, false),
+                (30_000, true, false),
+                (45_000, true, false),
+                (60_500, true, true),
+                (75_000, false, false),
+                (90_000, false, false),
+                (105_000, false, false),
+                (120_500, false, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn schedule_started_mid_minute_skips_the_past() {
+        let m = Minute::from_epoch_ms(1_674_259_200_000).unwrap();
+        let now = m.epoch_ms() + 40_000;
+        let mut s = Schedule::new(now, 3, Duration::from_millis(500), Some(m));
+        let first = s.pop_due(now + 5_000).unwrap();
+        assert_eq!(first.at_ms, m.epoch_ms() + 45_000);
+    }
+
+    #[test]
+    fn looped_market_repeats_the_data_with_time_moving_on() {
+        let mut candles = BTreeMap::new();
+        let m0 = Minute::from_epoch_ms(1_674_259_200_000).unwrap();
+        candles.insert(m0, candle());
+        candles.insert(m0.next(), SimCandle { trades: 1, ..candle() });
+        let series = Series { symbol: "BTCUSDT".into(), candles };
+        let market = Market::new(&[series.clone()], None, true);
+        assert_eq!(market.candle_at("BTCUSDT", m0.plus(2)).unwrap().trades, 7236);
+        assert_eq!(market.candle_at("BTCUSDT", m0.plus(3)).unwrap().trades, 1);
+        assert_eq!(market.end(), None);
+        let start = Minute::from_epoch_ms(1_700_000_000_000 - 1_700_000_000_000 % 60_000).unwrap();
+        let rebased = Market::new(&[series], Some(start), false);
+        assert_eq!(rebased.first(), start);
+        assert_eq!(rebased.end(), Some(start.next()));
+        assert!(rebased.candle_at("BTCUSDT", m0).is_none());
+    }
+}

@@ -1,0 +1,193 @@
+//! The service's Prometheus metrics. One [`Metrics`] is created per running
+//! service and shared by reference; `/metrics` (HTTP issue) encodes its
+//! registry, and tests read the same counters.
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExchangeLabels {
+    pub exchange: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CandleLabels {
+    pub exchange: &'static str,
+    pub source: &'static str,
+    pub is_final: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub exchange: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn lag_histogram() -> Histogram {
+    // 10 ms … ~160 s
+    Histogram::new(exponential_buckets(0.01, 2.0, 15))
+}
+
+/// Every metric klines exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Text and binary frames received on exchange WebSockets.
+    pub ws_messages: Family<ExchangeLabels, Counter>,
+    /// Candle observations decoded, by source and finality.
+    pub candles: Family<CandleLabels, Counter>,
+    /// Frames that failed to decode, by error kind.
+    pub decode_errors: Family<ReasonLabels, Counter>,
+    /// Reconnects by reason (closed, error, dead_feed, rotation, …).
+    pub reconnects: Family<ReasonLabels, Counter>,
+    /// Open WebSocket connections.
+    pub connections: Family<ExchangeLabels, Gauge>,
+    /// Final candles seen twice (connection overlap, exchange repeats) and
+    /// not written again.
+    pub duplicate_finals: Family<ExchangeLabels, Counter>,
+    /// Seconds from the end of a candle's minute to its receipt (finals).
+    pub candle_lag: HistogramFamily<ExchangeLabels>,
+    /// Sends that found a data channel full and had to wait.
+    pub channel_full: Family<ChannelLabels, Counter>,
+    /// Rows committed to bronze.ohlcv_native.
+    pub bronze_rows: Counter,
+    /// Rows per bronze COPY batch.
+    pub bronze_batch_rows: Histogram,
+    /// Seconds per bronze COPY batch.
+    pub bronze_batch_seconds: Histogram,
+    /// Failed bronze writes (each is retried).
+    pub bronze_write_errors: Counter,
+    /// Rows currently waiting in the on-disk bronze spool.
+    pub bronze_spool_rows: Gauge,
+    /// Failed writes to the spool directory (full disk, permissions).
+    pub spool_write_errors: Counter,
+    /// Hourly partitions created.
+    pub partitions_created: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("klines");
+        let m = Metrics {
+            ws_messages: Family::default(),
+            candles: Family::default(),
+            decode_errors: Family::default(),
+            reconnects: Family::default(),
+            connections: Family::default(),
+            duplicate_finals: Family::default(),
+            candle_lag: Family::new_with_constructor(lag_histogram),
+            channel_full: Family::default(),
+            bronze_rows: Counter::default(),
+            bronze_batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            bronze_batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            bronze_write_errors: Counter::default(),
+            bronze_spool_rows: Gauge::default(),
+            spool_write_errors: Counter::default(),
+            partitions_created: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("ws_messages", "WebSocket frames received", m.ws_messages.clone());
+        registry.register("candles", "Candle observations decoded", m.candles.clone());
+        registry.register("decode_errors", "Frames that failed to decode", m.decode_errors.clone());
+        registry.register("ws_reconnects", "WebSocket reconnects by reason", m.reconnects.clone());
+        registry.register("ws_connections", "Open WebSocket connections", m.connections.clone());
+        registry.register(
+            "duplicate_finals",
+            "Final candles received again and not rewritten",
+            m.duplicate_finals.clone(),
+        );
+        registry.register(
+            "candle_lag_seconds",
+            "Receive time minus interval end of final candles",
+            m.candle_lag.clone(),
+        );
+        registry.register("channel_full", "Sends that waited on a full channel", m.channel_full.clone());
+        registry.register("bronze_rows", "Rows committed to bronze", m.bronze_rows.clone());
+        registry.register("bronze_batch_rows", "Rows per bronze batch", m.bronze_batch_rows.clone());
+        registry.register(
+            "bronze_batch_seconds",
+            "Duration of a bronze COPY batch",
+            m.bronze_batch_seconds.clone(),
+        );
+        registry.register(
+            "bronze_write_errors",
+            "Failed bronze writes (retried)",
+            m.bronze_write_errors.clone(),
+        );
+        registry.register(
+            "bronze_spool_rows",
+            "Rows waiting in the bronze disk spool",
+            m.bronze_spool_rows.clone(),
+        );
+        registry.register(
+            "spool_write_errors",
+            "Failed writes to the spool directory",
+            m.spool_write_errors.clone(),
+        );
+        registry.register("partitions_created", "Hourly partitions created", m.partitions_created.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The sum of every sample of `name` whose labels contain all of
+    /// `label_filter` (`exchange="binance"` style fragments). For tests and
+    /// the shutdown summary.
+    pub fn sum(&self, name: &str, label_filter: &[&str]) -> f64 {
+        self.encode()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let metric = series.split('{').next()?;
+                (metric == name && label_filter.iter().all(|f| series.contains(f)))
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_exported_with_prefix_and_labels() {
+        let m = Metrics::new();
+        m.reconnects
+            .get_or_create(&ReasonLabels { exchange: "binance", reason: "dead_feed" })
+            .inc_by(2);
+        m.reconnects
+            .get_or_create(&ReasonLabels { exchange: "binance", reason: "closed" })
+            .inc();
+        m.bronze_rows.inc_by(5);
+        let text = m.encode();
+        assert!(text.contains("klines_ws_reconnects_total{exchange=\"binance\",reason=\"dead_feed\"} 2"), "{text}");
+        assert_eq!(m.sum("klines_ws_reconnects_total", &[]), 3.0);
+        assert_eq!(m.sum("klines_ws_reconnects_total", &["reason=\"closed\""]), 1.0);
+        assert_eq!(m.sum("klines_bronze_rows_total", &[]), 5.0);
+    }
+}
