@@ -1,0 +1,291 @@
+//! Shared helpers of the integration tests: a fresh PostgreSQL database per
+//! test (from `DATABASE_URL`, default the local server), the simulator with
+//! the real BTCUSDT day, and the CSV as the oracle.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use klines::config::Config;
+use klines::domain::Minute;
+use klines::simulator::dataset::{self, SimCandle};
+use klines::simulator::{self, SimConfig, SimHandle};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+
+pub const BTC_DAY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/binance_vision/BTCUSDT-1m-2023-01-21.csv"
+);
+pub const ETH_DAY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/binance_vision/ETHUSDT-1m-2022-08-14.csv"
+);
+
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("DATABASE_URL is a URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// A database of its own for one test, dropped by [`TestDb::drop`].
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique_name(prefix: &str) -> String {
+    format!(
+        "klines_test_{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn admin_pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&admin_url())
+        .await
+        .expect("PostgreSQL is reachable at DATABASE_URL (make test starts one)")
+}
+
+impl TestDb {
+    /// Creates an empty database and migrates it.
+    pub async fn new(prefix: &str) -> TestDb {
+        let db = TestDb::empty(prefix).await;
+        klines::db::migrate(&db.pool).await.expect("migrations apply");
+        db
+    }
+
+    /// Creates an empty database without migrating.
+    pub async fn empty(prefix: &str) -> TestDb {
+        let name = unique_name(prefix);
+        let admin = admin_pool().await;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let url = with_database(&admin_url(), &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
+        TestDb { name, url, pool }
+    }
+
+    /// A name and URL for a database that does not exist (yet).
+    pub fn absent(prefix: &str) -> (String, String) {
+        let name = unique_name(prefix);
+        let url = with_database(&admin_url(), &name);
+        (name, url)
+    }
+
+    pub async fn drop(self) {
+        self.pool.close().await;
+        drop_database(&self.name).await;
+    }
+}
+
+pub async fn create_database(name: &str) {
+    let admin = admin_pool().await;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+pub async fn drop_database(name: &str) {
+    let admin = admin_pool().await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    admin.close().await;
+}
+
+/// The simulator replaying the given files at `minutes_per_second`.
+pub async fn simulator(files: &[&str], minutes_per_second: f64, tweak: impl FnOnce(&mut SimConfig)) -> SimHandle {
+    let args: Vec<String> = files.iter().map(|s| s.to_string()).collect();
+    let mut config = SimConfig {
+        data: dataset::load_all(&args).unwrap(),
+        speed: minutes_per_second * 60.0,
+        ping_interval: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    tweak(&mut config);
+    simulator::start(config).await.unwrap()
+}
+
+/// A config pointing at `sim` and `db_url`, with short timers for tests.
+/// `extra` is appended to the TOML (sections may repeat keys' tables only
+/// once, so pass whole `[section]` tables not given here).
+pub fn config(sim: &SimHandle, db_url: &str, spool: &Path, pairs: &[&str], ingest_extra: &str, bronze_extra: &str) -> Config {
+    let pairs: Vec<String> = pairs.iter().map(|p| format!("\"{p}\"")).collect();
+    let toml = format!(
+        r#"
+[database]
+url = "{db_url}"
+max_connections = 4
+connect_timeout = "2s"
+
+[ingest]
+spool_dir = "{spool}"
+reconnect_backoff_initial = "50ms"
+reconnect_backoff_max = "500ms"
+reconnect_stable_after = "1s"
+idle_timeout = "5s"
+connect_timeout = "2s"
+handover_timeout = "2s"
+shutdown_grace = "10s"
+{ingest_extra}
+
+[bronze]
+flush_interval = "200ms"
+retry_backoff_max = "500ms"
+{bronze_extra}
+
+[exchanges.binance]
+ws_url = "{ws}"
+rest_url = "{rest}"
+pairs = [{pairs}]
+"#,
+        spool = spool.display(),
+        ws = sim.binance_ws_url(),
+        rest = sim.binance_rest_url(),
+        pairs = pairs.join(", "),
+    );
+    Config::from_toml_with_env(&toml, Path::new("test.toml"), std::iter::empty()).unwrap()
+}
+
+/// The CSV rows as strings, exactly as Binance wrote them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row12 {
+    pub open: String,
+    pub high: String,
+    pub low: String,
+    pub close: String,
+    pub volume: String,
+    pub quote_volume: String,
+    pub trades: i64,
+}
+
+pub fn csv_rows(path: &str) -> BTreeMap<i64, Row12> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[0].parse::<i64>().unwrap(),
+                Row12 {
+                    open: f[1].into(),
+                    high: f[2].into(),
+                    low: f[3].into(),
+                    close: f[4].into(),
+                    volume: f[5].into(),
+                    quote_volume: f[7].into(),
+                    trades: f[8].parse().unwrap(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Final bronze rows of `symbol` as text, keyed by open time in ms, with the
+/// number of rows per key (to see duplicates).
+pub async fn bronze_finals(pool: &PgPool, symbol: &str) -> (BTreeMap<i64, Row12>, BTreeMap<i64, usize>) {
+    let rows = sqlx::query(
+        "SELECT (extract(epoch FROM interval_start) * 1000)::bigint AS t,
+                open::text, high::text, low::text, close::text, volume::text,
+                quote_volume::text AS q, trade_count,
+                interval_end - interval_start = interval '60 seconds' AS ok_end
+           FROM bronze.ohlcv_native
+          WHERE is_final AND symbol = $1 AND exchange = 'binance' AND source = 'ws'",
+    )
+    .bind(symbol)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = BTreeMap::new();
+    let mut counts = BTreeMap::new();
+    for r in rows {
+        assert!(r.get::<bool, _>("ok_end"), "interval_end = start + 60 s");
+        let t: i64 = r.get("t");
+        *counts.entry(t).or_insert(0) += 1;
+        out.insert(
+            t,
+            Row12 {
+                open: r.get("open"),
+                high: r.get("high"),
+                low: r.get("low"),
+                close: r.get("close"),
+                volume: r.get("volume"),
+                quote_volume: r.get("q"),
+                trades: r.get("trade_count"),
+            },
+        );
+    }
+    (out, counts)
+}
+
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap()
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn minute_ms(index: i64) -> i64 {
+    Minute::from_index(index).epoch_ms()
+}
+
+pub fn decimal(s: &str) -> rust_decimal::Decimal {
+    rust_decimal::Decimal::from_str(s).unwrap()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn spool_dir(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("spool")
+}
+
+/// Values of the CSV candle, for comparing simulator REST output.
+pub fn sim_candle_matches(row: &Row12, c: &SimCandle) -> bool {
+    row.open == c.open.to_string() && row.close == c.close.to_string() && row.volume == c.volume.to_string()
+}

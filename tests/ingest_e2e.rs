@@ -1,0 +1,229 @@
+//! End to end: the simulator replays the real BTCUSDT day of 2023-01-21 over
+//! real WebSocket sockets, `klines ingest` runs in-process against a real
+//! PostgreSQL, and bronze is compared with the CSV to the last digit.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use klines::telemetry::Metrics;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+struct Running {
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<klines::ingest::IngestReport, klines::ingest::IngestError>>,
+}
+
+fn start_ingest(config: klines::config::Config) -> Running {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = Arc::new(Metrics::new());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(klines::ingest::run(config, Arc::clone(&metrics), stop.clone()));
+    Running { metrics, stop, task }
+}
+
+impl Running {
+    async fn stop(self) -> klines::ingest::IngestReport {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap()
+    }
+}
+
+async fn finals(db: &TestDb) -> i64 {
+    count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native WHERE is_final").await
+}
+
+fn assert_matches_csv(rows: &std::collections::BTreeMap<i64, Row12>, csv: &std::collections::BTreeMap<i64, Row12>) {
+    for (t, row) in rows {
+        let expected = csv.get(t).unwrap_or_else(|| panic!("bronze has a minute {t} the data set does not"));
+        assert_eq!(row, expected, "minute {t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_day_lands_in_bronze_exactly() {
+    let db = TestDb::new("e2e_clean").await;
+    let sim = simulator(&[BTC_DAY], 240.0, |_| {}).await;
+    let dir = tempdir();
+    let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", ""));
+
+    assert!(wait_until(WAIT, || async { finals(&db).await >= 1440 }).await, "1440 finals arrive");
+    let sim_stats = sim.state.snapshot();
+    let report = ingest.stop().await;
+
+    let csv = csv_rows(BTC_DAY);
+    assert_eq!(csv.len(), 1440);
+    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
+    assert_eq!(rows.len(), 1440, "every minute of the day");
+    assert!(counts.values().all(|&n| n == 1), "no duplicate finals");
+    assert_eq!(rows, csv, "every value equals the CSV, digit for digit");
+    assert_eq!(sim_stats.distinct_finals, 1440);
+    assert!(report.bronze.rows_written >= 1440);
+    assert_eq!(report.bronze.rows_left_in_spool, 0);
+    // The hourly partitions of 2023-01-21 were created on demand.
+    let parts = count(&db.pool, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'bronze.ohlcv_native'::regclass").await;
+    assert!(parts >= 24, "{parts} partitions");
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnects_drops_and_duplicates_leave_no_duplicate_finals() {
+    let db = TestDb::new("e2e_faults").await;
+    let sim = simulator(&[BTC_DAY], 120.0, |c| {
+        c.faults.disconnect_every = Some(Duration::from_millis(1500));
+        c.faults.drop_updates = 0.01;
+        c.faults.duplicate = 0.05;
+        c.ping_interval = Duration::from_millis(200);
+    })
+    .await;
+    let dir = tempdir();
+    let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", ""));
+
+    // Wait until the replay is over: the last minute's final was sent.
+    let last = csv_rows(BTC_DAY).keys().next_back().copied().unwrap();
+    let done = wait_until(WAIT, || async {
+        sim.state.stats.finals_of("BTCUSDT").iter().any(|m| minute_ms(*m) == last)
+            || sim.state.clock.now_ms() > last + 120_000
+    })
+    .await;
+    assert!(done, "replay finished");
+    tokio::time::sleep(Duration::from_millis(800)).await; // last flush
+    let stats = sim.state.snapshot();
+    let metrics = Arc::clone(&ingest.metrics);
+    ingest.stop().await;
+
+    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
+    let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "duplicate finals in bronze: {dupes:?}");
+    assert_matches_csv(&rows, &csv_rows(BTC_DAY));
+    // Everything the simulator sent as final is in bronze: nothing accepted
+    // was lost across the reconnects.
+    let sent: Vec<i64> = sim.state.stats.finals_of("BTCUSDT").into_iter().map(minute_ms).collect();
+    let stored: Vec<i64> = rows.keys().copied().collect();
+    assert_eq!(stored, sent);
+    assert!(stats.disconnects_injected >= 3, "{stats:?}");
+    assert!(stats.duplicated > 0, "{stats:?}");
+    let reconnects = metrics.sum("klines_ws_reconnects_total", &[]);
+    assert!(
+        reconnects >= (stats.disconnects_injected - 1) as f64,
+        "reconnects counted: {reconnects} for {} injected",
+        stats.disconnects_injected
+    );
+    assert!(stats.pongs_received > 0, "pings are answered: {stats:?}");
+    // The repeats the simulator sent were recognised, not rewritten.
+    assert!(metrics.sum("klines_duplicate_finals_total", &[]) > 0.0);
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_rotation_before_the_server_cut_leaves_no_gap() {
+    let db = TestDb::new("e2e_rotate").await;
+    // The server closes every connection after 3 s (Binance: 24 h); klines
+    // replaces its connection after 1.5 s, opening the new one first.
+    let sim = simulator(&[BTC_DAY], 120.0, |c| {
+        c.faults.max_connection_age = Some(Duration::from_secs(3));
+    })
+    .await;
+    let dir = tempdir();
+    let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "rotate_after = \"1500ms\"", ""));
+
+    assert!(wait_until(WAIT, || async { finals(&db).await >= 1440 }).await, "1440 finals arrive");
+    let stats = sim.state.snapshot();
+    let metrics = Arc::clone(&ingest.metrics);
+    ingest.stop().await;
+
+    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
+    assert_eq!(rows.len(), 1440, "no minute lost across rotations");
+    assert!(counts.values().all(|&n| n == 1), "overlapping connections wrote each final once");
+    assert_eq!(rows, csv_rows(BTC_DAY));
+    let rotations = metrics.sum("klines_ws_reconnects_total", &["reason=\"rotation\""]);
+    assert!(rotations >= 3.0, "{rotations} rotations");
+    assert_eq!(stats.age_closes, 0, "klines always rotated before the server's cut: {stats:?}");
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_shutdown_notice_triggers_a_seamless_handover() {
+    let db = TestDb::new("e2e_notice").await;
+    let sim = simulator(&[BTC_DAY], 120.0, |c| {
+        c.faults.max_connection_age = Some(Duration::from_secs(2));
+        c.faults.shutdown_notice = true;
+    })
+    .await;
+    let dir = tempdir();
+    let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", ""));
+
+    assert!(wait_until(WAIT, || async { finals(&db).await >= 1440 }).await, "1440 finals arrive");
+    let metrics = Arc::clone(&ingest.metrics);
+    ingest.stop().await;
+    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
+    assert_eq!(rows.len(), 1440);
+    assert!(counts.values().all(|&n| n == 1));
+    assert!(metrics.sum("klines_ws_reconnects_total", &["reason=\"server_shutdown\""]) >= 2.0);
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_open_socket_is_a_dead_feed() {
+    let db = TestDb::new("e2e_dead").await;
+    let sim = simulator(&[BTC_DAY], 60.0, |_| {}).await;
+    let dir = tempdir();
+    let mut cfg = config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "");
+    cfg.ingest.idle_timeout = Duration::from_secs(1);
+    let ingest = start_ingest(cfg);
+    assert!(wait_until(WAIT, || async { finals(&db).await >= 3 }).await);
+    // The feed goes quiet while the socket stays open (pings continue).
+    sim.state.clock.pause();
+    let metrics = Arc::clone(&ingest.metrics);
+    let detected = wait_until(Duration::from_secs(20), || async {
+        metrics.sum("klines_ws_reconnects_total", &["reason=\"dead_feed\""]) >= 1.0
+    })
+    .await;
+    assert!(detected, "dead feed detected:\n{}", metrics.encode());
+    // And it recovers when data flows again.
+    sim.state.clock.resume();
+    let before = finals(&db).await;
+    assert!(wait_until(WAIT, || async { finals(&db).await > before + 3 }).await);
+    let report = ingest.stop().await;
+    assert_eq!(report.bronze.rows_left_in_spool, 0);
+    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
+    assert!(counts.values().all(|&n| n == 1));
+    assert_matches_csv(&rows, &csv_rows(BTC_DAY));
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_pairs_share_one_connection_and_split_across_connections() {
+    let db = TestDb::new("e2e_pairs").await;
+    // Both series start at the same minute.
+    let start = klines::domain::Minute::from_epoch_ms(1_674_259_200_000).unwrap();
+    let sim = simulator(&[BTC_DAY, ETH_DAY], 240.0, |c| c.start = Some(start)).await;
+    let dir = tempdir();
+    let mut cfg = config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT", "ETHUSDT"], "", "");
+    cfg.exchanges.get_mut(&klines::domain::ExchangeId::Binance).unwrap().max_pairs_per_connection = Some(1);
+    let ingest = start_ingest(cfg);
+    assert!(wait_until(WAIT, || async { finals(&db).await >= 2880 }).await, "both days arrive");
+    let stats = sim.state.snapshot();
+    ingest.stop().await;
+    assert_eq!(stats.connections, 2, "one connection per pair when max_pairs_per_connection = 1");
+    let (btc, _) = bronze_finals(&db.pool, "BTCUSDT").await;
+    let (eth, eth_counts) = bronze_finals(&db.pool, "ETHUSDT").await;
+    assert_eq!(btc, csv_rows(BTC_DAY));
+    assert_eq!(eth.len(), 1440);
+    assert!(eth_counts.values().all(|&n| n == 1));
+    // ETH was rebased onto the BTC day; its values are the ETH file's.
+    let eth_csv: Vec<Row12> = csv_rows(ETH_DAY).into_values().collect();
+    assert_eq!(eth.into_values().collect::<Vec<_>>(), eth_csv);
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
