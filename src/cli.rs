@@ -18,7 +18,12 @@ pub struct Cli {
     /// Config file (TOML). Every key can be overridden by a KLINES_* env var
     /// (nested keys joined by `__`, e.g. KLINES_EXCHANGES__BINANCE__WS_URL)
     /// and the database URL by DATABASE_URL.
-    #[arg(long, global = true, env = "KLINES_CONFIG", default_value = "config/klines.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "KLINES_CONFIG",
+        default_value = "config/klines.toml"
+    )]
     pub config: PathBuf,
 
     /// Log format: json for production and log shippers, pretty for a terminal.
@@ -37,10 +42,19 @@ pub enum Command {
     Ingest,
     /// Create or upgrade the database schema (schemas ref, bronze, silver,
     /// gold, ops). Safe to run any number of times.
-    Migrate,
+    Migrate(MigrateArgs),
     /// Run the bundled exchange simulator: Binance's WebSocket and REST
     /// protocol on localhost, replaying real candle files, with faults.
     Simulate(SimulateArgs),
+}
+
+/// `klines migrate` options.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Create the database named in database.url first if it does not exist
+    /// (connects to the server's `postgres` database to do so).
+    #[arg(long)]
+    pub create_database: bool,
 }
 
 /// `klines simulate` options.
@@ -151,7 +165,9 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
-        .ok_or_else(|| format!("`{s}` is not an RFC 3339 time (2026-11-21T13:00:00Z) or a date (2026-11-21)"))
+        .ok_or_else(|| {
+            format!("`{s}` is not an RFC 3339 time (2026-11-21T13:00:00Z) or a date (2026-11-21)")
+        })
 }
 
 fn parse_start(s: &str) -> Result<Minute, String> {
@@ -174,9 +190,14 @@ mod tests {
 
     #[test]
     fn times_and_speeds_parse() {
-        assert_eq!(parse_time("2026-11-21").unwrap().to_rfc3339(), "2026-11-21T00:00:00+00:00");
         assert_eq!(
-            parse_time("2026-11-21T13:05:00+01:00").unwrap().to_rfc3339(),
+            parse_time("2026-11-21").unwrap().to_rfc3339(),
+            "2026-11-21T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("2026-11-21T13:05:00+01:00")
+                .unwrap()
+                .to_rfc3339(),
             "2026-11-21T12:05:00+00:00"
         );
         assert!(parse_time("21/11/2026").unwrap_err().contains("21/11/2026"));
@@ -189,13 +210,24 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_rejected_with_the_argument_named() {
-        let err = Cli::try_parse_from(["klines", "simulate", "--data", "x.csv", "--drop-updates", "2"])
+        let err = Cli::try_parse_from([
+            "klines",
+            "simulate",
+            "--data",
+            "x.csv",
+            "--drop-updates",
+            "2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--drop-updates"), "{err}");
+        let err = Cli::try_parse_from(["klines", "simulate"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--drop-updates"), "{err}");
-        let err = Cli::try_parse_from(["klines", "simulate"]).unwrap_err().to_string();
         assert!(err.contains("--data"), "{err}");
-        let err = Cli::try_parse_from(["klines", "frobnicate"]).unwrap_err().to_string();
+        let err = Cli::try_parse_from(["klines", "frobnicate"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("frobnicate"), "{err}");
     }
 }

@@ -256,10 +256,17 @@ impl Config {
             message: e.to_string(),
         })?;
         apply_env(&mut root, env)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
                 let path = e.path().to_string();
-                let message = e.inner().to_string();
+                // toml appends "\nin `key`"; the key is reported separately.
+                let full = e.inner().to_string();
+                let message = full
+                    .split("\nin `")
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
                 ConfigError::invalid(key_of(&path, &message), message)
             })?;
         config.validate()?;
@@ -277,11 +284,17 @@ impl Config {
                 "must be a postgres:// or postgresql:// URL (value not shown)",
             ));
         }
-        positive("database.max_connections", self.database.max_connections as usize)?;
+        positive(
+            "database.max_connections",
+            self.database.max_connections as usize,
+        )?;
         nonzero("database.connect_timeout", self.database.connect_timeout)?;
 
         let ing = &self.ingest;
-        nonzero("ingest.reconnect_backoff_initial", ing.reconnect_backoff_initial)?;
+        nonzero(
+            "ingest.reconnect_backoff_initial",
+            ing.reconnect_backoff_initial,
+        )?;
         nonzero("ingest.reconnect_backoff_max", ing.reconnect_backoff_max)?;
         if ing.reconnect_backoff_initial > ing.reconnect_backoff_max {
             return Err(ConfigError::invalid(
@@ -295,7 +308,10 @@ impl Config {
         nonzero("ingest.handover_timeout", ing.handover_timeout)?;
         positive("ingest.channel_capacity", ing.channel_capacity)?;
         if ing.spool_dir.as_os_str().is_empty() {
-            return Err(ConfigError::invalid("ingest.spool_dir", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "ingest.spool_dir",
+                "must not be empty",
+            ));
         }
 
         positive("bronze.batch_rows", self.bronze.batch_rows)?;
@@ -315,7 +331,10 @@ impl Config {
             if !matches!(ex.ws_url.scheme(), "ws" | "wss") {
                 return Err(ConfigError::invalid(
                     key("ws_url"),
-                    format!("must be a ws:// or wss:// URL, got scheme `{}`", ex.ws_url.scheme()),
+                    format!(
+                        "must be a ws:// or wss:// URL, got scheme `{}`",
+                        ex.ws_url.scheme()
+                    ),
                 ));
             }
             if !matches!(ex.rest_url.scheme(), "http" | "https") {
@@ -390,6 +409,8 @@ fn key_of(path: &str, message: &str) -> String {
         if let Some(field) = rest.split('`').next() {
             return if path.is_empty() {
                 field.to_owned()
+            } else if path == field || path.ends_with(&format!(".{field}")) {
+                path.to_owned()
             } else {
                 format!("{path}.{field}")
             };

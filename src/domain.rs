@@ -18,7 +18,7 @@ const MINUTE_MS: i64 = 60_000;
 
 /// The exchanges klines knows. Every one has (or will have) a module in
 /// `src/exchange/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExchangeId {
     Binance,
@@ -64,8 +64,19 @@ impl FromStr for ExchangeId {
             .into_iter()
             .find(|id| id.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
-                format!("unknown exchange `{s}`; expected one of binance, kraken, coinbase, okx, bybit")
+                format!(
+                    "unknown exchange `{s}`; expected one of binance, kraken, coinbase, okx, bybit"
+                )
             })
+    }
+}
+
+/// Deserialised from its name, as a string, so config errors can name the
+/// exchange's key (`exchanges.binance.ws_url`).
+impl<'de> Deserialize<'de> for ExchangeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -260,6 +271,9 @@ mod tests {
         for id in ExchangeId::ALL {
             assert_eq!(id.as_str().parse::<ExchangeId>().unwrap(), id);
         }
-        assert!("binanse".parse::<ExchangeId>().unwrap_err().contains("binanse"));
+        assert!("binanse"
+            .parse::<ExchangeId>()
+            .unwrap_err()
+            .contains("binanse"));
     }
 }

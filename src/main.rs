@@ -51,12 +51,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Migrate => {
+        Command::Migrate(args) => {
             let config = Config::load(&cli.config)?;
+            if args.create_database
+                && klines::db::create_database_if_missing(&config.database)
+                    .await
+                    .context("cannot create the database (check database.url / DATABASE_URL)")?
+            {
+                println!("klines: created the database");
+            }
             let pool = klines::db::connect(&config.database)
                 .await
                 .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
-            klines::db::migrate(&pool).await.context("migration failed")?;
+            klines::db::migrate(&pool)
+                .await
+                .context("migration failed")?;
             let applied = klines::db::MIGRATOR.iter().count();
             info!(migrations = applied, "Schema is up to date");
             println!("klines: schema is up to date ({applied} migrations)");
@@ -111,7 +120,10 @@ async fn cancel_on_signal(token: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => info!(signal = "SIGTERM", "Shutdown requested"),

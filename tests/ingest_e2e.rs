@@ -16,15 +16,24 @@ const WAIT: Duration = Duration::from_secs(120);
 struct Running {
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<klines::ingest::IngestReport, klines::ingest::IngestError>>,
+    task:
+        tokio::task::JoinHandle<Result<klines::ingest::IngestReport, klines::ingest::IngestError>>,
 }
 
 fn start_ingest(config: klines::config::Config) -> Running {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::new());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(klines::ingest::run(config, Arc::clone(&metrics), stop.clone()));
-    Running { metrics, stop, task }
+    let task = tokio::spawn(klines::ingest::run(
+        config,
+        Arc::clone(&metrics),
+        stop.clone(),
+    ));
+    Running {
+        metrics,
+        stop,
+        task,
+    }
 }
 
 impl Running {
@@ -35,12 +44,21 @@ impl Running {
 }
 
 async fn finals(db: &TestDb) -> i64 {
-    count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native WHERE is_final").await
+    count(
+        &db.pool,
+        "SELECT count(*) FROM bronze.ohlcv_native WHERE is_final",
+    )
+    .await
 }
 
-fn assert_matches_csv(rows: &std::collections::BTreeMap<i64, Row12>, csv: &std::collections::BTreeMap<i64, Row12>) {
+fn assert_matches_csv(
+    rows: &std::collections::BTreeMap<i64, Row12>,
+    csv: &std::collections::BTreeMap<i64, Row12>,
+) {
     for (t, row) in rows {
-        let expected = csv.get(t).unwrap_or_else(|| panic!("bronze has a minute {t} the data set does not"));
+        let expected = csv
+            .get(t)
+            .unwrap_or_else(|| panic!("bronze has a minute {t} the data set does not"));
         assert_eq!(row, expected, "minute {t}");
     }
 }
@@ -50,9 +68,19 @@ async fn replayed_day_lands_in_bronze_exactly() {
     let db = TestDb::new("e2e_clean").await;
     let sim = simulator(&[BTC_DAY], 240.0, |_| {}).await;
     let dir = tempdir();
-    let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", ""));
+    let ingest = start_ingest(config(
+        &sim,
+        &db.url,
+        &spool_dir(&dir),
+        &["BTCUSDT"],
+        "",
+        "",
+    ));
 
-    assert!(wait_until(WAIT, || async { finals(&db).await >= 1440 }).await, "1440 finals arrive");
+    assert!(
+        wait_until(WAIT, || async { finals(&db).await >= 1440 }).await,
+        "1440 finals arrive"
+    );
     let sim_stats = sim.state.snapshot();
     let report = ingest.stop().await;
 
@@ -66,7 +94,11 @@ async fn replayed_day_lands_in_bronze_exactly() {
     assert!(report.bronze.rows_written >= 1440);
     assert_eq!(report.bronze.rows_left_in_spool, 0);
     // The hourly partitions of 2023-01-21 were created on demand.
-    let parts = count(&db.pool, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'bronze.ohlcv_native'::regclass").await;
+    let parts = count(
+        &db.pool,
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'bronze.ohlcv_native'::regclass",
+    )
+    .await;
     assert!(parts >= 24, "{parts} partitions");
     sim.stop().await.unwrap();
     db.drop().await;
@@ -83,12 +115,23 @@ async fn disconnects_drops_and_duplicates_leave_no_duplicate_finals() {
     })
     .await;
     let dir = tempdir();
-    let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", ""));
+    let ingest = start_ingest(config(
+        &sim,
+        &db.url,
+        &spool_dir(&dir),
+        &["BTCUSDT"],
+        "",
+        "",
+    ));
 
     // Wait until the replay is over: the last minute's final was sent.
     let last = csv_rows(BTC_DAY).keys().next_back().copied().unwrap();
     let done = wait_until(WAIT, || async {
-        sim.state.stats.finals_of("BTCUSDT").iter().any(|m| minute_ms(*m) == last)
+        sim.state
+            .stats
+            .finals_of("BTCUSDT")
+            .iter()
+            .any(|m| minute_ms(*m) == last)
             || sim.state.clock.now_ms() > last + 120_000
     })
     .await;
@@ -104,7 +147,13 @@ async fn disconnects_drops_and_duplicates_leave_no_duplicate_finals() {
     assert_matches_csv(&rows, &csv_rows(BTC_DAY));
     // Everything the simulator sent as final is in bronze: nothing accepted
     // was lost across the reconnects.
-    let sent: Vec<i64> = sim.state.stats.finals_of("BTCUSDT").into_iter().map(minute_ms).collect();
+    let sent: Vec<i64> = sim
+        .state
+        .stats
+        .finals_of("BTCUSDT")
+        .into_iter()
+        .map(minute_ms)
+        .collect();
     let stored: Vec<i64> = rows.keys().copied().collect();
     assert_eq!(stored, sent);
     assert!(stats.disconnects_injected >= 3, "{stats:?}");
@@ -132,20 +181,36 @@ async fn connection_rotation_before_the_server_cut_leaves_no_gap() {
     })
     .await;
     let dir = tempdir();
-    let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "rotate_after = \"1500ms\"", ""));
+    let ingest = start_ingest(config(
+        &sim,
+        &db.url,
+        &spool_dir(&dir),
+        &["BTCUSDT"],
+        "rotate_after = \"1500ms\"",
+        "",
+    ));
 
-    assert!(wait_until(WAIT, || async { finals(&db).await >= 1440 }).await, "1440 finals arrive");
+    assert!(
+        wait_until(WAIT, || async { finals(&db).await >= 1440 }).await,
+        "1440 finals arrive"
+    );
     let stats = sim.state.snapshot();
     let metrics = Arc::clone(&ingest.metrics);
     ingest.stop().await;
 
     let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
     assert_eq!(rows.len(), 1440, "no minute lost across rotations");
-    assert!(counts.values().all(|&n| n == 1), "overlapping connections wrote each final once");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "overlapping connections wrote each final once"
+    );
     assert_eq!(rows, csv_rows(BTC_DAY));
     let rotations = metrics.sum("klines_ws_reconnects_total", &["reason=\"rotation\""]);
     assert!(rotations >= 3.0, "{rotations} rotations");
-    assert_eq!(stats.age_closes, 0, "klines always rotated before the server's cut: {stats:?}");
+    assert_eq!(
+        stats.age_closes, 0,
+        "klines always rotated before the server's cut: {stats:?}"
+    );
     sim.stop().await.unwrap();
     db.drop().await;
 }
@@ -159,15 +224,30 @@ async fn server_shutdown_notice_triggers_a_seamless_handover() {
     })
     .await;
     let dir = tempdir();
-    let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", ""));
+    let ingest = start_ingest(config(
+        &sim,
+        &db.url,
+        &spool_dir(&dir),
+        &["BTCUSDT"],
+        "",
+        "",
+    ));
 
-    assert!(wait_until(WAIT, || async { finals(&db).await >= 1440 }).await, "1440 finals arrive");
+    assert!(
+        wait_until(WAIT, || async { finals(&db).await >= 1440 }).await,
+        "1440 finals arrive"
+    );
     let metrics = Arc::clone(&ingest.metrics);
     ingest.stop().await;
     let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
     assert_eq!(rows.len(), 1440);
     assert!(counts.values().all(|&n| n == 1));
-    assert!(metrics.sum("klines_ws_reconnects_total", &["reason=\"server_shutdown\""]) >= 2.0);
+    assert!(
+        metrics.sum(
+            "klines_ws_reconnects_total",
+            &["reason=\"server_shutdown\""]
+        ) >= 2.0
+    );
     sim.stop().await.unwrap();
     db.drop().await;
 }
@@ -209,13 +289,29 @@ async fn many_pairs_share_one_connection_and_split_across_connections() {
     let start = klines::domain::Minute::from_epoch_ms(1_674_259_200_000).unwrap();
     let sim = simulator(&[BTC_DAY, ETH_DAY], 240.0, |c| c.start = Some(start)).await;
     let dir = tempdir();
-    let mut cfg = config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT", "ETHUSDT"], "", "");
-    cfg.exchanges.get_mut(&klines::domain::ExchangeId::Binance).unwrap().max_pairs_per_connection = Some(1);
+    let mut cfg = config(
+        &sim,
+        &db.url,
+        &spool_dir(&dir),
+        &["BTCUSDT", "ETHUSDT"],
+        "",
+        "",
+    );
+    cfg.exchanges
+        .get_mut(&klines::domain::ExchangeId::Binance)
+        .unwrap()
+        .max_pairs_per_connection = Some(1);
     let ingest = start_ingest(cfg);
-    assert!(wait_until(WAIT, || async { finals(&db).await >= 2880 }).await, "both days arrive");
+    assert!(
+        wait_until(WAIT, || async { finals(&db).await >= 2880 }).await,
+        "both days arrive"
+    );
     let stats = sim.state.snapshot();
     ingest.stop().await;
-    assert_eq!(stats.connections, 2, "one connection per pair when max_pairs_per_connection = 1");
+    assert_eq!(
+        stats.connections, 2,
+        "one connection per pair when max_pairs_per_connection = 1"
+    );
     let (btc, _) = bronze_finals(&db.pool, "BTCUSDT").await;
     let (eth, eth_counts) = bronze_finals(&db.pool, "ETHUSDT").await;
     assert_eq!(btc, csv_rows(BTC_DAY));

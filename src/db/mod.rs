@@ -33,6 +33,32 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     pool_options(cfg).connect_with(options(cfg)?).await
 }
 
+/// Creates the database named in `cfg.url` if it does not exist, by
+/// connecting to the server's `postgres` database. Returns true when it was
+/// created.
+pub async fn create_database_if_missing(cfg: &DatabaseConfig) -> Result<bool, sqlx::Error> {
+    let target = options(cfg)?;
+    let name = target.get_database().unwrap_or("postgres").to_owned();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(cfg.connect_timeout)
+        .connect_with(target.database("postgres"))
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&admin)
+            .await?;
+    }
+    admin.close().await;
+    Ok(!exists)
+}
+
 /// Applies every pending migration. Idempotent; concurrent callers are
 /// serialised by sqlx's advisory lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

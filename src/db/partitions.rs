@@ -93,12 +93,13 @@ async fn create_range(
 ) -> Result<u64, sqlx::Error> {
     let mut created = 0u64;
     for table in HOURLY_TABLES {
-        let n: i32 = sqlx::query_scalar("SELECT ops.ensure_hourly_partitions($1::regclass, $2, $3)")
-            .bind(table)
-            .bind(from)
-            .bind(to)
-            .fetch_one(pool)
-            .await?;
+        let n: i32 =
+            sqlx::query_scalar("SELECT ops.ensure_hourly_partitions($1::regclass, $2, $3)")
+                .bind(table)
+                .bind(from)
+                .bind(to)
+                .fetch_one(pool)
+                .await?;
         created += u64::try_from(n).unwrap_or(0);
     }
     Ok(created)
@@ -117,9 +118,16 @@ mod tests {
 
     #[test]
     fn hour_of_is_floor() {
-        let t = DateTime::parse_from_rfc3339("2023-01-21T13:59:59Z").unwrap().to_utc();
-        assert_eq!(hour_start(hour_of(t)).to_rfc3339(), "2023-01-21T13:00:00+00:00");
-        let before_epoch = DateTime::parse_from_rfc3339("1969-12-31T23:30:00Z").unwrap().to_utc();
+        let t = DateTime::parse_from_rfc3339("2023-01-21T13:59:59Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            hour_start(hour_of(t)).to_rfc3339(),
+            "2023-01-21T13:00:00+00:00"
+        );
+        let before_epoch = DateTime::parse_from_rfc3339("1969-12-31T23:30:00Z")
+            .unwrap()
+            .to_utc();
         assert_eq!(hour_of(before_epoch), -1);
     }
 }

@@ -200,8 +200,7 @@ fn event_from_wire(ev: &KlineEvent<'_>, received: DateTime<Utc>) -> Result<Decod
 
 /// Everything that is not a well-formed combined kline frame.
 fn decode_slow(frame: &str, received: DateTime<Utc>) -> Result<Decoded, DecodeError> {
-    let value: Value =
-        serde_json::from_str(frame).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let value: Value = serde_json::from_str(frame).map_err(|e| DecodeError::Json(e.to_string()))?;
     let Value::Object(obj) = &value else {
         return Err(DecodeError::Shape("frame is not a JSON object".into()));
     };
@@ -438,8 +437,14 @@ mod tests {
         assert_eq!(klines.len(), 2);
         let first = single(decode(klines[0]).unwrap());
         assert_eq!(first.candle.symbol, "NKNUSDT");
-        assert_eq!(first.candle.interval_start.timestamp_millis(), 1_633_998_480_000);
-        assert_eq!(first.candle.interval_end().timestamp_millis(), 1_633_998_540_000);
+        assert_eq!(
+            first.candle.interval_start.timestamp_millis(),
+            1_633_998_480_000
+        );
+        assert_eq!(
+            first.candle.interval_end().timestamp_millis(),
+            1_633_998_540_000
+        );
         assert_eq!(first.candle.open, dec("0.35270000"));
         assert_eq!(first.candle.close, dec("0.35280000"));
         assert_eq!(first.candle.high, dec("0.35280000"));
@@ -448,7 +453,10 @@ mod tests {
         assert_eq!(first.candle.quote_volume, Some(dec("9116.04600000")));
         assert_eq!(first.candle.trade_count, Some(30));
         assert!(!first.is_final);
-        assert_eq!(first.event_ts.unwrap().timestamp_millis(), 1_633_998_523_963);
+        assert_eq!(
+            first.event_ts.unwrap().timestamp_millis(),
+            1_633_998_523_963
+        );
         // The exact textual scale survives: no float ever touched it.
         assert_eq!(first.candle.open.to_string(), "0.35270000");
     }
@@ -491,9 +499,10 @@ mod tests {
 
     #[test]
     fn crypto_msg_parser_frames_decode_and_monthly_is_rejected() {
-        let text =
-            std::fs::read_to_string(format!("{FIXTURES}/ws/crypto_msg_parser_binance_candlestick.jsonl"))
-                .unwrap();
+        let text = std::fs::read_to_string(format!(
+            "{FIXTURES}/ws/crypto_msg_parser_binance_candlestick.jsonl"
+        ))
+        .unwrap();
         let mut ok = 0;
         let mut unsupported = 0;
         for line in text.lines() {
@@ -535,8 +544,10 @@ mod tests {
             Decoded::Control(Control::Ack)
         );
         assert_eq!(
-            decode(r#"{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1784125921018}}"#)
-                .unwrap(),
+            decode(
+                r#"{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1784125921018}}"#
+            )
+            .unwrap(),
             Decoded::Control(Control::ServerShutdown)
         );
         match decode(r#"{"code":2,"msg":"Invalid request: unknown variant","id":3}"#).unwrap() {
@@ -559,14 +570,29 @@ mod tests {
             (r#"{"stream":"x","data":7}"#, "shape"),
             (r#"{"foo":"bar"}"#, "shape"),
             (&good.replace(r#""x":false,"#, ""), "shape"),
-            (&good.replace(r#""o":"29038.46000000""#, r#""o":29038.46"#), "shape"),
-            (&good.replace(r#""o":"29038.46000000""#, r#""o":"29,038.46""#), "field"),
-            (&good.replace(r#""v":"0.20926000""#, r#""v":"-0.2""#), "field"),
+            (
+                &good.replace(r#""o":"29038.46000000""#, r#""o":29038.46"#),
+                "shape",
+            ),
+            (
+                &good.replace(r#""o":"29038.46000000""#, r#""o":"29,038.46""#),
+                "field",
+            ),
+            (
+                &good.replace(r#""v":"0.20926000""#, r#""v":"-0.2""#),
+                "field",
+            ),
             (&good.replace("1653818760000", "1653818760001"), "field"),
             (&good.replace(r#""n":31"#, r#""n":-1"#), "field"),
-            (&good.replace(r#""s":"BTCUSDT","i""#, r#""s":"","i""#), "field"),
+            (
+                &good.replace(r#""s":"BTCUSDT","i""#, r#""s":"","i""#),
+                "field",
+            ),
             (&good.replace(r#""i":"1m""#, r#""i":"5m""#), "unsupported"),
-            (&good.replace(r#""e":"kline""#, r#""e":"trade""#), "unsupported"),
+            (
+                &good.replace(r#""e":"kline""#, r#""e":"trade""#),
+                "unsupported",
+            ),
             (&good.replace(r#""x":false"#, r#""x":"false""#), "shape"),
         ];
         for (frame, kind) in cases {
@@ -624,6 +650,8 @@ mod tests {
             .unwrap();
         assert_eq!(all.len(), 10);
         assert!(binance().parse_rest_klines("BTCUSDT", b"{}", now).is_err());
-        assert!(binance().parse_rest_klines("BTCUSDT", b"[[1,2]]", now).is_err());
+        assert!(binance()
+            .parse_rest_klines("BTCUSDT", b"[[1,2]]", now)
+            .is_err());
     }
 }

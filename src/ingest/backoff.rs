@@ -107,7 +107,10 @@ mod tests {
         for _ in 0..6 {
             steps.push(b.step().as_millis());
             let d = b.next_delay();
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(1000), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(1000),
+                "{d:?}"
+            );
         }
         assert_eq!(steps, vec![100, 200, 400, 800, 1000, 1000]);
         b.reset();
@@ -119,7 +122,10 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(8), Duration::from_secs(8));
         for _ in 0..200 {
             let d = b.next_delay();
-            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(8), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(8),
+                "{d:?}"
+            );
         }
     }
 

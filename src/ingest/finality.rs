@@ -71,7 +71,9 @@ impl Finality {
                 out.duplicate_final = true;
             } else {
                 state.open.remove(&minute);
-                state.recent_finals.push_back((minute, event.candle.clone()));
+                state
+                    .recent_finals
+                    .push_back((minute, event.candle.clone()));
                 if state.recent_finals.len() > RECENT_FINALS {
                     state.recent_finals.pop_front();
                 }
@@ -104,7 +106,8 @@ impl Finality {
             out.extend(std::mem::take(&mut state.open).into_values());
         }
         out.sort_by(|a, b| {
-            (a.candle.interval_start, &a.candle.symbol).cmp(&(b.candle.interval_start, &b.candle.symbol))
+            (a.candle.interval_start, &a.candle.symbol)
+                .cmp(&(b.candle.interval_start, &b.candle.symbol))
         });
         out
     }
@@ -192,6 +195,9 @@ mod tests {
         let out = f.observe(ev("A", 2, 2, false));
         assert_eq!(out.to_bronze.len(), 1);
         assert!(!out.to_bronze[0].is_final);
-        assert_eq!(out.to_bronze[0].candle.minute(), Minute::from_index(28_000_000));
+        assert_eq!(
+            out.to_bronze[0].candle.minute(),
+            Minute::from_index(28_000_000)
+        );
     }
 }

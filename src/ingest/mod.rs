@@ -52,7 +52,9 @@ pub async fn run(
     let pool = db::connect_lazy(&config.database)?;
     match db::migrate(&pool).await {
         Ok(()) => info!("Database schema is up to date"),
-        Err(e) => warn!(error = %e, "Could not apply migrations at start-up; bronze rows wait in the spool until PostgreSQL is usable"),
+        Err(e) => {
+            warn!(error = %e, "Could not apply migrations at start-up; bronze rows wait in the spool until PostgreSQL is usable")
+        }
     }
     let partitions = Arc::new(Partitions::new());
     let spool = Spool::open(config.ingest.spool_dir.join("bronze"))?;
@@ -111,7 +113,10 @@ pub async fn run(
     workers.close();
 
     shutdown.cancelled().await;
-    info!(grace_s = grace.as_secs_f64(), "Shutting down: stopping workers, draining sinks");
+    info!(
+        grace_s = grace.as_secs_f64(),
+        "Shutting down: stopping workers, draining sinks"
+    );
     if tokio::time::timeout(grace, workers.wait()).await.is_err() {
         error!("Workers did not stop within the grace period");
     }

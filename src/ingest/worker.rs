@@ -179,6 +179,7 @@ impl Slot {
         loop {
             let end = loop {
                 tokio::select! {
+                    biased;
                     _ = cancel.cancelled() => {
                         conn.token.cancel();
                         let _ = (&mut conn.task).await;
@@ -202,6 +203,8 @@ impl Slot {
                 }
             };
             self.flush_open_minutes().await;
+            // A connection ended by our own shutdown is not a reconnect.
+            let end = end.filter(|e| *e != ConnEnd::Cancelled && !cancel.is_cancelled());
             let Some(end) = end else {
                 info!(%exchange, slot = self.index, "Worker stopped");
                 return;
@@ -328,15 +331,25 @@ impl Slot {
                 Err(_) => return ConnEnd::ConnectFailed(format!("no answer within {:?}", self.config.connect_timeout)),
             },
         };
-        let gauge = self.metrics.connections.get_or_create(&self.label()).clone();
+        let gauge = self
+            .metrics
+            .connections
+            .get_or_create(&self.label())
+            .clone();
         gauge.inc();
         let _gauge_guard = GaugeGuard(gauge);
 
         // Subscribe, paced under the exchange's control-message rate (one
         // message of headroom for pongs).
         let limits = self.exchange.limits();
-        let pace = Duration::from_secs(1) / limits.control_messages_per_second.saturating_sub(1).max(1);
-        for (i, msg) in self.exchange.subscribe_messages(&self.pairs).into_iter().enumerate() {
+        let pace =
+            Duration::from_secs(1) / limits.control_messages_per_second.saturating_sub(1).max(1);
+        for (i, msg) in self
+            .exchange
+            .subscribe_messages(&self.pairs)
+            .into_iter()
+            .enumerate()
+        {
             if i > 0 {
                 sleep(pace).await;
             }
@@ -382,7 +395,10 @@ impl Slot {
                 None => return ConnEnd::Closed("stream ended".into()),
                 Some(Err(e)) => return ConnEnd::Error(e.to_string()),
                 Some(Ok(Message::Close(frame))) => {
-                    return ConnEnd::Closed(frame.map_or_else(|| "no reason".into(), |f| format!("{} {}", f.code, f.reason)));
+                    return ConnEnd::Closed(frame.map_or_else(
+                        || "no reason".into(),
+                        |f| format!("{} {}", f.code, f.reason),
+                    ));
                 }
                 Some(Ok(Message::Text(text))) => text,
                 Some(Ok(Message::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
@@ -397,7 +413,10 @@ impl Slot {
             };
             self.metrics.ws_messages.get_or_create(&labels).inc();
             let received = Utc::now();
-            match self.exchange.decode(text.as_str(), received, &mut decode_state) {
+            match self
+                .exchange
+                .decode(text.as_str(), received, &mut decode_state)
+            {
                 Ok(Decoded::Candles(events)) => {
                     last_data = Instant::now();
                     if !live {

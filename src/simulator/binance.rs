@@ -152,7 +152,11 @@ fn handle_request(text: &str, subs: &mut BTreeSet<String>) -> Reply {
     let params: Vec<String> = v
         .get("params")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     match v.get("method").and_then(Value::as_str) {
         Some("SUBSCRIBE") => {
@@ -186,13 +190,21 @@ fn far_future() -> Instant {
 
 /// Serves one WebSocket client until it leaves, a fault ends it, or the
 /// simulator stops.
-async fn connection(sim: Arc<SimState>, mut socket: WebSocket, streams: Vec<String>, combined: bool) {
+async fn connection(
+    sim: Arc<SimState>,
+    mut socket: WebSocket,
+    streams: Vec<String>,
+    combined: bool,
+) {
     let (conn_id, rng) = sim.conn_rng();
     let mut dice = FaultDice::new(rng);
     let cfg = &sim.config;
     let faults = &cfg.faults;
     let stats = &sim.stats;
-    let mut subs: BTreeSet<String> = streams.iter().filter_map(|s| kline_stream_symbol(s)).collect();
+    let mut subs: BTreeSet<String> = streams
+        .iter()
+        .filter_map(|s| kline_stream_symbol(s))
+        .collect();
     let opened = Instant::now();
     let disconnect_at = faults.disconnect_every.map(|d| opened + d);
     let mut age_at = faults.max_connection_age.map(|d| opened + d);
@@ -311,7 +323,11 @@ async fn emit(
         let Some(candle) = sim.market.candle_at(symbol, step.minute) else {
             continue;
         };
-        let drop_p = if is_final { faults.drop_finals } else { faults.drop_updates };
+        let drop_p = if is_final {
+            faults.drop_finals
+        } else {
+            faults.drop_updates
+        };
         if dice.roll(drop_p) {
             SimStats::add(&sim.stats.dropped);
             continue;
@@ -329,7 +345,11 @@ async fn emit(
             1
         };
         for _ in 0..copies {
-            if socket.send(Message::Text(frame.clone().into())).await.is_err() {
+            if socket
+                .send(Message::Text(frame.clone().into()))
+                .await
+                .is_err()
+            {
                 return false;
             }
             SimStats::add(&sim.stats.frames_sent);
@@ -358,7 +378,8 @@ fn too_many_requests() -> Response {
         -1003,
         "Too many requests; current limit is 6000 request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
     );
-    r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
     r
 }
 
@@ -385,32 +406,44 @@ async fn klines(
         return with_weight(missing("interval"), used);
     };
     if interval != "1m" {
-        return with_weight(binance_error(StatusCode::BAD_REQUEST, -1120, "Invalid interval."), used);
+        return with_weight(
+            binance_error(StatusCode::BAD_REQUEST, -1120, "Invalid interval."),
+            used,
+        );
     }
     if !sim.market.has_symbol(symbol) {
-        return with_weight(binance_error(StatusCode::BAD_REQUEST, -1121, "Invalid symbol."), used);
+        return with_weight(
+            binance_error(StatusCode::BAD_REQUEST, -1121, "Invalid symbol."),
+            used,
+        );
     }
-    let parse_i64 = |name: &str| -> Result<Option<i64>, Response> {
-        match q.get(name) {
-            None => Ok(None),
-            Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
-                binance_error(
-                    StatusCode::BAD_REQUEST,
-                    -1100,
-                    &format!("Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."),
-                )
-            }),
+    let parse_i64 = |name: &'static str| -> Result<Option<i64>, &'static str> {
+        q.get(name)
+            .map(|v| v.parse::<i64>().map_err(|_| name))
+            .transpose()
+    };
+    let parsed =
+        parse_i64("startTime").and_then(|s| Ok((s, parse_i64("endTime")?, parse_i64("limit")?)));
+    let (start, end, limit) = match parsed {
+        Ok(values) => values,
+        Err(name) => {
+            let msg = format!(
+                "Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
+            );
+            return with_weight(binance_error(StatusCode::BAD_REQUEST, -1100, &msg), used);
         }
     };
-    let (start, end, limit) = match (parse_i64("startTime"), parse_i64("endTime"), parse_i64("limit")) {
-        (Ok(s), Ok(e), Ok(l)) => (s, e, l),
-        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return with_weight(r, used),
-    };
-    let limit = limit.map_or(KLINES_DEFAULT_LIMIT, |l| (l.max(1) as usize).min(KLINES_MAX_LIMIT));
+    let limit = limit.map_or(KLINES_DEFAULT_LIMIT, |l| {
+        (l.max(1) as usize).min(KLINES_MAX_LIMIT)
+    });
     if let (Some(s), Some(e)) = (start, end) {
         if s > e {
             return with_weight(
-                binance_error(StatusCode::BAD_REQUEST, -1023, "Start time is greater than end time."),
+                binance_error(
+                    StatusCode::BAD_REQUEST,
+                    -1023,
+                    "Start time is greater than end time.",
+                ),
                 used,
             );
         }
@@ -448,7 +481,8 @@ async fn klines(
         .filter_map(|m| {
             let full = sim.market.candle_at(symbol, m)?;
             let c = if m == current {
-                let elapsed = u32::try_from((now_ms - m.epoch_ms()).clamp(0, 59_999) / 1000).unwrap_or(0);
+                let elapsed =
+                    u32::try_from((now_ms - m.epoch_ms()).clamp(0, 59_999) / 1000).unwrap_or(0);
                 partial_candle(full, elapsed, 60)
             } else {
                 full.clone()
@@ -474,7 +508,9 @@ async fn klines(
 
 /// Splits a simulated symbol into base and quote by the common quote assets.
 fn split_symbol(symbol: &str) -> (String, String) {
-    const QUOTES: &[&str] = &["USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB"];
+    const QUOTES: &[&str] = &[
+        "USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB",
+    ];
     for q in QUOTES {
         if let Some(base) = symbol.strip_suffix(q) {
             if !base.is_empty() {
@@ -555,11 +591,21 @@ mod tests {
             taker_buy_quote_volume: d("813321.53894420"),
         };
         let m = Minute::from_epoch_ms(1_784_125_860_000).unwrap();
-        let raw: Value = serde_json::from_str(&kline_frame("BTCUSDT", m, &c, true, 1_784_125_921_018, false)).unwrap();
+        let raw: Value = serde_json::from_str(&kline_frame(
+            "BTCUSDT",
+            m,
+            &c,
+            true,
+            1_784_125_921_018,
+            false,
+        ))
+        .unwrap();
         // Same keys, same JSON types, same values where not synthetic.
         fn shape(v: &Value) -> Value {
             match v {
-                Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+                Value::Object(o) => {
+                    Value::Object(o.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+                }
                 Value::String(_) => json!("string"),
                 Value::Number(_) => json!("number"),
                 Value::Bool(_) => json!("bool"),
@@ -567,10 +613,13 @@ mod tests {
             }
         }
         assert_eq!(shape(&raw), shape(&doc));
-        for key in ["t", "T", "s", "i", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B"] {
+        for key in [
+            "t", "T", "s", "i", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B",
+        ] {
             assert_eq!(raw["k"][key], doc["k"][key], "k.{key}");
         }
-        let combined: Value = serde_json::from_str(&kline_frame("BTCUSDT", m, &c, true, 1, true)).unwrap();
+        let combined: Value =
+            serde_json::from_str(&kline_frame("BTCUSDT", m, &c, true, 1, true)).unwrap();
         assert_eq!(combined["stream"], "btcusdt@kline_1m");
         assert_eq!(combined["data"]["k"]["x"], true);
     }
@@ -578,7 +627,10 @@ mod tests {
     #[test]
     fn live_requests_are_answered_like_binance() {
         let mut subs = BTreeSet::new();
-        let r = handle_request(r#"{"method":"SUBSCRIBE","params":["btcusdt@kline_1m","ethusdt@aggTrade"],"id":7}"#, &mut subs);
+        let r = handle_request(
+            r#"{"method":"SUBSCRIBE","params":["btcusdt@kline_1m","ethusdt@aggTrade"],"id":7}"#,
+            &mut subs,
+        );
         assert!(matches!(r, Reply::Send(s) if s == r#"{"id":7,"result":null}"#));
         assert_eq!(subs.iter().collect::<Vec<_>>(), vec!["BTCUSDT"]);
         let r = handle_request(r#"{"method":"LIST_SUBSCRIPTIONS","id":"a"}"#, &mut subs);

@@ -15,8 +15,13 @@ enum State {
     /// Not started: simulated time stands at the origin.
     Waiting,
     /// Running: `sim_ms` at wall `anchor`.
-    Running { anchor: Instant, sim_ms: i64 },
-    Paused { sim_ms: i64 },
+    Running {
+        anchor: Instant,
+        sim_ms: i64,
+    },
+    Paused {
+        sim_ms: i64,
+    },
 }
 
 /// See the module docs.
@@ -35,7 +40,11 @@ impl Clock {
     pub fn new(origin_ms: i64, speed: f64) -> Self {
         Clock {
             origin_ms,
-            speed: if speed.is_finite() && speed > 0.0 { speed } else { 1.0 },
+            speed: if speed.is_finite() && speed > 0.0 {
+                speed
+            } else {
+                1.0
+            },
             state: Mutex::new(State::Waiting),
             changed: watch::channel(0).0,
         }
@@ -73,7 +82,10 @@ impl Clock {
     }
 
     pub fn is_running(&self) -> bool {
-        matches!(*self.state.lock().expect("clock poisoned"), State::Running { .. })
+        matches!(
+            *self.state.lock().expect("clock poisoned"),
+            State::Running { .. }
+        )
     }
 
     pub fn is_started(&self) -> bool {

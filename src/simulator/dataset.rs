@@ -65,8 +65,11 @@ impl Series {
 pub fn symbol_from_path(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let symbol = name.split('-').next()?;
-    (!symbol.is_empty() && symbol.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .then(|| symbol.to_ascii_uppercase())
+    (!symbol.is_empty()
+        && symbol
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    .then(|| symbol.to_ascii_uppercase())
 }
 
 /// Parses one `[SYMBOL=]PATH` argument.
@@ -77,7 +80,8 @@ pub fn parse_data_arg(arg: &str) -> Result<(String, PathBuf), DatasetError> {
         }
         _ => {
             let path = PathBuf::from(arg);
-            let symbol = symbol_from_path(&path).ok_or(DatasetError::NoSymbol { path: path.clone() })?;
+            let symbol =
+                symbol_from_path(&path).ok_or(DatasetError::NoSymbol { path: path.clone() })?;
             Ok((symbol, path))
         }
     }
@@ -175,7 +179,10 @@ mod tests {
 
     #[test]
     fn futures_file_header_is_skipped() {
-        let c = load_csv(Path::new(&format!("{FIXTURES}/futures_um/BTCUSDT-1m-2022-09-05.csv"))).unwrap();
+        let c = load_csv(Path::new(&format!(
+            "{FIXTURES}/futures_um/BTCUSDT-1m-2022-09-05.csv"
+        )))
+        .unwrap();
         assert_eq!(c.len(), 1440);
     }
 

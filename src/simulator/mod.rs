@@ -161,7 +161,9 @@ impl Market {
         let candles = self.series.get(symbol)?;
         let minute = if self.looped {
             let period = self.last.index() - self.first.index() + 1;
-            Minute::from_index(self.first.index() + (minute.index() - self.first.index()).rem_euclid(period))
+            Minute::from_index(
+                self.first.index() + (minute.index() - self.first.index()).rem_euclid(period),
+            )
         } else {
             minute
         };
@@ -296,14 +298,22 @@ impl SimState {
     fn conn_rng(&self) -> (u64, StdRng) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         SimStats::add(&self.stats.connections);
-        (id, StdRng::seed_from_u64(self.config.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        (
+            id,
+            StdRng::seed_from_u64(self.config.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        )
     }
 
     /// Counts a REST request of `weight`; returns the weight used in the
     /// current minute, or `None` when the 429 fault answers this one.
     fn rest_request(&self, weight: u64) -> Option<u64> {
         let n = self.stats.rest_requests.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.config.faults.rest_429_every.is_some_and(|every| every > 0 && n % every == 0) {
+        if self
+            .config
+            .faults
+            .rest_429_every
+            .is_some_and(|every| every > 0 && n % every == 0)
+        {
             SimStats::add(&self.stats.rest_429);
             return None;
         }
@@ -364,7 +374,11 @@ impl Schedule {
                     m.epoch_ms() + 60_000 + self.final_delay_ms
                 };
                 if at_ms >= self.cutoff_ms {
-                    self.heap.push(Reverse(Step { at_ms, minute: m, step }));
+                    self.heap.push(Reverse(Step {
+                        at_ms,
+                        minute: m,
+                        step,
+                    }));
                 }
             }
             self.next_minute = m.next();
@@ -531,7 +545,11 @@ mod tests {
         let mut steps = Vec::new();
         while let Some(at) = s.next_due(m.epoch_ms()) {
             let step = s.pop_due(at).unwrap();
-            steps.push((step.at_ms - m.epoch_ms(), step.minute == m, s.is_final(&step)));
+            steps.push((
+                step.at_ms - m.epoch_ms(),
+                step.minute == m,
+                s.is_final(&step),
+            ));
         }
         assert_eq!(
             steps,
@@ -565,10 +583,22 @@ mod tests {
         let mut candles = BTreeMap::new();
         let m0 = Minute::from_epoch_ms(1_674_259_200_000).unwrap();
         candles.insert(m0, candle());
-        candles.insert(m0.next(), SimCandle { trades: 1, ..candle() });
-        let series = Series { symbol: "BTCUSDT".into(), candles };
-        let market = Market::new(&[series.clone()], None, true);
-        assert_eq!(market.candle_at("BTCUSDT", m0.plus(2)).unwrap().trades, 7236);
+        candles.insert(
+            m0.next(),
+            SimCandle {
+                trades: 1,
+                ..candle()
+            },
+        );
+        let series = Series {
+            symbol: "BTCUSDT".into(),
+            candles,
+        };
+        let market = Market::new(std::slice::from_ref(&series), None, true);
+        assert_eq!(
+            market.candle_at("BTCUSDT", m0.plus(2)).unwrap().trades,
+            7236
+        );
         assert_eq!(market.candle_at("BTCUSDT", m0.plus(3)).unwrap().trades, 1);
         assert_eq!(market.end(), None);
         let start = Minute::from_epoch_ms(1_700_000_000_000 - 1_700_000_000_000 % 60_000).unwrap();

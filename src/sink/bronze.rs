@@ -112,7 +112,10 @@ pub async fn write_batch(
         return Ok(0);
     }
     partitions
-        .ensure_hours(pool, events.iter().map(|e| hour_of(e.candle.interval_start)))
+        .ensure_hours(
+            pool,
+            events.iter().map(|e| hour_of(e.candle.interval_start)),
+        )
         .await?;
     let mut text = String::with_capacity(events.len() * 200);
     encode_copy_rows(events, &mut text);
@@ -160,7 +163,11 @@ impl BronzeSink {
 
     /// Runs until `rx` is closed and drained, then spends at most `grace`
     /// writing what is left; what still cannot be written is spooled.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<CandleEvent>, grace: Duration) -> BronzeReport {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<CandleEvent>,
+        grace: Duration,
+    ) -> BronzeReport {
         let spooled = self.spool.count_rows();
         self.metrics.bronze_spool_rows.set(spooled as i64);
         if spooled > 0 {
@@ -299,14 +306,21 @@ impl BronzeSink {
             sleep_until(wait).await;
         }
         if !self.pending.is_empty() {
-            warn!(rows = self.pending.len(), "PostgreSQL not writable at shutdown; spooling the rest");
+            warn!(
+                rows = self.pending.len(),
+                "PostgreSQL not writable at shutdown; spooling the rest"
+            );
             while !self.spill() {
                 // Keep trying: exiting now would lose the rows.
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
         self.report.rows_left_in_spool = self.spool.count_rows() as u64;
-        info!(rows_written = self.report.rows_written, rows_left_in_spool = self.report.rows_left_in_spool, "Bronze sink stopped");
+        info!(
+            rows_written = self.report.rows_written,
+            rows_left_in_spool = self.report.rows_left_in_spool,
+            "Bronze sink stopped"
+        );
         self.report
     }
 }

@@ -119,7 +119,9 @@ impl Spool {
             }
             match serde_json::from_str(line) {
                 Ok(event) => events.push(event),
-                Err(e) => warn!(segment = %path.display(), line = n + 1, error = %e, "Skipped a damaged spool line"),
+                Err(e) => {
+                    warn!(segment = %path.display(), line = n + 1, error = %e, "Skipped a damaged spool line")
+                }
             }
         }
         Ok(events)

@@ -102,11 +102,27 @@ impl Metrics {
             partitions_created: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("ws_messages", "WebSocket frames received", m.ws_messages.clone());
+        registry.register(
+            "ws_messages",
+            "WebSocket frames received",
+            m.ws_messages.clone(),
+        );
         registry.register("candles", "Candle observations decoded", m.candles.clone());
-        registry.register("decode_errors", "Frames that failed to decode", m.decode_errors.clone());
-        registry.register("ws_reconnects", "WebSocket reconnects by reason", m.reconnects.clone());
-        registry.register("ws_connections", "Open WebSocket connections", m.connections.clone());
+        registry.register(
+            "decode_errors",
+            "Frames that failed to decode",
+            m.decode_errors.clone(),
+        );
+        registry.register(
+            "ws_reconnects",
+            "WebSocket reconnects by reason",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "ws_connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
         registry.register(
             "duplicate_finals",
             "Final candles received again and not rewritten",
@@ -117,9 +133,21 @@ impl Metrics {
             "Receive time minus interval end of final candles",
             m.candle_lag.clone(),
         );
-        registry.register("channel_full", "Sends that waited on a full channel", m.channel_full.clone());
-        registry.register("bronze_rows", "Rows committed to bronze", m.bronze_rows.clone());
-        registry.register("bronze_batch_rows", "Rows per bronze batch", m.bronze_batch_rows.clone());
+        registry.register(
+            "channel_full",
+            "Sends that waited on a full channel",
+            m.channel_full.clone(),
+        );
+        registry.register(
+            "bronze_rows",
+            "Rows committed to bronze",
+            m.bronze_rows.clone(),
+        );
+        registry.register(
+            "bronze_batch_rows",
+            "Rows per bronze batch",
+            m.bronze_batch_rows.clone(),
+        );
         registry.register(
             "bronze_batch_seconds",
             "Duration of a bronze COPY batch",
@@ -140,7 +168,11 @@ impl Metrics {
             "Failed writes to the spool directory",
             m.spool_write_errors.clone(),
         );
-        registry.register("partitions_created", "Hourly partitions created", m.partitions_created.clone());
+        registry.register(
+            "partitions_created",
+            "Hourly partitions created",
+            m.partitions_created.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -178,16 +210,30 @@ mod tests {
     fn counters_are_exported_with_prefix_and_labels() {
         let m = Metrics::new();
         m.reconnects
-            .get_or_create(&ReasonLabels { exchange: "binance", reason: "dead_feed" })
+            .get_or_create(&ReasonLabels {
+                exchange: "binance",
+                reason: "dead_feed",
+            })
             .inc_by(2);
         m.reconnects
-            .get_or_create(&ReasonLabels { exchange: "binance", reason: "closed" })
+            .get_or_create(&ReasonLabels {
+                exchange: "binance",
+                reason: "closed",
+            })
             .inc();
         m.bronze_rows.inc_by(5);
         let text = m.encode();
-        assert!(text.contains("klines_ws_reconnects_total{exchange=\"binance\",reason=\"dead_feed\"} 2"), "{text}");
+        assert!(
+            text.contains(
+                "klines_ws_reconnects_total{exchange=\"binance\",reason=\"dead_feed\"} 2"
+            ),
+            "{text}"
+        );
         assert_eq!(m.sum("klines_ws_reconnects_total", &[]), 3.0);
-        assert_eq!(m.sum("klines_ws_reconnects_total", &["reason=\"closed\""]), 1.0);
+        assert_eq!(
+            m.sum("klines_ws_reconnects_total", &["reason=\"closed\""]),
+            1.0
+        );
         assert_eq!(m.sum("klines_bronze_rows_total", &[]), 5.0);
     }
 }

@@ -66,7 +66,9 @@ impl TestDb {
     /// Creates an empty database and migrates it.
     pub async fn new(prefix: &str) -> TestDb {
         let db = TestDb::empty(prefix).await;
-        klines::db::migrate(&db.pool).await.expect("migrations apply");
+        klines::db::migrate(&db.pool)
+            .await
+            .expect("migrations apply");
         db
     }
 
@@ -123,7 +125,11 @@ pub async fn drop_database(name: &str) {
 }
 
 /// The simulator replaying the given files at `minutes_per_second`.
-pub async fn simulator(files: &[&str], minutes_per_second: f64, tweak: impl FnOnce(&mut SimConfig)) -> SimHandle {
+pub async fn simulator(
+    files: &[&str],
+    minutes_per_second: f64,
+    tweak: impl FnOnce(&mut SimConfig),
+) -> SimHandle {
     let args: Vec<String> = files.iter().map(|s| s.to_string()).collect();
     let mut config = SimConfig {
         data: dataset::load_all(&args).unwrap(),
@@ -138,7 +144,14 @@ pub async fn simulator(files: &[&str], minutes_per_second: f64, tweak: impl FnOn
 /// A config pointing at `sim` and `db_url`, with short timers for tests.
 /// `extra` is appended to the TOML (sections may repeat keys' tables only
 /// once, so pass whole `[section]` tables not given here).
-pub fn config(sim: &SimHandle, db_url: &str, spool: &Path, pairs: &[&str], ingest_extra: &str, bronze_extra: &str) -> Config {
+pub fn config(
+    sim: &SimHandle,
+    db_url: &str,
+    spool: &Path,
+    pairs: &[&str],
+    ingest_extra: &str,
+    bronze_extra: &str,
+) -> Config {
     let pairs: Vec<String> = pairs.iter().map(|p| format!("\"{p}\"")).collect();
     let toml = format!(
         r#"
@@ -212,7 +225,10 @@ pub fn csv_rows(path: &str) -> BTreeMap<i64, Row12> {
 
 /// Final bronze rows of `symbol` as text, keyed by open time in ms, with the
 /// number of rows per key (to see duplicates).
-pub async fn bronze_finals(pool: &PgPool, symbol: &str) -> (BTreeMap<i64, Row12>, BTreeMap<i64, usize>) {
+pub async fn bronze_finals(
+    pool: &PgPool,
+    symbol: &str,
+) -> (BTreeMap<i64, Row12>, BTreeMap<i64, usize>) {
     let rows = sqlx::query(
         "SELECT (extract(epoch FROM interval_start) * 1000)::bigint AS t,
                 open::text, high::text, low::text, close::text, volume::text,
@@ -248,7 +264,10 @@ pub async fn bronze_finals(pool: &PgPool, symbol: &str) -> (BTreeMap<i64, Row12>
 }
 
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// Polls `check` every 100 ms until it returns true or `timeout` passes.
@@ -287,5 +306,7 @@ pub fn spool_dir(dir: &tempfile::TempDir) -> PathBuf {
 
 /// Values of the CSV candle, for comparing simulator REST output.
 pub fn sim_candle_matches(row: &Row12, c: &SimCandle) -> bool {
-    row.open == c.open.to_string() && row.close == c.close.to_string() && row.volume == c.volume.to_string()
+    row.open == c.open.to_string()
+        && row.close == c.close.to_string()
+        && row.volume == c.volume.to_string()
 }

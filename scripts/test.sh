@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# make test: formatting, lints and every test, against a real PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/pg.sh
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+ensure_postgres
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets --quiet
+cargo test --doc --quiet

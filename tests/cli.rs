@@ -1,0 +1,239 @@
+//! The `klines` binary: help texts, bad arguments and config stop with a
+//! clear message, `migrate` is idempotent, and SIGTERM mid-stream leaves
+//! every received final candle in bronze and exits 0.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_klines");
+
+fn klines(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("KLINES_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_command_explains_itself() {
+    let out = klines(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["ingest", "migrate", "simulate", "--config"] {
+        assert!(text.contains(word), "--help mentions {word}:\n{text}");
+    }
+    for cmd in ["ingest", "migrate", "simulate"] {
+        let out = klines(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        assert!(out.stdout.len() > 200, "{cmd} --help says something");
+    }
+}
+
+#[test]
+fn bad_arguments_and_config_stop_with_a_message() {
+    let out = klines(&["frobnicate"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
+
+    let out = klines(&["--config", "/nonexistent/k.toml", "ingest"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/k.toml"));
+
+    let dir = tempdir();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[exchanges.binance]\nws_url = \"wss://x\"\nrest_url = \"https://x\"\npairs = []\n",
+    )
+    .unwrap();
+    let out = klines(&["--config", path.to_str().unwrap(), "ingest"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("exchanges.binance.pairs is empty")
+            || stderr.contains("exchanges.binance.pairs: is empty"),
+        "{stderr}"
+    );
+
+    let out = klines(&[
+        "simulate",
+        "--data",
+        "/nonexistent/BTCUSDT-1m-2023-01-21.csv",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/BTCUSDT-1m-2023-01-21.csv"));
+}
+
+#[tokio::test]
+async fn migrate_can_create_the_database() {
+    let (name, url) = TestDb::absent("cli_createdb");
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/klines.toml"),
+            "migrate",
+        ])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "without --create-database a missing database is an error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/klines.toml"),
+            "migrate",
+            "--create-database",
+        ])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'bronze'"
+        )
+        .await,
+        1
+    );
+    pool.close().await;
+    drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn migrate_command_is_idempotent() {
+    let db = TestDb::empty("cli_migrate").await;
+    for _ in 0..2 {
+        let out = Command::new(BIN)
+            .args([
+                "--config",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config/klines.toml"),
+                "migrate",
+            ])
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM pg_namespace WHERE nspname IN ('ref','bronze','silver','gold','ops')").await, 5);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_writes_every_received_final() {
+    let db = TestDb::new("cli_sigterm").await;
+    let sim = simulator(&[BTC_DAY], 30.0, |_| {}).await;
+    let dir = tempdir();
+    // A long flush interval and a huge batch: nothing is written before the
+    // signal, so everything depends on the graceful drain.
+    let config = format!(
+        r#"
+[ingest]
+spool_dir = "{spool}"
+shutdown_grace = "10s"
+[bronze]
+flush_interval = "10m"
+batch_rows = 1000000
+[exchanges.binance]
+ws_url = "{ws}"
+rest_url = "{rest}"
+pairs = ["BTCUSDT"]
+"#,
+        spool = dir.path().join("spool").display(),
+        ws = sim.binance_ws_url(),
+        rest = sim.binance_rest_url(),
+    );
+    let path = dir.path().join("klines.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "ingest"])
+        .env("DATABASE_URL", &db.url)
+        .env("KLINES_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let state = std::sync::Arc::clone(&sim.state);
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            state.stats.finals_of("BTCUSDT").len() >= 40
+        })
+        .await
+    );
+    // Stop the market, let the last frames arrive, and check nothing was
+    // flushed yet.
+    sim.state.clock.pause();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await,
+        0
+    );
+    let sent: Vec<i64> = sim
+        .state
+        .stats
+        .finals_of("BTCUSDT")
+        .into_iter()
+        .map(minute_ms)
+        .collect();
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "klines exits within its grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.success(),
+        "exit 0 after SIGTERM: {status:?}\n{stderr}"
+    );
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+
+    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
+    assert_eq!(
+        rows.keys().copied().collect::<Vec<_>>(),
+        sent,
+        "every final received before the signal is in bronze"
+    );
+    assert!(counts.values().all(|&n| n == 1));
+    let csv = csv_rows(BTC_DAY);
+    for (t, row) in &rows {
+        assert_eq!(row, &csv[t]);
+    }
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

@@ -1,0 +1,295 @@
+//! Config: the shipped files load, env overrides apply, and every rejected
+//! case stops with a message that names the key.
+
+use std::path::Path;
+
+use klines::config::{Config, ConfigError};
+use klines::domain::ExchangeId;
+
+const BASE: &str = r#"
+[exchanges.binance]
+ws_url = "wss://stream.binance.com:9443"
+rest_url = "https://api.binance.com"
+pairs = ["BTCUSDT"]
+"#;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml_with_env(
+        text,
+        Path::new("test.toml"),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+/// Asserts `text` is rejected, naming `key`, with `reason` in the message.
+fn rejected(text: &str, env: &[(&str, &str)], key: &str, reason: &str) {
+    let err = load(text, env).expect_err("config must be rejected");
+    let msg = err.to_string();
+    assert_eq!(err.key(), Some(key), "{msg}");
+    assert!(msg.contains(key), "message names the key: {msg}");
+    assert!(msg.contains(reason), "message says why ({reason}): {msg}");
+}
+
+#[test]
+fn shipped_configs_load() {
+    for file in ["config/klines.toml", "config/demo.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = Config::from_toml_with_env(&text, &path, std::iter::empty())
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(config.exchanges.contains_key(&ExchangeId::Binance));
+    }
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/klines.toml"))
+            .unwrap();
+    let prod = load(&text, &[]).unwrap();
+    assert_eq!(
+        prod.exchanges[&ExchangeId::Binance].pairs,
+        vec!["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    );
+    assert_eq!(
+        prod.exchanges[&ExchangeId::Binance].ws_url.as_str(),
+        "wss://stream.binance.com:9443/"
+    );
+}
+
+#[test]
+fn environment_overrides_nested_keys_and_database_url() {
+    let config = load(
+        BASE,
+        &[
+            (
+                "KLINES_EXCHANGES__BINANCE__WS_URL",
+                "ws://127.0.0.1:9999/binance",
+            ),
+            ("KLINES_EXCHANGES__BINANCE__PAIRS", "ethusdt, SOLUSDT"),
+            ("KLINES_BRONZE__BATCH_ROWS", "5000"),
+            ("KLINES_INGEST__IDLE_TIMEOUT", "45s"),
+            ("DATABASE_URL", "postgres://u:secret@db.example:5432/prod"),
+            ("KLINES_CONFIG", "ignored.toml"),
+            ("KLINES_API_KEY", "not-a-config-key"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .unwrap();
+    let b = &config.exchanges[&ExchangeId::Binance];
+    assert_eq!(b.ws_url.as_str(), "ws://127.0.0.1:9999/binance");
+    assert_eq!(
+        config.enabled_pairs()[0]
+            .1
+            .iter()
+            .map(|p| p.symbol.as_str())
+            .collect::<Vec<_>>(),
+        ["ETHUSDT", "SOLUSDT"]
+    );
+    assert_eq!(config.bronze.batch_rows, 5000);
+    assert_eq!(config.ingest.idle_timeout.as_secs(), 45);
+    assert_eq!(
+        config.database.url,
+        "postgres://u:secret@db.example:5432/prod"
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    rejected(
+        &format!("{BASE}\n[ingest]\nidle_timeuot = \"5s\"\n"),
+        &[],
+        "ingest.idle_timeuot",
+        "unknown field",
+    );
+    rejected(
+        &format!("colour = 1\n{BASE}"),
+        &[],
+        "colour",
+        "unknown field",
+    );
+    rejected(
+        &format!("{BASE}\nstreams = 4\n"),
+        &[],
+        "exchanges.binance.streams",
+        "unknown field",
+    );
+    rejected(
+        BASE,
+        &[("KLINES_BRONZE__BATCHROWS", "5")],
+        "bronze.batchrows",
+        "unknown field",
+    );
+}
+
+#[test]
+fn unknown_exchanges_are_rejected() {
+    let text = BASE.replace("exchanges.binance", "exchanges.binanse");
+    let err = load(&text, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("exchanges") && err.contains("binanse"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_pair_lists_are_rejected() {
+    rejected(
+        &BASE.replace(r#"["BTCUSDT"]"#, "[]"),
+        &[],
+        "exchanges.binance.pairs",
+        "is empty",
+    );
+    rejected(
+        BASE,
+        &[("KLINES_EXCHANGES__BINANCE__PAIRS", " , ")],
+        "exchanges.binance.pairs",
+        "is empty",
+    );
+}
+
+#[test]
+fn bad_and_duplicate_symbols_are_rejected() {
+    rejected(
+        &BASE.replace(r#"["BTCUSDT"]"#, r#"["BTC/USDT"]"#),
+        &[],
+        "exchanges.binance.pairs",
+        "BTC/USDT",
+    );
+    rejected(
+        &BASE.replace(r#"["BTCUSDT"]"#, r#"["BTCUSDT", "btcusdt"]"#),
+        &[],
+        "exchanges.binance.pairs",
+        "twice",
+    );
+}
+
+#[test]
+fn bad_urls_are_rejected() {
+    rejected(
+        &BASE.replace("wss://stream.binance.com:9443", "not a url"),
+        &[],
+        "exchanges.binance.ws_url",
+        "relative URL",
+    );
+    rejected(
+        &BASE.replace(
+            "wss://stream.binance.com:9443",
+            "https://stream.binance.com",
+        ),
+        &[],
+        "exchanges.binance.ws_url",
+        "ws://",
+    );
+    rejected(
+        &BASE.replace("https://api.binance.com", "ftp://api.binance.com"),
+        &[],
+        "exchanges.binance.rest_url",
+        "http://",
+    );
+    rejected(
+        BASE,
+        &[("KLINES_EXCHANGES__BINANCE__REST_URL", "::")],
+        "exchanges.binance.rest_url",
+        "URL",
+    );
+}
+
+#[test]
+fn bad_durations_are_rejected() {
+    rejected(
+        &format!("{BASE}\n[ingest]\nidle_timeout = \"soon\"\n"),
+        &[],
+        "ingest.idle_timeout",
+        "",
+    );
+    rejected(
+        &format!("{BASE}\n[bronze]\nflush_interval = 5\n"),
+        &[],
+        "bronze.flush_interval",
+        "",
+    );
+    rejected(
+        &format!("{BASE}\n[bronze]\nflush_interval = \"0s\"\n"),
+        &[],
+        "bronze.flush_interval",
+        "longer than 0s",
+    );
+    rejected(
+        BASE,
+        &[("KLINES_INGEST__SHUTDOWN_GRACE", "ten seconds")],
+        "ingest.shutdown_grace",
+        "",
+    );
+    rejected(
+        &format!("{BASE}\n[ingest]\nreconnect_backoff_initial = \"2m\"\nreconnect_backoff_max = \"1m\"\n"),
+        &[],
+        "ingest.reconnect_backoff_initial",
+        "reconnect_backoff_max",
+    );
+}
+
+#[test]
+fn bad_numbers_are_rejected() {
+    rejected(
+        &format!("{BASE}\n[bronze]\nbatch_rows = 0\n"),
+        &[],
+        "bronze.batch_rows",
+        "at least 1",
+    );
+    rejected(
+        &format!("{BASE}\n[bronze]\nbatch_rows = -3\n"),
+        &[],
+        "bronze.batch_rows",
+        "",
+    );
+    rejected(
+        &format!("{BASE}max_pairs_per_connection = 2000\n"),
+        &[],
+        "exchanges.binance.max_pairs_per_connection",
+        "between 1 and 1024",
+    );
+}
+
+#[test]
+fn no_exchange_is_rejected() {
+    rejected("", &[], "exchanges", "no exchange");
+    rejected(
+        &format!("{BASE}enabled = false\n"),
+        &[],
+        "exchanges",
+        "no exchange",
+    );
+}
+
+#[test]
+fn exchanges_not_yet_built_are_named() {
+    let text = r#"
+[exchanges.kraken]
+ws_url = "wss://ws.kraken.com/v2"
+rest_url = "https://api.kraken.com"
+pairs = ["BTC/USD"]
+"#;
+    rejected(text, &[], "exchanges.kraken", "not implemented");
+}
+
+#[test]
+fn database_url_errors_never_show_the_password() {
+    let err = load(BASE, &[("DATABASE_URL", "mysql://root:hunter2@db/x")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("database.url"), "{err}");
+    assert!(!err.contains("hunter2"), "password leaked: {err}");
+}
+
+#[test]
+fn syntax_errors_name_the_file_and_line() {
+    let err = load("[exchanges.binance\nws_url = 1", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("test.toml") && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let err = Config::load(Path::new("/nonexistent/klines.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/klines.toml"), "{err}");
+}
