@@ -45,7 +45,7 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Run the bundled exchange simulator: Binance's WebSocket and REST
     /// protocol on localhost, replaying real candle files, with faults.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
 }
 
 /// `klines migrate` options.
@@ -88,6 +88,10 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub start_immediately: bool,
 
+    /// Start the replay clock once this many connections have subscribed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub wait_for_clients: u64,
+
     /// In-progress updates per minute before each final.
     #[arg(long, default_value_t = 3)]
     pub updates_per_minute: u32,
@@ -111,6 +115,10 @@ pub struct SimulateArgs {
     /// Fault: send this fraction of frames twice.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub duplicate: f64,
+
+    /// Fault: send a malformed frame before this fraction of frames.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub malformed: f64,
 
     /// Fault: cut every connection abruptly after this long.
     #[arg(long, value_parser = humantime::parse_duration)]

@@ -71,7 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("klines: schema is up to date ({applied} migrations)");
             Ok(())
         }
-        Command::Simulate(args) => simulate(args).await,
+        Command::Simulate(args) => simulate(*args).await,
     }
 }
 
@@ -84,6 +84,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         start: args.start,
         looped: args.looped,
         start_immediately: args.start_immediately,
+        wait_for_clients: args.wait_for_clients as usize,
         updates_per_minute: args.updates_per_minute,
         final_delay: args.final_delay,
         ping_interval: args.ping_interval,
@@ -91,6 +92,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             drop_updates: args.drop_updates,
             drop_finals: args.drop_finals,
             duplicate: args.duplicate,
+            malformed: args.malformed,
             disconnect_every: args.disconnect_every,
             max_connection_age: args.max_connection_age,
             shutdown_notice: args.shutdown_notice,

@@ -100,6 +100,13 @@ async fn replayed_day_lands_in_bronze_exactly() {
     )
     .await;
     assert!(parts >= 24, "{parts} partitions");
+    // And the upkeep created them 48 h ahead of now.
+    let ahead = count(
+        &db.pool,
+        "SELECT count(*) FROM pg_class WHERE relname = 'ohlcv_native_p' || to_char((now() + interval '47 hours') AT TIME ZONE 'UTC', 'YYYYMMDDHH24')",
+    )
+    .await;
+    assert_eq!(ahead, 1, "partition 47 h ahead exists");
     sim.stop().await.unwrap();
     db.drop().await;
 }
@@ -111,6 +118,10 @@ async fn disconnects_drops_and_duplicates_leave_no_duplicate_finals() {
         c.faults.disconnect_every = Some(Duration::from_millis(1500));
         c.faults.drop_updates = 0.01;
         c.faults.duplicate = 0.05;
+        c.faults.malformed = 0.02;
+        // Finals arrive 20 s (simulated) late, after the next minute's
+        // first updates.
+        c.final_delay = Duration::from_secs(20);
         c.ping_interval = Duration::from_millis(200);
     })
     .await;
@@ -165,6 +176,14 @@ async fn disconnects_drops_and_duplicates_leave_no_duplicate_finals() {
         stats.disconnects_injected
     );
     assert!(stats.pongs_received > 0, "pings are answered: {stats:?}");
+    // Malformed frames were counted and skipped, never fatal.
+    assert!(stats.malformed_sent > 0);
+    let decode_errors = metrics.sum("klines_decode_errors_total", &[]);
+    assert!(
+        decode_errors >= (stats.malformed_sent as f64) * 0.9,
+        "{decode_errors} decode errors for {} malformed frames",
+        stats.malformed_sent
+    );
     // The repeats the simulator sent were recognised, not rewritten.
     assert!(metrics.sum("klines_duplicate_finals_total", &[]) > 0.0);
     sim.stop().await.unwrap();
@@ -287,7 +306,12 @@ async fn many_pairs_share_one_connection_and_split_across_connections() {
     let db = TestDb::new("e2e_pairs").await;
     // Both series start at the same minute.
     let start = klines::domain::Minute::from_epoch_ms(1_674_259_200_000).unwrap();
-    let sim = simulator(&[BTC_DAY, ETH_DAY], 240.0, |c| c.start = Some(start)).await;
+    let sim = simulator(&[BTC_DAY, ETH_DAY], 240.0, |c| {
+        c.start = Some(start);
+        // The replay starts once both connections are subscribed.
+        c.wait_for_clients = 2;
+    })
+    .await;
     let dir = tempdir();
     let mut cfg = config(
         &sim,
@@ -320,6 +344,36 @@ async fn many_pairs_share_one_connection_and_split_across_connections() {
     // ETH was rebased onto the BTC day; its values are the ETH file's.
     let eth_csv: Vec<Row12> = csv_rows(ETH_DAY).into_values().collect();
     assert_eq!(eth.into_values().collect::<Vec<_>>(), eth_csv);
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_pairs_subscribe_within_the_message_rate_limit() {
+    let db = TestDb::new("e2e_many").await;
+    let sim = simulator(&[BTC_DAY], 60.0, |_| {}).await;
+    let dir = tempdir();
+    // 700 streams on one connection: 100 in the URL, 600 in three SUBSCRIBE
+    // messages; BTCUSDT is among the last, so its data proves the paced
+    // subscriptions worked without tripping the 5 messages/s limit.
+    let mut pairs: Vec<String> = (0..699).map(|i| format!("PAIR{i}USDT")).collect();
+    pairs.push("BTCUSDT".into());
+    let pair_refs: Vec<&str> = pairs.iter().map(String::as_str).collect();
+    let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &pair_refs, "", ""));
+    assert!(
+        wait_until(WAIT, || async { finals(&db).await >= 5 }).await,
+        "BTCUSDT finals arrive"
+    );
+    let stats = sim.state.snapshot();
+    ingest.stop().await;
+    assert_eq!(stats.connections, 1, "700 pairs fit one connection");
+    assert!(
+        stats.client_messages >= 3,
+        "three SUBSCRIBE messages: {stats:?}"
+    );
+    assert_eq!(stats.rate_limit_closes, 0, "never over 5 messages/s");
+    let (rows, _) = bronze_finals(&db.pool, "BTCUSDT").await;
+    assert_matches_csv(&rows, &csv_rows(BTC_DAY));
     sim.stop().await.unwrap();
     db.drop().await;
 }

@@ -213,11 +213,13 @@ async fn connection(
     let mut ping = tokio::time::interval_at(opened + cfg.ping_interval, cfg.ping_interval);
     let mut schedule: Option<Schedule> = None;
     let mut window = (Instant::now(), 0u32);
+    let mut counted_as_subscriber = false;
     tracing::debug!(conn_id, ?subs, "Simulator: client connected");
 
     loop {
-        if !subs.is_empty() {
-            sim.clock.start();
+        if !subs.is_empty() && !counted_as_subscriber {
+            counted_as_subscriber = true;
+            sim.client_subscribed();
         }
         if schedule.is_none() && sim.clock.is_running() {
             schedule = Some(Schedule::new(
@@ -338,6 +340,13 @@ async fn emit(
             let partial = partial_candle(candle, step.step + 1, updates + 1);
             kline_frame(symbol, step.minute, &partial, false, step.at_ms, combined)
         };
+        if dice.roll(faults.malformed) {
+            let bad = dice.corrupt(&frame);
+            if socket.send(Message::Text(bad.into())).await.is_err() {
+                return false;
+            }
+            SimStats::add(&sim.stats.malformed_sent);
+        }
         let copies = if dice.roll(faults.duplicate) {
             SimStats::add(&sim.stats.duplicated);
             2

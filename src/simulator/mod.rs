@@ -48,6 +48,9 @@ pub struct Faults {
     pub drop_finals: f64,
     /// Send a frame twice.
     pub duplicate: f64,
+    /// Send a malformed frame (cut-off JSON, a wrong type, an unknown event)
+    /// before this fraction of frames.
+    pub malformed: f64,
     /// Cut every connection abruptly (no close frame) after this long.
     pub disconnect_every: Option<Duration>,
     /// Close every connection with a close frame after this long, like
@@ -72,6 +75,8 @@ pub struct SimConfig {
     pub looped: bool,
     /// Start the clock at once instead of at the first subscription.
     pub start_immediately: bool,
+    /// Otherwise start it once this many connections have subscribed.
+    pub wait_for_clients: usize,
     /// In-progress updates per minute before the final.
     pub updates_per_minute: u32,
     /// Simulated delay of each final after its minute ends.
@@ -91,6 +96,7 @@ impl Default for SimConfig {
             start: None,
             looped: false,
             start_immediately: false,
+            wait_for_clients: 1,
             updates_per_minute: 3,
             final_delay: Duration::from_millis(500),
             ping_interval: Duration::from_secs(20),
@@ -183,6 +189,7 @@ pub struct SimStats {
     pub age_closes: AtomicU64,
     pub dropped: AtomicU64,
     pub duplicated: AtomicU64,
+    pub malformed_sent: AtomicU64,
     pub client_messages: AtomicU64,
     pub rate_limit_closes: AtomicU64,
     pub rest_requests: AtomicU64,
@@ -204,6 +211,7 @@ pub struct StatsSnapshot {
     pub age_closes: u64,
     pub dropped: u64,
     pub duplicated: u64,
+    pub malformed_sent: u64,
     pub client_messages: u64,
     pub rate_limit_closes: u64,
     pub rest_requests: u64,
@@ -245,6 +253,8 @@ pub struct SimState {
     pub stats: SimStats,
     pub cancel: CancellationToken,
     next_conn: AtomicU64,
+    /// Connections that have subscribed to something.
+    subscribed: AtomicU64,
     /// REST request weight used in the current wall minute.
     weight: Mutex<(tokio::time::Instant, u64)>,
 }
@@ -262,6 +272,7 @@ impl SimState {
             stats: SimStats::default(),
             cancel: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
+            subscribed: AtomicU64::new(0),
             weight: Mutex::new((tokio::time::Instant::now(), 0)),
             config,
         }
@@ -287,11 +298,21 @@ impl SimState {
             age_closes: get(&s.age_closes),
             dropped: get(&s.dropped),
             duplicated: get(&s.duplicated),
+            malformed_sent: get(&s.malformed_sent),
             client_messages: get(&s.client_messages),
             rate_limit_closes: get(&s.rate_limit_closes),
             rest_requests: get(&s.rest_requests),
             rest_429: get(&s.rest_429),
             sim_now_ms: self.clock.now_ms(),
+        }
+    }
+
+    /// A connection subscribed for the first time; starts the clock once
+    /// enough have.
+    fn client_subscribed(&self) {
+        let n = self.subscribed.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.config.wait_for_clients as u64 {
+            self.clock.start();
         }
     }
 
@@ -439,6 +460,16 @@ impl FaultDice {
 
     fn roll(&mut self, p: f64) -> bool {
         p > 0.0 && self.rng.random::<f64>() < p
+    }
+
+    /// A malformed variant of `frame`.
+    fn corrupt(&mut self, frame: &str) -> String {
+        match self.rng.random_range(0..4) {
+            0 => frame[..frame.len() / 2].to_owned(),
+            1 => frame.replacen("\"x\":", "\"x\":\"maybe\",\"_\":", 1),
+            2 => frame.replacen("\"e\":\"kline\"", "\"e\":\"klineV9\"", 1),
+            _ => "\u{0}garbage".to_owned(),
+        }
     }
 }
 
