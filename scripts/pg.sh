@@ -3,8 +3,8 @@
 #
 # Order: DATABASE_URL if set; else a server at 127.0.0.1:5432 (trust auth,
 # user postgres) if one answers; else our own throw-away cluster started from
-# the system binaries under ${KLINES_PGDATA:-/tmp/klines-pg} on port
-# ${KLINES_PGPORT:-55432}, installing Debian's postgresql package first when
+# the system binaries under ${PGTEST_DATA:-/tmp/klines-pg} on port
+# ${PGTEST_PORT:-55432}, installing Debian's postgresql package first when
 # the binaries are missing.
 
 pg_log() { echo "[pg] $*" >&2; }
@@ -33,8 +33,8 @@ install_postgres() {
 start_own_cluster() {
   local bindir data port sock run_as
   bindir=$(pg_bindir) || { install_postgres && bindir=$(pg_bindir); } || { pg_log "cannot install PostgreSQL"; return 1; }
-  data=${KLINES_PGDATA:-/tmp/klines-pg}
-  port=${KLINES_PGPORT:-55432}
+  data=${PGTEST_DATA:-/tmp/klines-pg}
+  port=${PGTEST_PORT:-55432}
   sock="$data/sock"
   run_as=()
   if [ "$(id -u)" = 0 ]; then

@@ -268,7 +268,17 @@ impl Exchange for Binance {
     }
 
     fn connect_url(&self, pairs: &[Pair]) -> Url {
-        let mut url = join_path(&self.ws_url, "stream");
+        // Accept a base configured with Binance's own endpoint paths too
+        // (`…/ws`, `…/stream`): combined streams always live at `/stream`.
+        let mut base = self.ws_url.clone();
+        let trimmed = base
+            .path()
+            .trim_end_matches('/')
+            .trim_end_matches("/stream")
+            .trim_end_matches("/ws")
+            .to_owned();
+        base.set_path(&trimmed);
+        let mut url = join_path(&base, "stream");
         let streams: Vec<String> = pairs
             .iter()
             .take(URL_STREAMS_MAX)
@@ -613,6 +623,14 @@ mod tests {
             "ws://127.0.0.1:9100/binance/stream?streams=aaa0usdt@kline_1m/aaa1usdt@kline_1m"
         );
         assert!(b.subscribe_messages(&pairs[..2]).is_empty());
+        for base in ["ws://h:1/ws", "ws://h:1/stream", "ws://h:1/", "ws://h:1"] {
+            let b = Binance::new(Url::parse(base).unwrap(), Url::parse("http://h:1").unwrap());
+            assert_eq!(
+                b.connect_url(&pairs[..1]).as_str(),
+                "ws://h:1/stream?streams=aaa0usdt@kline_1m",
+                "{base}"
+            );
+        }
         let msgs = b.subscribe_messages(&pairs);
         assert_eq!(msgs.len(), 1);
         let v: Value = serde_json::from_str(&msgs[0]).unwrap();

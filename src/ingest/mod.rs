@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -56,12 +57,23 @@ pub async fn run(
             warn!(error = %e, "Could not apply migrations at start-up; bronze rows wait in the spool until PostgreSQL is usable")
         }
     }
+    let migrated = match db::migrate(&pool).await {
+        Ok(()) => {
+            info!("Database schema is up to date");
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "Could not apply migrations at start-up; retrying in the background, bronze rows wait meanwhile");
+            false
+        }
+    };
     let partitions = Arc::new(Partitions::new());
     let spool = Spool::open(config.ingest.spool_dir.join("bronze"))?;
 
     let tasks = TaskTracker::new();
     let upkeep_stop = CancellationToken::new();
     tasks.spawn(partition_upkeep(
+        migrated,
         pool.clone(),
         Arc::clone(&partitions),
         config.partitions.clone(),
@@ -77,10 +89,12 @@ pub async fn run(
         spool,
         Arc::clone(&metrics),
     );
+    // Half the grace period for the workers to stop, half for the sink to
+    // write what they handed over.
     let grace = config.ingest.shutdown_grace;
-    let sink_task = tokio::spawn(sink.run(bronze_rx, grace));
+    let sink_task = tokio::spawn(sink.run(bronze_rx, grace / 2));
 
-    let workers = TaskTracker::new();
+    let mut workers = JoinSet::new();
     let worker_stop = shutdown.child_token();
     for (id, pairs) in config.enabled_pairs() {
         let ex_config = &config.exchanges[&id];
@@ -110,19 +124,24 @@ pub async fn run(
     }
     // The sink's channel closes when the last worker drops its sender.
     drop(bronze_tx);
-    workers.close();
 
     shutdown.cancelled().await;
     info!(
         grace_s = grace.as_secs_f64(),
         "Shutting down: stopping workers, draining sinks"
     );
-    if tokio::time::timeout(grace, workers.wait()).await.is_err() {
-        error!("Workers did not stop within the grace period");
+    let stopped = tokio::time::timeout(grace / 2, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if stopped.is_err() {
+        error!("Workers did not stop within half the grace period; aborting them");
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
     }
     upkeep_stop.cancel();
     tasks.close();
-    let bronze = match tokio::time::timeout(grace + Duration::from_secs(5), sink_task).await {
+    let bronze = match tokio::time::timeout(grace / 2 + Duration::from_secs(5), sink_task).await {
         Ok(Ok(report)) => report,
         Ok(Err(e)) => {
             error!(error = %e, "Bronze sink task failed");
@@ -139,8 +158,10 @@ pub async fn run(
 }
 
 /// Creates the hourly partitions from an hour ago to `ahead` from now, at
-/// start and then every `every`.
+/// start and then every `every`; first applies the migrations if they could
+/// not be applied at start-up (PostgreSQL was down).
 async fn partition_upkeep(
+    mut migrated: bool,
     pool: sqlx::PgPool,
     partitions: Arc<Partitions>,
     config: crate::config::PartitionConfig,
@@ -153,6 +174,23 @@ async fn partition_upkeep(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if !migrated {
+            match db::migrate(&pool).await {
+                Ok(()) => {
+                    info!("Database schema is up to date");
+                    migrated = true;
+                }
+                Err(e) => {
+                    warn!(error = %e, "Migrations still cannot be applied; retrying in a minute");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    }
+                    tick.reset_immediately();
+                    continue;
+                }
+            }
         }
         let now = chrono::Utc::now();
         let ahead = chrono::Duration::from_std(config.ahead).unwrap_or_default();
