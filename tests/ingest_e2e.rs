@@ -63,34 +63,46 @@ fn assert_matches_csv(
     }
 }
 
+/// Runs ingest (config adjusted by `tweak`) against `sim` until bronze holds
+/// the 1440 finals of the day, then stops it.
+async fn ingest_whole_day(
+    db: &TestDb,
+    sim: &klines::simulator::SimHandle,
+    tweak: impl FnOnce(&mut klines::config::Config),
+) -> (Arc<Metrics>, klines::ingest::IngestReport) {
+    let dir = tempdir();
+    let mut cfg = config(sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "");
+    tweak(&mut cfg);
+    let ingest = start_ingest(cfg);
+    assert!(
+        wait_until(WAIT, || async { finals(db).await >= 1440 }).await,
+        "1440 finals arrive"
+    );
+    let metrics = Arc::clone(&ingest.metrics);
+    (metrics, ingest.stop().await)
+}
+
+/// Bronze holds every minute of the day once, each equal to the CSV.
+async fn assert_exact_day(db: &TestDb) {
+    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
+    assert_eq!(rows.len(), 1440, "every minute of the day");
+    assert!(counts.values().all(|&n| n == 1), "no duplicate finals");
+    assert_eq!(
+        rows,
+        csv_rows(BTC_DAY),
+        "every value equals the CSV, digit for digit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_day_lands_in_bronze_exactly() {
     let db = TestDb::new("e2e_clean").await;
     let sim = simulator(&[BTC_DAY], 240.0, |_| {}).await;
-    let dir = tempdir();
-    let ingest = start_ingest(config(
-        &sim,
-        &db.url,
-        &spool_dir(&dir),
-        &["BTCUSDT"],
-        "",
-        "",
-    ));
+    let (_, report) = ingest_whole_day(&db, &sim, |_| {}).await;
 
-    assert!(
-        wait_until(WAIT, || async { finals(&db).await >= 1440 }).await,
-        "1440 finals arrive"
-    );
-    let sim_stats = sim.state.snapshot();
-    let report = ingest.stop().await;
-
-    let csv = csv_rows(BTC_DAY);
-    assert_eq!(csv.len(), 1440);
-    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
-    assert_eq!(rows.len(), 1440, "every minute of the day");
-    assert!(counts.values().all(|&n| n == 1), "no duplicate finals");
-    assert_eq!(rows, csv, "every value equals the CSV, digit for digit");
-    assert_eq!(sim_stats.distinct_finals, 1440);
+    assert_eq!(csv_rows(BTC_DAY).len(), 1440);
+    assert_exact_day(&db).await;
+    assert_eq!(sim.state.snapshot().distinct_finals, 1440);
     assert!(report.bronze.rows_written >= 1440);
     assert_eq!(report.bronze.rows_left_in_spool, 0);
     // The hourly partitions of 2023-01-21 were created on demand.
@@ -199,33 +211,17 @@ async fn connection_rotation_before_the_server_cut_leaves_no_gap() {
         c.faults.max_connection_age = Some(Duration::from_secs(3));
     })
     .await;
-    let dir = tempdir();
-    let ingest = start_ingest(config(
-        &sim,
-        &db.url,
-        &spool_dir(&dir),
-        &["BTCUSDT"],
-        "rotate_after = \"1500ms\"",
-        "",
-    ));
+    let (metrics, _) = ingest_whole_day(&db, &sim, |c| {
+        c.ingest.rotate_after = Duration::from_millis(1500);
+    })
+    .await;
 
-    assert!(
-        wait_until(WAIT, || async { finals(&db).await >= 1440 }).await,
-        "1440 finals arrive"
-    );
-    let stats = sim.state.snapshot();
-    let metrics = Arc::clone(&ingest.metrics);
-    ingest.stop().await;
-
-    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
-    assert_eq!(rows.len(), 1440, "no minute lost across rotations");
-    assert!(
-        counts.values().all(|&n| n == 1),
-        "overlapping connections wrote each final once"
-    );
-    assert_eq!(rows, csv_rows(BTC_DAY));
+    // No minute lost across rotations, and the overlapping connections
+    // wrote each final once.
+    assert_exact_day(&db).await;
     let rotations = metrics.sum("klines_ws_reconnects_total", &["reason=\"rotation\""]);
     assert!(rotations >= 3.0, "{rotations} rotations");
+    let stats = sim.state.snapshot();
     assert_eq!(
         stats.age_closes, 0,
         "klines always rotated before the server's cut: {stats:?}"
@@ -242,25 +238,8 @@ async fn server_shutdown_notice_triggers_a_seamless_handover() {
         c.faults.shutdown_notice = true;
     })
     .await;
-    let dir = tempdir();
-    let ingest = start_ingest(config(
-        &sim,
-        &db.url,
-        &spool_dir(&dir),
-        &["BTCUSDT"],
-        "",
-        "",
-    ));
-
-    assert!(
-        wait_until(WAIT, || async { finals(&db).await >= 1440 }).await,
-        "1440 finals arrive"
-    );
-    let metrics = Arc::clone(&ingest.metrics);
-    ingest.stop().await;
-    let (rows, counts) = bronze_finals(&db.pool, "BTCUSDT").await;
-    assert_eq!(rows.len(), 1440);
-    assert!(counts.values().all(|&n| n == 1));
+    let (metrics, _) = ingest_whole_day(&db, &sim, |_| {}).await;
+    assert_exact_day(&db).await;
     assert!(
         metrics.sum(
             "klines_ws_reconnects_total",

@@ -175,43 +175,40 @@ async fn partition_upkeep(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if !migrated {
-            match db::migrate(&pool).await {
-                Ok(()) => {
-                    info!("Database schema is up to date");
-                    migrated = true;
-                }
-                Err(e) => {
-                    warn!(error = %e, "Migrations still cannot be applied; retrying in a minute");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                    }
-                    tick.reset_immediately();
-                    continue;
-                }
+        if let Err(e) = upkeep_once(&mut migrated, &pool, &partitions, &config, &metrics).await {
+            warn!(error = %e, "Partition upkeep failed; retrying in a minute");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             }
-        }
-        let now = chrono::Utc::now();
-        let ahead = chrono::Duration::from_std(config.ahead).unwrap_or_default();
-        match partitions
-            .ensure_range(&pool, now - chrono::Duration::hours(1), now + ahead)
-            .await
-        {
-            Ok(created) => {
-                metrics.partitions_created.inc_by(created);
-                if created > 0 {
-                    info!(created, "Created hourly partitions ahead");
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "Partition upkeep failed; retrying in a minute");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                }
-                tick.reset_immediately();
-            }
+            tick.reset_immediately();
         }
     }
+}
+
+async fn upkeep_once(
+    migrated: &mut bool,
+    pool: &sqlx::PgPool,
+    partitions: &Partitions,
+    config: &crate::config::PartitionConfig,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    if !*migrated {
+        db::migrate(pool)
+            .await
+            .map_err(|e| format!("migrations: {e}"))?;
+        info!("Database schema is up to date");
+        *migrated = true;
+    }
+    let now = chrono::Utc::now();
+    let ahead = chrono::Duration::from_std(config.ahead).unwrap_or_default();
+    let created = partitions
+        .ensure_range(pool, now - chrono::Duration::hours(1), now + ahead)
+        .await
+        .map_err(|e| format!("partitions: {e}"))?;
+    metrics.partitions_created.inc_by(created);
+    if created > 0 {
+        info!(created, "Created hourly partitions ahead");
+    }
+    Ok(())
 }
