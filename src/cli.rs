@@ -43,9 +43,25 @@ pub enum Command {
     /// Create or upgrade the database schema (schemas ref, bronze, silver,
     /// gold, ops). Safe to run any number of times.
     Migrate(MigrateArgs),
+    /// Merge bronze into silver for a time range, then refresh completeness
+    /// and gold for what changed. Idempotent: a re-run reports 0 inserted,
+    /// 0 updated.
+    Merge(MergeArgs),
     /// Run the bundled exchange simulator: Binance's WebSocket and REST
     /// protocol on localhost, replaying real candle files, with faults.
     Simulate(Box<SimulateArgs>),
+}
+
+/// `klines merge` options.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Start of the range (RFC 3339 or a date, meaning its 00:00 UTC),
+    /// inclusive; widened to the hour.
+    #[arg(long, value_parser = parse_time)]
+    pub from: DateTime<Utc>,
+    /// End of the range, exclusive.
+    #[arg(long, value_parser = parse_time)]
+    pub to: DateTime<Utc>,
 }
 
 /// `klines migrate` options.

@@ -66,6 +66,8 @@ pub struct Config {
     pub bronze: BronzeConfig,
     #[serde(default)]
     pub partitions: PartitionConfig,
+    #[serde(default)]
+    pub merge: MergeConfig,
     /// One table per exchange: `[exchanges.binance]`.
     #[serde(default)]
     pub exchanges: BTreeMap<ExchangeId, ExchangeConfig>,
@@ -189,6 +191,38 @@ impl Default for PartitionConfig {
         PartitionConfig {
             ahead: Duration::from_secs(48 * 3600),
             every: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[merge]`: the scheduled bronze → silver merges of the service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergeConfig {
+    /// Set false to leave merging to `klines merge` (or another instance).
+    pub enabled: bool,
+    /// How often the recent window is merged (incrementally).
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// The recent window: this far back from now.
+    #[serde(with = "humantime_serde")]
+    pub recent_window: Duration,
+    /// How often the late-data sweep runs (incrementally, plus completeness
+    /// for every configured pair and hour).
+    #[serde(with = "humantime_serde")]
+    pub sweep_every: Duration,
+    #[serde(with = "humantime_serde")]
+    pub sweep_window: Duration,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        MergeConfig {
+            enabled: true,
+            every: Duration::from_secs(60),
+            recent_window: Duration::from_secs(2 * 3600),
+            sweep_every: Duration::from_secs(3600),
+            sweep_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -319,6 +353,10 @@ impl Config {
         positive("bronze.memory_buffer_rows", self.bronze.memory_buffer_rows)?;
         nonzero("bronze.retry_backoff_max", self.bronze.retry_backoff_max)?;
         nonzero("partitions.every", self.partitions.every)?;
+        nonzero("merge.every", self.merge.every)?;
+        nonzero("merge.recent_window", self.merge.recent_window)?;
+        nonzero("merge.sweep_every", self.merge.sweep_every)?;
+        nonzero("merge.sweep_window", self.merge.sweep_window)?;
 
         if self.exchanges.values().all(|e| !e.enabled) {
             return Err(ConfigError::invalid(

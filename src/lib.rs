@@ -10,6 +10,7 @@
 //! - [`ingest`]: the WebSocket workers, finality and the service supervisor;
 //! - [`sink`]: bronze (batched COPY) and its disk spool;
 //! - [`db`]: pool, migrations, hourly partitions;
+//! - [`merge`]: bronze → silver, completeness, gold (SQL in `sql/`);
 //! - [`simulator`]: the bundled exchange simulator;
 //! - [`config`], [`cli`], [`telemetry`].
 
@@ -21,6 +22,7 @@ pub mod db;
 pub mod domain;
 pub mod exchange;
 pub mod ingest;
+pub mod merge;
 pub mod simulator;
 pub mod sink;
 pub mod telemetry;

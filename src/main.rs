@@ -71,6 +71,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("klines: schema is up to date ({applied} migrations)");
             Ok(())
         }
+        Command::Merge(args) => {
+            let config = Config::load(&cli.config)?;
+            if args.from >= args.to {
+                anyhow::bail!("--from ({}) must be before --to ({})", args.from, args.to);
+            }
+            let pool = klines::db::connect(&config.database)
+                .await
+                .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
+            let partitions = klines::db::partitions::Partitions::new();
+            let r = klines::merge::run_job(
+                &pool,
+                &partitions,
+                "merge_cli",
+                args.from,
+                args.to,
+                false,
+                &[],
+            )
+            .await?;
+            println!("merged {} .. {}", args.from, args.to);
+            println!("  hours with data  {:>10}", r.hours);
+            println!("  keys examined    {:>10}", r.keys);
+            println!("  inserted         {:>10}", r.inserted);
+            println!("  updated          {:>10}", r.updated);
+            println!("  unchanged        {:>10}", r.unchanged);
+            println!("  ws/rest mismatch {:>10}", r.mismatches);
+            Ok(())
+        }
         Command::Simulate(args) => simulate(*args).await,
     }
 }

@@ -81,6 +81,21 @@ pub async fn run(
         upkeep_stop.clone(),
     ));
 
+    if config.merge.enabled {
+        let pairs: Vec<crate::domain::Pair> = config
+            .enabled_pairs()
+            .into_iter()
+            .flat_map(|(_, pairs)| pairs)
+            .collect();
+        tasks.spawn(merge_scheduler(
+            pool.clone(),
+            Arc::clone(&partitions),
+            config.merge.clone(),
+            pairs,
+            upkeep_stop.clone(),
+        ));
+    }
+
     let (bronze_tx, bronze_rx) = mpsc::channel(config.ingest.channel_capacity);
     let sink = BronzeSink::new(
         pool.clone(),
@@ -211,4 +226,35 @@ async fn upkeep_once(
         info!(created, "Created hourly partitions ahead");
     }
     Ok(())
+}
+
+/// Merges the recent window every `every` and sweeps the late-data window
+/// every `sweep_every`, both incrementally from their own watermarks. Several
+/// instances may run this: the per-hour advisory lock serialises them.
+async fn merge_scheduler(
+    pool: sqlx::PgPool,
+    partitions: Arc<Partitions>,
+    config: crate::config::MergeConfig,
+    pairs: Vec<crate::domain::Pair>,
+    stop: CancellationToken,
+) {
+    let mut recent = tokio::time::interval(config.every);
+    recent.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(config.sweep_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let window = |d: Duration| chrono::Duration::from_std(d).unwrap_or_default();
+    loop {
+        let (kind, back, sweep_pairs) = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = recent.tick() => ("merge_recent", window(config.recent_window), &[][..]),
+            _ = sweep.tick() => ("merge_sweep", window(config.sweep_window), &pairs[..]),
+        };
+        let now = chrono::Utc::now();
+        let to = now + chrono::Duration::minutes(1);
+        if let Err(e) =
+            crate::merge::run_job(&pool, &partitions, kind, now - back, to, true, sweep_pairs).await
+        {
+            warn!(kind, error = %e, "Scheduled merge failed; the next run retries");
+        }
+    }
 }

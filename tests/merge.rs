@@ -1,0 +1,573 @@
+//! The merge against a real PostgreSQL: the real Binance day through bronze
+//! into silver and gold, checked against Binance's own files; idempotence;
+//! source priority; a randomised model test; completeness; concurrency.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use klines::db::partitions::Partitions;
+use klines::domain::{Candle, CandleEvent, ExchangeId, Minute, Source};
+use klines::merge::{self, MergeReport, Scope};
+use klines::sink::bronze::write_batch;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::Row;
+
+const DAY_START: &str = "2023-01-21T00:00:00Z";
+const DAY_END: &str = "2023-01-22T00:00:00Z";
+
+fn t(s: &str) -> DateTime<Utc> {
+    klines::cli::parse_time(s).unwrap()
+}
+
+fn event(symbol: &str, minute_ms: i64, r: &Row12, source: Source) -> CandleEvent {
+    CandleEvent {
+        candle: Candle {
+            exchange: ExchangeId::Binance,
+            symbol: symbol.into(),
+            interval_seconds: 60,
+            interval_start: Minute::from_epoch_ms(minute_ms).unwrap().start(),
+            open: decimal(&r.open),
+            high: decimal(&r.high),
+            low: decimal(&r.low),
+            close: decimal(&r.close),
+            volume: decimal(&r.volume),
+            quote_volume: Some(decimal(&r.quote_volume)),
+            trade_count: Some(r.trades),
+            vwap: None,
+        },
+        is_final: true,
+        source,
+        event_ts: None,
+        received_ts: Utc::now(),
+    }
+}
+
+async fn load_day(db: &TestDb, skip: impl Fn(i64) -> bool) -> BTreeMap<i64, Row12> {
+    let csv = csv_rows(BTC_DAY);
+    let events: Vec<CandleEvent> = csv
+        .iter()
+        .filter(|(ms, _)| !skip(**ms))
+        .map(|(ms, r)| event("BTCUSDT", *ms, r, Source::Ws))
+        .collect();
+    write_batch(&db.pool, &Partitions::new(), &events)
+        .await
+        .unwrap();
+    csv
+}
+
+async fn silver(db: &TestDb) -> BTreeMap<(String, i64), (Row12, String)> {
+    sqlx::query(
+        "SELECT symbol, (extract(epoch FROM interval_start) * 1000)::bigint AS t, open::text, high::text,
+                low::text, close::text, volume::text, quote_volume::text AS q, trade_count, source
+           FROM silver.fact_ohlcv",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        (
+            (r.get("symbol"), r.get("t")),
+            (
+                Row12 {
+                    open: r.get("open"),
+                    high: r.get("high"),
+                    low: r.get("low"),
+                    close: r.get("close"),
+                    volume: r.get("volume"),
+                    quote_volume: r.get("q"),
+                    trades: r.get("trade_count"),
+                },
+                r.get("source"),
+            ),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn real_day_merges_to_the_csv_and_gold_to_binances_own_rollups() {
+    let db = TestDb::new("merge_day").await;
+    let csv = load_day(&db, |_| false).await;
+    let parts = Partitions::new();
+    let r = merge::run_job(
+        &db.pool,
+        &parts,
+        "test",
+        t(DAY_START),
+        t(DAY_END),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.keys, r.inserted, r.updated, r.unchanged),
+        (1440, 1440, 0, 0)
+    );
+
+    let s = silver(&db).await;
+    assert_eq!(s.len(), 1440);
+    for (ms, row) in &csv {
+        let (got, source) = &s[&("BTCUSDT".to_string(), *ms)];
+        assert_eq!(got, row, "minute {ms}");
+        assert_eq!(source, "ws");
+    }
+
+    for (table, file) in [
+        ("ohlcv_5m", "5m"),
+        ("ohlcv_15m", "15m"),
+        ("ohlcv_30m", "30m"),
+        ("ohlcv_1h", "1h"),
+        ("ohlcv_1d", "1d"),
+    ] {
+        let binance = csv_rows(&BTC_DAY.replace("-1m-", &format!("-{file}-")));
+        let rows = sqlx::query(&format!(
+            "SELECT (extract(epoch FROM bucket_start) * 1000)::bigint AS t,
+                    open = $1::numeric AS dummy, open, high, low, close, volume, quote_volume, trade_count,
+                    minutes_present, bucket_end - bucket_start AS width
+               FROM gold.{table} ORDER BY bucket_start"
+        ))
+        .bind("0")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), binance.len(), "{table}");
+        for row in rows {
+            let ms: i64 = row.get("t");
+            let b = &binance[&ms];
+            let num = |col: &str| row.get::<rust_decimal::Decimal, _>(col);
+            assert_eq!(num("open"), decimal(&b.open), "{table} {ms} open");
+            assert_eq!(num("high"), decimal(&b.high), "{table} {ms} high");
+            assert_eq!(num("low"), decimal(&b.low), "{table} {ms} low");
+            assert_eq!(num("close"), decimal(&b.close), "{table} {ms} close");
+            assert_eq!(num("volume"), decimal(&b.volume), "{table} {ms} volume");
+            assert_eq!(
+                num("quote_volume"),
+                decimal(&b.quote_volume),
+                "{table} {ms} quote volume"
+            );
+            assert_eq!(
+                row.get::<i64, _>("trade_count"),
+                b.trades,
+                "{table} {ms} trades"
+            );
+        }
+    }
+    let vwap_ok: bool = sqlx::query_scalar(
+        "SELECT bool_and(vwap = quote_volume / volume AND vwap BETWEEN low AND high) FROM gold.ohlcv_1h",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(vwap_ok);
+
+    // A second merge changes nothing, and says so in ops.runs.
+    let again = merge::run_job(
+        &db.pool,
+        &parts,
+        "test",
+        t(DAY_START),
+        t(DAY_END),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.inserted, again.updated, again.unchanged),
+        (0, 0, 1440)
+    );
+    let last: (i64, i64, i64, String) = sqlx::query_as(
+        "SELECT inserted, updated, unchanged, status FROM ops.runs ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(last, (0, 0, 1440, "ok".to_string()));
+    let completeness: (i64, i64) = sqlx::query_as(
+        "SELECT sum(present)::bigint, sum(missing)::bigint FROM silver.completeness_hourly",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(completeness, (1440, 0));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn websocket_beats_rest_and_lake_and_mismatches_are_recorded() {
+    let db = TestDb::new("merge_priority").await;
+    let csv = csv_rows(BTC_DAY);
+    let (m0, r0) = csv.iter().next().unwrap();
+    let parts = Partitions::new();
+    let mut rest = r0.clone();
+    rest.close = "22685.45000000".into();
+    // REST first, then the WebSocket final, then a later lake copy and a
+    // later REST: the WebSocket candle must win throughout.
+    write_batch(
+        &db.pool,
+        &parts,
+        &[event("BTCUSDT", *m0, &rest, Source::Rest)],
+    )
+    .await
+    .unwrap();
+    let r = merge::merge_range(
+        &db.pool,
+        &parts,
+        t(DAY_START),
+        t(DAY_END),
+        &Scope::Full,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.inserted, 1);
+    write_batch(&db.pool, &parts, &[event("BTCUSDT", *m0, r0, Source::Ws)])
+        .await
+        .unwrap();
+    let r = merge::merge_range(
+        &db.pool,
+        &parts,
+        t(DAY_START),
+        t(DAY_END),
+        &Scope::Full,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.inserted, r.updated, r.mismatches), (0, 1, 1));
+    let mut lake = r0.clone();
+    lake.volume = "1.00000000".into();
+    write_batch(
+        &db.pool,
+        &parts,
+        &[
+            event("BTCUSDT", *m0, &lake, Source::Lake),
+            event("BTCUSDT", *m0, &rest, Source::Rest),
+        ],
+    )
+    .await
+    .unwrap();
+    let r = merge::merge_range(
+        &db.pool,
+        &parts,
+        t(DAY_START),
+        t(DAY_END),
+        &Scope::Full,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.inserted, r.updated), (0, 0));
+    let s = silver(&db).await;
+    let (row, source) = &s[&("BTCUSDT".to_string(), *m0)];
+    assert_eq!((row, source.as_str()), (r0, "ws"));
+    let mismatch: (String, String) = sqlx::query_as(
+        "SELECT ws_close::text, rest_close::text FROM ops.source_mismatch WHERE symbol = 'BTCUSDT'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(mismatch, (r0.close.clone(), rest.close.clone()));
+    // A newer WebSocket observation of the same minute replaces the older.
+    let mut corrected = r0.clone();
+    corrected.trades += 1;
+    write_batch(
+        &db.pool,
+        &parts,
+        &[event("BTCUSDT", *m0, &corrected, Source::Ws)],
+    )
+    .await
+    .unwrap();
+    let r = merge::merge_range(
+        &db.pool,
+        &parts,
+        t(DAY_START),
+        t(DAY_END),
+        &Scope::Full,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.updated, 1);
+    assert_eq!(
+        silver(&db).await[&("BTCUSDT".to_string(), *m0)].0.trades,
+        corrected.trades
+    );
+    db.drop().await;
+}
+
+/// Random bronze histories: duplicate, late and out-of-order observations
+/// from all three sources, written in random batches with merges (full or
+/// incremental, over random window splits) in between. Silver must always
+/// end equal to the model: per key, the best source, newest within it.
+#[tokio::test]
+async fn randomized_histories_merge_to_the_model_answer() {
+    let db = TestDb::new("merge_model").await;
+    let parts = Partitions::new();
+    let csv: Vec<(i64, Row12)> = csv_rows(BTC_DAY).into_iter().take(180).collect();
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let start = t(DAY_START);
+    let end = start + chrono::Duration::minutes(180);
+    for seed in 0..4u64 {
+        sqlx::query("TRUNCATE bronze.ohlcv_native, silver.fact_ohlcv, ops.merge_watermark")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        // (symbol, minute) -> (source rank, insertion seq, row)
+        let mut model: BTreeMap<(String, i64), (u8, u64, Row12)> = BTreeMap::new();
+        let mut seq = 0u64;
+        for _batch in 0..12 {
+            let mut events = Vec::new();
+            for _ in 0..rng.random_range(20..120) {
+                let (ms, base) = &csv[rng.random_range(0..csv.len())];
+                let symbol = symbols[rng.random_range(0..2)];
+                let (source, rank) = match rng.random_range(0..3) {
+                    0 => (Source::Ws, 0u8),
+                    1 => (Source::Lake, 1),
+                    _ => (Source::Rest, 2),
+                };
+                let mut row = base.clone();
+                row.trades = rng.random_range(1..10_000);
+                let mut e = event(symbol, *ms, &row, source);
+                e.is_final = rng.random_bool(0.85);
+                if e.is_final {
+                    seq += 1;
+                    let key = (symbol.to_string(), *ms);
+                    let better = model.get(&key).is_none_or(|(r, _, _)| rank <= *r);
+                    if better {
+                        model.insert(key, (rank, seq, row));
+                    }
+                }
+                events.push(e);
+            }
+            // One COPY per batch: later rows of a batch are newer.
+            write_batch(&db.pool, &parts, &events).await.unwrap();
+            match rng.random_range(0..3) {
+                0 => {
+                    let cut = start + chrono::Duration::minutes(rng.random_range(1..180));
+                    merge::merge_range(&db.pool, &parts, start, cut, &Scope::Full, &[])
+                        .await
+                        .unwrap();
+                    merge::merge_range(&db.pool, &parts, cut, end, &Scope::Full, &[])
+                        .await
+                        .unwrap();
+                }
+                1 => {
+                    merge::run_job(&db.pool, &parts, "model", start, end, true, &[])
+                        .await
+                        .unwrap();
+                }
+                _ => {}
+            }
+        }
+        merge::run_job(&db.pool, &parts, "model", start, end, true, &[])
+            .await
+            .unwrap();
+        let s = silver(&db).await;
+        let expected: BTreeMap<(String, i64), Row12> =
+            model.into_iter().map(|(k, (_, _, r))| (k, r)).collect();
+        let got: BTreeMap<(String, i64), Row12> = s.into_iter().map(|(k, (r, _))| (k, r)).collect();
+        assert_eq!(got, expected, "seed {seed}");
+        // Any further merge, in any split, changes nothing.
+        let mut total = MergeReport::default();
+        for (a, b) in [(0, 60), (60, 61), (61, 180)] {
+            let r = merge::merge_range(
+                &db.pool,
+                &parts,
+                start + chrono::Duration::minutes(a),
+                start + chrono::Duration::minutes(b),
+                &Scope::Full,
+                &[],
+            )
+            .await
+            .unwrap();
+            total.inserted += r.inserted;
+            total.updated += r.updated;
+        }
+        assert_eq!((total.inserted, total.updated), (0, 0), "seed {seed}");
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn completeness_counts_holes_and_sources_exactly() {
+    let db = TestDb::new("merge_complete").await;
+    let day = t(DAY_START).timestamp_millis();
+    // Hour 0: 10 minutes missing; hour 1: minutes 0..5 only by REST; the
+    // rest of the day by WebSocket; hour 23 absent entirely.
+    let hole = |ms: i64| {
+        let m = (ms - day) / 60_000;
+        (5..15).contains(&m) || (60..65).contains(&m) || m >= 23 * 60
+    };
+    let csv = load_day(&db, hole).await;
+    let parts = Partitions::new();
+    let rest: Vec<CandleEvent> = csv
+        .iter()
+        .filter(|(ms, _)| (60..65).contains(&((**ms - day) / 60_000)))
+        .map(|(ms, r)| event("BTCUSDT", *ms, r, Source::Rest))
+        .collect();
+    write_batch(&db.pool, &parts, &rest).await.unwrap();
+    let pairs = [klines::domain::Pair::new(ExchangeId::Binance, "BTCUSDT")];
+    merge::run_job(
+        &db.pool,
+        &parts,
+        "test",
+        t(DAY_START),
+        t(DAY_END),
+        false,
+        &pairs,
+    )
+    .await
+    .unwrap();
+    let rows: Vec<(i32, i32, i32, i32, i32, String)> = sqlx::query_as(
+        "SELECT present, from_ws, from_rest, filled, missing, ratio::text FROM silver.completeness_hourly ORDER BY hour_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows.len(),
+        24,
+        "every hour of the configured pair, even the empty one"
+    );
+    assert_eq!(rows[0], (50, 50, 0, 0, 10, "0.833333".into()));
+    assert_eq!(rows[1], (60, 55, 5, 0, 0, "1.000000".into()));
+    assert_eq!(rows[2], (60, 60, 0, 0, 0, "1.000000".into()));
+    assert_eq!(rows[23], (0, 0, 0, 0, 60, "0.000000".into()));
+    let daily: (i64, i64, String) = sqlx::query_as(
+        "SELECT present::bigint, missing::bigint, ratio::text FROM silver.completeness_daily",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(daily, (1370, 70, "0.951389".into()));
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_merges_neither_deadlock_nor_double_write() {
+    let db = TestDb::new("merge_concurrent").await;
+    load_day(&db, |_| false).await;
+    let (a, b) = tokio::join!(
+        async {
+            let parts = Partitions::new();
+            merge::merge_range(
+                &db.pool,
+                &parts,
+                t(DAY_START),
+                t(DAY_END),
+                &Scope::Full,
+                &[],
+            )
+            .await
+        },
+        async {
+            let parts = Partitions::new();
+            merge::merge_range(
+                &db.pool,
+                &parts,
+                t(DAY_START),
+                t(DAY_END),
+                &Scope::Full,
+                &[],
+            )
+            .await
+        }
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.inserted + b.inserted,
+        1440,
+        "each minute inserted exactly once"
+    );
+    assert_eq!(a.updated + b.updated, 0);
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM silver.fact_ohlcv").await,
+        1440
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM gold.ohlcv_1d").await,
+        1
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn incremental_merge_looks_only_at_what_arrived() {
+    let db = TestDb::new("merge_incr").await;
+    let day = t(DAY_START).timestamp_millis();
+    let csv = load_day(&db, |ms| ms == day + 600_000).await;
+    let parts = Partitions::new();
+    let first = merge::run_job(
+        &db.pool,
+        &parts,
+        "recent",
+        t(DAY_START),
+        t(DAY_END),
+        true,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.inserted, 1439);
+    let noop = merge::run_job(
+        &db.pool,
+        &parts,
+        "recent",
+        t(DAY_START),
+        t(DAY_END),
+        true,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (noop.hours, noop.keys, noop.inserted, noop.updated),
+        (0, 0, 0, 0)
+    );
+    // The missing minute arrives by REST, and a REST copy of a WebSocket one.
+    let missing = &csv[&(day + 600_000)];
+    let other = &csv[&(day + 1_200_000)];
+    write_batch(
+        &db.pool,
+        &parts,
+        &[
+            event("BTCUSDT", day + 600_000, missing, Source::Rest),
+            event("BTCUSDT", day + 1_200_000, other, Source::Rest),
+        ],
+    )
+    .await
+    .unwrap();
+    let next = merge::run_job(
+        &db.pool,
+        &parts,
+        "recent",
+        t(DAY_START),
+        t(DAY_END),
+        true,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (next.keys, next.inserted, next.updated, next.unchanged),
+        (2, 1, 0, 1)
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM silver.fact_ohlcv").await,
+        1440
+    );
+    let gold: i64 = sqlx::query_scalar("SELECT minutes_present::bigint FROM gold.ohlcv_1d")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(gold, 1440);
+    db.drop().await;
+}
