@@ -2,7 +2,8 @@
 -- changed in this merge, or of the hours and pairs given in $1..$3 (the
 -- hourly sweep passes every configured pair, so an hour with no data at all
 -- shows up as fully missing instead of not at all).
--- $1 text[] exchanges, $2 text[] symbols (pairwise), $3 timestamptz[] hours.
+-- $1 text[] exchanges, $2 text[] symbols (pairwise), $3 timestamptz[] hours;
+-- $4, $5: the merged hour [from, to), which holds every hour above.
 -- Expected is 60 minutes per hour.
 WITH hours AS (
     SELECT DISTINCT exchange, symbol,
@@ -14,25 +15,33 @@ WITH hours AS (
      CROSS JOIN unnest($3::timestamptz[]) AS hh(h)
 ),
 counts AS (
+    SELECT s.exchange, s.symbol,
+           date_bin('1 hour', s.interval_start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour_start,
+           count(*)                                       AS present,
+           count(*) FILTER (WHERE s.source = 'ws')        AS from_ws,
+           count(*) FILTER (WHERE s.source = 'rest')      AS from_rest,
+           count(*) FILTER (WHERE s.source = 'lake')      AS from_lake,
+           count(*) FILTER (WHERE s.source = 'filled')    AS filled
+      FROM silver.fact_ohlcv s
+     WHERE s.interval_seconds = 60
+       AND s.interval_start >= $4 AND s.interval_start < $5
+       AND (s.exchange, s.symbol) IN (SELECT exchange, symbol FROM hours)
+     GROUP BY 1, 2, 3
+),
+joined AS (
     SELECT h.exchange, h.symbol, h.hour_start,
-           count(s.interval_start)                          AS present,
-           count(s.interval_start) FILTER (WHERE s.source = 'ws')     AS from_ws,
-           count(s.interval_start) FILTER (WHERE s.source = 'rest')   AS from_rest,
-           count(s.interval_start) FILTER (WHERE s.source = 'lake')   AS from_lake,
-           count(s.interval_start) FILTER (WHERE s.source = 'filled') AS filled
+           coalesce(c.present, 0) AS present, coalesce(c.from_ws, 0) AS from_ws,
+           coalesce(c.from_rest, 0) AS from_rest, coalesce(c.from_lake, 0) AS from_lake,
+           coalesce(c.filled, 0) AS filled
       FROM hours h
-      LEFT JOIN silver.fact_ohlcv s
-        ON s.exchange = h.exchange AND s.symbol = h.symbol AND s.interval_seconds = 60
-       AND s.interval_start >= h.hour_start
-       AND s.interval_start < h.hour_start + interval '1 hour'
-     GROUP BY h.exchange, h.symbol, h.hour_start
+      LEFT JOIN counts c USING (exchange, symbol, hour_start)
 )
 INSERT INTO silver.completeness_hourly AS c
        (exchange, symbol, hour_start, expected, present, from_ws, from_rest, from_lake,
         filled, missing, ratio)
 SELECT exchange, symbol, hour_start, 60, present, from_ws, from_rest, from_lake,
        filled, 60 - present, round(present / 60.0, 6)
-  FROM counts
+  FROM joined
  ORDER BY exchange, symbol, hour_start
 ON CONFLICT (exchange, symbol, hour_start) DO UPDATE
    SET expected = EXCLUDED.expected, present = EXCLUDED.present,

@@ -14,8 +14,8 @@ WITH buckets AS (
       FROM merge_changed
 ),
 agg AS (
-    SELECT b.exchange, b.symbol, b.bucket_start,
-           b.bucket_start + interval '{width}'                 AS bucket_end,
+    SELECT x.exchange, x.symbol,
+           date_bin(interval '{width}', x.start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start,
            (array_agg(x.open ORDER BY x.start))[1]             AS open,
            max(x.high)                                         AS high,
            min(x.low)                                          AS low,
@@ -25,18 +25,22 @@ agg AS (
            sum(x.trade_count)                                  AS trade_count,
            sum(x.quote_volume) / nullif(sum(x.volume), 0)      AS vwap,
            sum(x.minutes)                                      AS minutes_present
-      FROM buckets b
-      JOIN {source} x
-        ON x.exchange = b.exchange AND x.symbol = b.symbol
-       AND x.start >= b.bucket_start
-       AND x.start < b.bucket_start + interval '{width}'
-     GROUP BY b.exchange, b.symbol, b.bucket_start
+      FROM {source} x
+     -- The buckets of this merge lie within [lo, hi): the merged hour widened
+     -- to whole buckets. The bound lets PostgreSQL read only those partitions.
+     WHERE x.start >= date_bin(interval '{width}', $1::timestamptz, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+       AND x.start <  date_bin(interval '{width}', $2::timestamptz - interval '1 microsecond',
+                               TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '{width}'
+       AND (x.exchange, x.symbol,
+            date_bin(interval '{width}', x.start, TIMESTAMPTZ '2000-01-01 00:00:00+00'))
+           IN (SELECT exchange, symbol, bucket_start FROM buckets)
+     GROUP BY 1, 2, 3
 )
 INSERT INTO gold.{table} AS g
        (exchange, symbol, bucket_start, bucket_end, open, high, low, close, volume,
         quote_volume, trade_count, vwap, minutes_present)
-SELECT exchange, symbol, bucket_start, bucket_end, open, high, low, close, volume,
-       quote_volume, trade_count, vwap, minutes_present
+SELECT exchange, symbol, bucket_start, bucket_start + interval '{width}', open, high, low,
+       close, volume, quote_volume, trade_count, vwap, minutes_present
   FROM agg
  ORDER BY exchange, symbol, bucket_start
 ON CONFLICT (exchange, symbol, bucket_start) DO UPDATE

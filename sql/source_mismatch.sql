@@ -12,22 +12,41 @@ WITH newest AS (
          = (b.exchange, b.symbol, b.interval_seconds, b.interval_start)
      WHERE b.is_final AND b.source IN ('ws', 'rest')
        AND b.interval_start >= $1 AND b.interval_start < $2
+       -- Only minutes that have a REST candle at all (usually none).
+       AND (b.exchange, b.symbol, b.interval_seconds, b.interval_start) IN (
+             SELECT r.exchange, r.symbol, r.interval_seconds, r.interval_start
+               FROM bronze.ohlcv_native r
+              WHERE r.is_final AND r.source = 'rest'
+                AND r.interval_start >= $1 AND r.interval_start < $2)
      ORDER BY b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source,
               b.ingestion_ts DESC, b.id DESC
 ),
 pairs AS (
-    SELECT w.exchange, w.symbol, w.interval_seconds, w.interval_start,
-           w.open AS ws_open, w.high AS ws_high, w.low AS ws_low, w.close AS ws_close, w.volume AS ws_volume,
-           r.open AS rest_open, r.high AS rest_high, r.low AS rest_low, r.close AS rest_close, r.volume AS rest_volume,
-           (w.open, w.high, w.low, w.close, w.volume) IS DISTINCT FROM
-           (r.open, r.high, r.low, r.close, r.volume) AS differ
-      FROM newest w
-      JOIN newest r USING (exchange, symbol, interval_seconds, interval_start)
-     WHERE w.source = 'ws' AND r.source = 'rest'
+    -- One row per minute with both sources (a GROUP BY, not a self-join).
+    SELECT exchange, symbol, interval_seconds, interval_start,
+           max(open)   FILTER (WHERE source = 'ws')   AS ws_open,
+           max(high)   FILTER (WHERE source = 'ws')   AS ws_high,
+           max(low)    FILTER (WHERE source = 'ws')   AS ws_low,
+           max(close)  FILTER (WHERE source = 'ws')   AS ws_close,
+           max(volume) FILTER (WHERE source = 'ws')   AS ws_volume,
+           max(open)   FILTER (WHERE source = 'rest') AS rest_open,
+           max(high)   FILTER (WHERE source = 'rest') AS rest_high,
+           max(low)    FILTER (WHERE source = 'rest') AS rest_low,
+           max(close)  FILTER (WHERE source = 'rest') AS rest_close,
+           max(volume) FILTER (WHERE source = 'rest') AS rest_volume
+      FROM newest
+     GROUP BY exchange, symbol, interval_seconds, interval_start
+    HAVING count(*) = 2
+),
+compared AS (
+    SELECT *,
+           (ws_open, ws_high, ws_low, ws_close, ws_volume) IS DISTINCT FROM
+           (rest_open, rest_high, rest_low, rest_close, rest_volume) AS differ
+      FROM pairs
 ),
 cleared AS (
     DELETE FROM ops.source_mismatch m
-     USING pairs p
+     USING compared p
      WHERE NOT p.differ
        AND (m.exchange, m.symbol, m.interval_seconds, m.interval_start)
          = (p.exchange, p.symbol, p.interval_seconds, p.interval_start)
@@ -40,7 +59,7 @@ recorded AS (
     SELECT exchange, symbol, interval_seconds, interval_start,
            ws_open, ws_high, ws_low, ws_close, ws_volume,
            rest_open, rest_high, rest_low, rest_close, rest_volume
-      FROM pairs
+      FROM compared
      WHERE differ
      ORDER BY exchange, symbol, interval_seconds, interval_start
     ON CONFLICT (exchange, symbol, interval_seconds, interval_start) DO UPDATE

@@ -22,6 +22,7 @@ use crate::domain::Pair;
 
 const TOUCHED_SQL: &str = include_str!("../sql/merge_touched.sql");
 const SILVER_SQL: &str = include_str!("../sql/merge_silver.sql");
+const FILLED_SQL: &str = include_str!("../sql/merge_filled.sql");
 const MISMATCH_SQL: &str = include_str!("../sql/source_mismatch.sql");
 const COMPLETENESS_SQL: &str = include_str!("../sql/completeness_hourly.sql");
 const GOLD_SQL: &str = include_str!("../sql/gold_refresh.sql");
@@ -76,6 +77,8 @@ pub struct MergeReport {
     pub inserted: u64,
     pub updated: u64,
     pub unchanged: u64,
+    /// Confirmed-empty minutes filled (or re-filled) at the previous close.
+    pub filled: u64,
     /// Minutes where WebSocket and REST disagree, recorded in this run.
     pub mismatches: u64,
 }
@@ -87,6 +90,7 @@ impl MergeReport {
         self.inserted += other.inserted;
         self.updated += other.updated;
         self.unchanged += other.unchanged;
+        self.filled += other.filled;
         self.mismatches += other.mismatches;
     }
 }
@@ -148,7 +152,9 @@ async fn merge_hour(
     // Cheap check first: a no-op incremental merge stops here.
     let anything: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM bronze.ohlcv_native WHERE is_final \
-         AND interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8)",
+         AND interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8) \
+         OR EXISTS (SELECT 1 FROM bronze.empty_minutes \
+         WHERE interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8)",
     )
     .bind(from)
     .bind(to)
@@ -167,8 +173,22 @@ async fn merge_hour(
         .execute(&mut *tx)
         .await?;
     prepare_temp_tables(&mut tx).await?;
+    // Sorts and hashes of a busy hour (300k rows) stay in memory.
+    sqlx::query("SET LOCAL work_mem = '64MB'")
+        .execute(&mut *tx)
+        .await?;
 
     let mut report = MergeReport::default();
+    let mut step = Instant::now();
+    let mut lap = |name: &str| {
+        tracing::debug!(
+            hour,
+            step = name,
+            ms = step.elapsed().as_millis() as u64,
+            "Merge step"
+        );
+        step = Instant::now();
+    };
     if anything {
         report.hours = 1;
         sqlx::query(TOUCHED_SQL)
@@ -177,6 +197,12 @@ async fn merge_hour(
             .bind(scope.xid())
             .execute(&mut *tx)
             .await?;
+        // The planner knows nothing of a freshly filled temp table; without
+        // statistics it would join it to bronze row by row.
+        sqlx::query("ANALYZE merge_touched")
+            .execute(&mut *tx)
+            .await?;
+        lap("touched");
         let row = sqlx::query(SILVER_SQL)
             .bind(from)
             .bind(to)
@@ -187,12 +213,26 @@ async fn merge_hour(
         report.inserted = row.get::<i64, _>("inserted") as u64;
         report.updated = row.get::<i64, _>("updated") as u64;
         report.unchanged = keys.saturating_sub(report.inserted + report.updated);
+        lap("silver");
+        let filled: i64 = sqlx::query_scalar(FILLED_SQL)
+            .bind(from)
+            .bind(to)
+            .fetch_one(&mut *tx)
+            .await?;
+        report.filled = filled as u64;
+        lap("filled");
         let mismatches: i64 = sqlx::query_scalar(MISMATCH_SQL)
             .bind(from)
             .bind(to)
             .fetch_one(&mut *tx)
             .await?;
         report.mismatches = mismatches as u64;
+        lap("mismatch");
+    }
+    if report.inserted + report.updated + report.filled > 0 {
+        sqlx::query("ANALYZE merge_changed")
+            .execute(&mut *tx)
+            .await?;
     }
     let exchanges: Vec<&str> = sweep_pairs.iter().map(|p| p.exchange.as_str()).collect();
     let symbols: Vec<&str> = sweep_pairs.iter().map(|p| p.symbol.as_str()).collect();
@@ -205,15 +245,23 @@ async fn merge_hour(
         .bind(&exchanges)
         .bind(&symbols)
         .bind(&hours)
+        .bind(from)
+        .bind(to)
         .execute(&mut *tx)
         .await?;
-    if report.inserted + report.updated > 0 {
+    lap("completeness");
+    if report.inserted + report.updated + report.filled > 0 {
         for (table, width, source) in GOLD_LEVELS {
             let sql = GOLD_SQL
                 .replace("{table}", table)
                 .replace("{width}", width)
                 .replace("{source}", source);
-            sqlx::query(&sql).execute(&mut *tx).await?;
+            sqlx::query(&sql)
+                .bind(from)
+                .bind(to)
+                .execute(&mut *tx)
+                .await?;
+            lap(table);
         }
     }
     tx.commit().await?;
@@ -224,14 +272,15 @@ async fn merge_hour(
 async fn prepare_temp_tables(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "CREATE TEMP TABLE IF NOT EXISTS merge_touched (
-             exchange text, symbol text, interval_seconds integer, interval_start timestamptz
+             exchange text COLLATE \"C\", symbol text COLLATE \"C\",
+             interval_seconds integer, interval_start timestamptz
          ) ON COMMIT DELETE ROWS",
     )
     .execute(&mut **tx)
     .await?;
     sqlx::query(
         "CREATE TEMP TABLE IF NOT EXISTS merge_changed (
-             exchange text, symbol text, interval_start timestamptz
+             exchange text COLLATE \"C\", symbol text COLLATE \"C\", interval_start timestamptz
          ) ON COMMIT DELETE ROWS",
     )
     .execute(&mut **tx)
@@ -307,12 +356,12 @@ pub async fn run_job(
             .bind(r.unchanged as i64)
             .execute(pool)
             .await?;
-            let level_info = r.inserted + r.updated > 0 || !incremental;
+            let level_info = r.inserted + r.updated + r.filled > 0 || !incremental;
             if level_info {
                 info!(
                     kind, run = run_id, %from, %to, hours = r.hours, keys = r.keys,
                     inserted = r.inserted, updated = r.updated, unchanged = r.unchanged,
-                    mismatches = r.mismatches, ms = started.elapsed().as_millis() as u64,
+                    filled = r.filled, mismatches = r.mismatches, ms = started.elapsed().as_millis() as u64,
                     "Merged"
                 );
             } else {

@@ -330,7 +330,11 @@ async fn many_pairs_share_one_connection_and_split_across_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_pairs_subscribe_within_the_message_rate_limit() {
     let db = TestDb::new("e2e_many").await;
-    let sim = simulator(&[BTC_DAY], 60.0, |_| {}).await;
+    // Pings every 2 s (Binance: 20 s): pongs count against the same limit.
+    let sim = simulator(&[BTC_DAY], 60.0, |c| {
+        c.ping_interval = Duration::from_secs(2)
+    })
+    .await;
     let dir = tempdir();
     // 700 streams on one connection: 100 in the URL, 600 in three SUBSCRIBE
     // messages; BTCUSDT is among the last, so its data proves the paced

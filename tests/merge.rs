@@ -571,3 +571,119 @@ async fn incremental_merge_looks_only_at_what_arrived() {
     assert_eq!(gold, 1440);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn confirmed_empty_minutes_are_filled_flat_but_never_across_a_gap() {
+    let db = TestDb::new("merge_filled").await;
+    let day = t(DAY_START).timestamp_millis();
+    let minute = |m: i64| day + m * 60_000;
+    // Minutes 5..14 have no candle. REST confirmed 5..9 and 11..14 empty;
+    // nobody confirmed minute 10.
+    let csv = load_day(&db, |ms| (minute(5)..minute(15)).contains(&ms)).await;
+    for m in (5..10).chain(11..15) {
+        sqlx::query(
+            "INSERT INTO bronze.empty_minutes (exchange, symbol, interval_start) VALUES ('binance', 'BTCUSDT', $1)",
+        )
+        .bind(Minute::from_epoch_ms(minute(m)).unwrap().start())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let parts = Partitions::new();
+    let pairs = [klines::domain::Pair::new(ExchangeId::Binance, "BTCUSDT")];
+    let r = merge::run_job(
+        &db.pool,
+        &parts,
+        "recent",
+        t(DAY_START),
+        t(DAY_END),
+        true,
+        &pairs,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.filled, 5);
+    let s = silver(&db).await;
+    let prev_close = &csv[&minute(4)].close;
+    for m in 5..10 {
+        let (row, source) = &s[&("BTCUSDT".to_string(), minute(m))];
+        assert_eq!(source, "filled");
+        assert_eq!(
+            (&row.open, &row.high, &row.low, &row.close),
+            (prev_close, prev_close, prev_close, prev_close)
+        );
+        assert_eq!((row.volume.as_str(), row.trades), ("0", 0));
+    }
+    for m in 10..15 {
+        assert!(
+            !s.contains_key(&("BTCUSDT".to_string(), minute(m))),
+            "minute {m} stays missing"
+        );
+    }
+    let hour0: (i32, i32, i32, i32, String) = sqlx::query_as(
+        "SELECT present, from_ws, filled, missing, ratio::text FROM silver.completeness_hourly ORDER BY hour_start LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(hour0, (55, 50, 5, 5, "0.916667".into()));
+    // Gold counts filled minutes as present, with zero volume.
+    let gold: (i32, i64) = sqlx::query_as(
+        "SELECT minutes_present, trade_count FROM gold.ohlcv_15m ORDER BY bucket_start LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let trades_0_4: i64 = (0..5).map(|m| csv[&minute(m)].trades).sum();
+    assert_eq!(gold, (10, trades_0_4));
+
+    // A real candle for minute 7 arrives later: it replaces the filled one,
+    // and the filled minutes after it follow its close.
+    let mut late = csv[&minute(4)].clone();
+    late.close = "22700.00000000".into();
+    late.high = "22700.00000000".into();
+    write_batch(
+        &db.pool,
+        &parts,
+        &[event("BTCUSDT", minute(7), &late, Source::Rest)],
+    )
+    .await
+    .unwrap();
+    let r = merge::run_job(
+        &db.pool,
+        &parts,
+        "recent",
+        t(DAY_START),
+        t(DAY_END),
+        true,
+        &pairs,
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.updated, r.filled), (1, 2));
+    let s = silver(&db).await;
+    assert_eq!(s[&("BTCUSDT".to_string(), minute(7))].1, "rest");
+    for m in 8..10 {
+        assert_eq!(
+            s[&("BTCUSDT".to_string(), minute(m))].0.close,
+            "22700.00000000"
+        );
+    }
+    let again = merge::run_job(
+        &db.pool,
+        &parts,
+        "recent",
+        t(DAY_START),
+        t(DAY_END),
+        false,
+        &pairs,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.inserted, again.updated, again.filled),
+        (0, 0, 0),
+        "idempotent"
+    );
+    db.drop().await;
+}
