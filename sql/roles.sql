@@ -1,0 +1,51 @@
+-- Least-privilege roles for klines. Run once per database as its owner
+-- (after `klines migrate`), e.g.  psql "$DATABASE_URL" -f sql/roles.sql
+-- then give each role a login user:
+--   CREATE ROLE ingest_svc LOGIN PASSWORD '…' IN ROLE klines_ingest;
+--   CREATE ROLE merge_svc  LOGIN PASSWORD '…' IN ROLE klines_merge;
+--   CREATE ROLE looker     LOGIN PASSWORD '…' IN ROLE klines_reader;
+-- Idempotent: safe to run again after new migrations.
+--
+--   klines_ingest  writes bronze (WebSocket sink, REST backfill, lake reload)
+--   klines_merge   reads bronze, writes silver, gold and the ops run log
+--   klines_reader  reads silver, gold and the analyst views, nothing else
+-- (`klines ingest` runs the scheduled merge too: give its user both
+-- klines_ingest and klines_merge, or disable [merge] and run merges apart.)
+
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['klines_ingest', 'klines_merge', 'klines_reader'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Reader: silver and gold, read only.
+GRANT USAGE ON SCHEMA silver, gold TO klines_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA silver, gold TO klines_reader;
+ALTER DEFAULT PRIVILEGES IN SCHEMA silver, gold GRANT SELECT ON TABLES TO klines_reader;
+
+-- Ingest: append to bronze, create the partitions it writes into.
+GRANT USAGE ON SCHEMA bronze, ops TO klines_ingest;
+-- Name lookup only (no table rights): writers create the silver partition of
+-- every hour they touch along with bronze's.
+GRANT USAGE ON SCHEMA silver TO klines_ingest;
+GRANT INSERT ON bronze.ohlcv_native, bronze.empty_minutes TO klines_ingest;
+GRANT SELECT ON bronze.ohlcv_native, bronze.empty_minutes TO klines_ingest;
+GRANT USAGE ON SEQUENCE bronze.ohlcv_native_id_seq TO klines_ingest;
+GRANT EXECUTE ON FUNCTION ops.ensure_hourly_partitions(regclass, timestamptz, timestamptz) TO klines_ingest;
+
+-- Merge: read bronze; write silver, gold, completeness and the run log.
+GRANT USAGE ON SCHEMA bronze, silver, gold, ops TO klines_merge;
+GRANT SELECT ON ALL TABLES IN SCHEMA bronze TO klines_merge;
+GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA silver, gold TO klines_merge;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ops.source_mismatch TO klines_merge;
+GRANT SELECT, INSERT, UPDATE ON ops.runs, ops.merge_watermark TO klines_merge;
+GRANT USAGE ON SEQUENCE ops.runs_id_seq TO klines_merge;
+GRANT EXECUTE ON FUNCTION ops.ensure_hourly_partitions(regclass, timestamptz, timestamptz) TO klines_merge;
+ALTER DEFAULT PRIVILEGES IN SCHEMA silver, gold GRANT SELECT, INSERT, UPDATE ON TABLES TO klines_merge;
+DO $$ BEGIN EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO klines_merge', current_database()); END $$;
