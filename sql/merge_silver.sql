@@ -9,7 +9,8 @@
 -- values really differ, so a re-run reports 0 inserted, 0 updated. (The
 -- caller holds this hour's advisory lock: no other merge writes these keys.)
 -- Changed keys are remembered in merge_changed for completeness and gold.
--- $1, $2: the hour [from, to).
+-- $1, $2: the hour [from, to). Lines marked @only-touched are dropped when
+-- the merge covers every key of the hour (then merge_touched is not filled).
 WITH winners AS (
     SELECT DISTINCT ON (b.exchange, b.symbol, b.interval_seconds, b.interval_start)
            b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.interval_end,
@@ -23,8 +24,7 @@ WITH winners AS (
        AND s.interval_start >= $1 AND s.interval_start < $2
      WHERE b.is_final
        AND b.interval_start >= $1 AND b.interval_start < $2
-       AND (b.exchange, b.symbol, b.interval_seconds, b.interval_start) IN
-           (SELECT exchange, symbol, interval_seconds, interval_start FROM merge_touched)
+       AND (b.exchange, b.symbol, b.interval_seconds, b.interval_start) IN (SELECT exchange, symbol, interval_seconds, interval_start FROM merge_touched) -- @only-touched
      ORDER BY b.exchange, b.symbol, b.interval_seconds, b.interval_start,
               CASE b.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 ELSE 2 END,
               b.ingestion_ts DESC, b.id DESC
@@ -66,6 +66,6 @@ remembered AS (
     UNION ALL
     SELECT exchange, symbol, interval_start FROM updated
 )
-SELECT (SELECT count(*) FROM merge_touched) AS keys,
+SELECT (SELECT count(*) FROM winners)       AS keys,
        (SELECT count(*) FROM inserted)      AS inserted,
        (SELECT count(*) FROM updated)       AS updated;

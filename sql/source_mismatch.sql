@@ -2,14 +2,13 @@
 -- candle disagree on any price or volume. The newest of each source is
 -- compared; a later agreement removes the record.
 -- $1, $2: the hour [from, to). Returns how many mismatches are recorded now.
+-- Lines marked @only-touched are dropped when the merge covers every key.
 WITH newest AS (
     SELECT DISTINCT ON (b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source)
            b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source,
            b.open, b.high, b.low, b.close, b.volume
       FROM bronze.ohlcv_native b
-      JOIN merge_touched t
-        ON (t.exchange, t.symbol, t.interval_seconds, t.interval_start)
-         = (b.exchange, b.symbol, b.interval_seconds, b.interval_start)
+      JOIN merge_touched t ON (t.exchange, t.symbol, t.interval_seconds, t.interval_start) = (b.exchange, b.symbol, b.interval_seconds, b.interval_start) -- @only-touched
      WHERE b.is_final AND b.source IN ('ws', 'rest')
        AND b.interval_start >= $1 AND b.interval_start < $2
        -- Only minutes that have a REST candle at all (usually none).

@@ -191,19 +191,22 @@ async fn merge_hour(
     };
     if anything {
         report.hours = 1;
-        sqlx::query(TOUCHED_SQL)
-            .bind(from)
-            .bind(to)
-            .bind(scope.xid())
-            .execute(&mut *tx)
-            .await?;
-        // The planner knows nothing of a freshly filled temp table; without
-        // statistics it would join it to bronze row by row.
-        sqlx::query("ANALYZE merge_touched")
-            .execute(&mut *tx)
-            .await?;
-        lap("touched");
-        let row = sqlx::query(SILVER_SQL)
+        let full = *scope == Scope::Full;
+        if !full {
+            sqlx::query(TOUCHED_SQL)
+                .bind(from)
+                .bind(to)
+                .bind(scope.xid())
+                .execute(&mut *tx)
+                .await?;
+            // The planner knows nothing of a freshly filled temp table;
+            // without statistics it would join it to bronze row by row.
+            sqlx::query("ANALYZE merge_touched")
+                .execute(&mut *tx)
+                .await?;
+            lap("touched");
+        }
+        let row = sqlx::query(&for_scope(SILVER_SQL, full))
             .bind(from)
             .bind(to)
             .fetch_one(&mut *tx)
@@ -221,7 +224,7 @@ async fn merge_hour(
             .await?;
         report.filled = filled as u64;
         lap("filled");
-        let mismatches: i64 = sqlx::query_scalar(MISMATCH_SQL)
+        let mismatches: i64 = sqlx::query_scalar(&for_scope(MISMATCH_SQL, full))
             .bind(from)
             .bind(to)
             .fetch_one(&mut *tx)
@@ -266,6 +269,19 @@ async fn merge_hour(
     }
     tx.commit().await?;
     Ok(report)
+}
+
+/// The SQL for a merge of every key of the hour (`full`: the lines that
+/// restrict it to `merge_touched` are dropped) or of the touched keys only.
+fn for_scope(sql: &str, full: bool) -> String {
+    if full {
+        sql.lines()
+            .filter(|l| !l.contains("@only-touched"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        sql.to_owned()
+    }
 }
 
 /// The per-connection scratch tables of a merge, emptied at every commit.
