@@ -8,11 +8,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use common::*;
 use klines::config::{BronzeConfig, DatabaseConfig};
 use klines::db::partitions::Partitions;
-use klines::domain::{Candle, CandleEvent, ExchangeId, Minute, Source};
+use klines::domain::{CandleEvent, Source};
 use klines::sink::bronze::BronzeSink;
 use klines::sink::spool::Spool;
 use klines::telemetry::Metrics;
@@ -22,26 +21,7 @@ use tokio::sync::mpsc;
 fn day_events() -> Vec<CandleEvent> {
     csv_rows(BTC_DAY)
         .into_iter()
-        .map(|(t, r)| CandleEvent {
-            candle: Candle {
-                exchange: ExchangeId::Binance,
-                symbol: "BTCUSDT".into(),
-                interval_seconds: 60,
-                interval_start: Minute::from_epoch_ms(t).unwrap().start(),
-                open: decimal(&r.open),
-                high: decimal(&r.high),
-                low: decimal(&r.low),
-                close: decimal(&r.close),
-                volume: decimal(&r.volume),
-                quote_volume: Some(decimal(&r.quote_volume)),
-                trade_count: Some(r.trades),
-                vwap: None,
-            },
-            is_final: true,
-            source: Source::Ws,
-            event_ts: None,
-            received_ts: Utc::now(),
-        })
+        .map(|(t, r)| csv_event("BTCUSDT", t, &r, Source::Ws))
         .collect()
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use common::*;
 use klines::db::partitions::Partitions;
-use klines::domain::{Candle, CandleEvent, ExchangeId, Minute, Source};
+use klines::domain::{CandleEvent, ExchangeId, Minute, Source};
 use klines::merge::{self, MergeReport, Scope};
 use klines::sink::bronze::write_batch;
 use rand::rngs::StdRng;
@@ -24,26 +24,7 @@ fn t(s: &str) -> DateTime<Utc> {
 }
 
 fn event(symbol: &str, minute_ms: i64, r: &Row12, source: Source) -> CandleEvent {
-    CandleEvent {
-        candle: Candle {
-            exchange: ExchangeId::Binance,
-            symbol: symbol.into(),
-            interval_seconds: 60,
-            interval_start: Minute::from_epoch_ms(minute_ms).unwrap().start(),
-            open: decimal(&r.open),
-            high: decimal(&r.high),
-            low: decimal(&r.low),
-            close: decimal(&r.close),
-            volume: decimal(&r.volume),
-            quote_volume: Some(decimal(&r.quote_volume)),
-            trade_count: Some(r.trades),
-            vwap: None,
-        },
-        is_final: true,
-        source,
-        event_ts: None,
-        received_ts: Utc::now(),
-    }
+    csv_event(symbol, minute_ms, r, source)
 }
 
 async fn load_day(db: &TestDb, skip: impl Fn(i64) -> bool) -> BTreeMap<i64, Row12> {

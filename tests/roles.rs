@@ -45,26 +45,7 @@ async fn roles_have_least_privilege() {
     let events: Vec<klines::domain::CandleEvent> = csv
         .iter()
         .take(90)
-        .map(|(ms, r)| klines::domain::CandleEvent {
-            candle: klines::domain::Candle {
-                exchange: klines::domain::ExchangeId::Binance,
-                symbol: "BTCUSDT".into(),
-                interval_seconds: 60,
-                interval_start: klines::domain::Minute::from_epoch_ms(*ms).unwrap().start(),
-                open: decimal(&r.open),
-                high: decimal(&r.high),
-                low: decimal(&r.low),
-                close: decimal(&r.close),
-                volume: decimal(&r.volume),
-                quote_volume: Some(decimal(&r.quote_volume)),
-                trade_count: Some(r.trades),
-                vwap: None,
-            },
-            is_final: true,
-            source: klines::domain::Source::Ws,
-            event_ts: None,
-            received_ts: chrono::Utc::now(),
-        })
+        .map(|(ms, r)| csv_event("BTCUSDT", *ms, r, klines::domain::Source::Ws))
         .collect();
     klines::sink::bronze::write_batch(&ingest, &Partitions::new(), &events)
         .await

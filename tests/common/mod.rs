@@ -304,6 +304,35 @@ pub fn spool_dir(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("spool")
 }
 
+/// A CSV row as a final candle event of `symbol` from `source`.
+pub fn csv_event(
+    symbol: &str,
+    minute_ms: i64,
+    r: &Row12,
+    source: klines::domain::Source,
+) -> klines::domain::CandleEvent {
+    klines::domain::CandleEvent {
+        candle: klines::domain::Candle {
+            exchange: klines::domain::ExchangeId::Binance,
+            symbol: symbol.into(),
+            interval_seconds: 60,
+            interval_start: Minute::from_epoch_ms(minute_ms).unwrap().start(),
+            open: decimal(&r.open),
+            high: decimal(&r.high),
+            low: decimal(&r.low),
+            close: decimal(&r.close),
+            volume: decimal(&r.volume),
+            quote_volume: Some(decimal(&r.quote_volume)),
+            trade_count: Some(r.trades),
+            vwap: None,
+        },
+        is_final: true,
+        source,
+        event_ts: None,
+        received_ts: chrono::Utc::now(),
+    }
+}
+
 /// Values of the CSV candle, for comparing simulator REST output.
 pub fn sim_candle_matches(row: &Row12, c: &SimCandle) -> bool {
     row.open == c.open.to_string()
