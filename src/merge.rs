@@ -27,24 +27,31 @@ const MISMATCH_SQL: &str = include_str!("../sql/source_mismatch.sql");
 const COMPLETENESS_SQL: &str = include_str!("../sql/completeness_hourly.sql");
 const GOLD_SQL: &str = include_str!("../sql/gold_refresh.sql");
 
-/// Gold tables, finest first, with the width and the source each is built
-/// from.
-const GOLD_LEVELS: &[(&str, &str, &str)] = &[
-    (
-        "ohlcv_5m",
-        "5 minutes",
-        "(SELECT exchange, symbol, interval_start AS start, open, high, low, close, volume, \
-         quote_volume, trade_count, 1 AS minutes FROM silver.fact_ohlcv WHERE interval_seconds = 60)",
-    ),
-    ("ohlcv_15m", "15 minutes", GOLD_FROM_5M),
-    ("ohlcv_30m", "30 minutes", GOLD_FROM_15M),
-    ("ohlcv_1h", "1 hour", GOLD_FROM_30M),
-    ("ohlcv_1d", "1 day", GOLD_FROM_1H),
+/// Gold tables, finest first, with their width. The first is built from
+/// silver 1m, each other one from the level before it.
+const GOLD_LEVELS: &[(&str, &str)] = &[
+    ("ohlcv_5m", "5 minutes"),
+    ("ohlcv_15m", "15 minutes"),
+    ("ohlcv_30m", "30 minutes"),
+    ("ohlcv_1h", "1 hour"),
+    ("ohlcv_1d", "1 day"),
 ];
-const GOLD_FROM_5M: &str = "(SELECT exchange, symbol, bucket_start AS start, open, high, low, close, volume, quote_volume, trade_count, minutes_present AS minutes FROM gold.ohlcv_5m)";
-const GOLD_FROM_15M: &str = "(SELECT exchange, symbol, bucket_start AS start, open, high, low, close, volume, quote_volume, trade_count, minutes_present AS minutes FROM gold.ohlcv_15m)";
-const GOLD_FROM_30M: &str = "(SELECT exchange, symbol, bucket_start AS start, open, high, low, close, volume, quote_volume, trade_count, minutes_present AS minutes FROM gold.ohlcv_30m)";
-const GOLD_FROM_1H: &str = "(SELECT exchange, symbol, bucket_start AS start, open, high, low, close, volume, quote_volume, trade_count, minutes_present AS minutes FROM gold.ohlcv_1h)";
+const SILVER_AS_GOLD_SOURCE: &str =
+    "(SELECT exchange, symbol, interval_start AS start, open, high, \
+     low, close, volume, quote_volume, trade_count, 1 AS minutes FROM silver.fact_ohlcv \
+     WHERE interval_seconds = 60)";
+
+/// The `{source}` relation of a gold level: silver for the first, the
+/// previous gold table for the others.
+fn gold_source(previous: Option<&str>) -> String {
+    match previous {
+        None => SILVER_AS_GOLD_SOURCE.to_owned(),
+        Some(table) => format!(
+            "(SELECT exchange, symbol, bucket_start AS start, open, high, low, close, volume, \
+             quote_volume, trade_count, minutes_present AS minutes FROM gold.{table})"
+        ),
+    }
+}
 
 /// The first watermark: every transaction id is at least this.
 const ALL: &str = "0";
@@ -217,19 +224,9 @@ async fn merge_hour(
         report.updated = row.get::<i64, _>("updated") as u64;
         report.unchanged = keys.saturating_sub(report.inserted + report.updated);
         lap("silver");
-        let filled: i64 = sqlx::query_scalar(FILLED_SQL)
-            .bind(from)
-            .bind(to)
-            .fetch_one(&mut *tx)
-            .await?;
-        report.filled = filled as u64;
+        report.filled = hour_count(&mut tx, FILLED_SQL, from, to).await?;
         lap("filled");
-        let mismatches: i64 = sqlx::query_scalar(&for_scope(MISMATCH_SQL, full))
-            .bind(from)
-            .bind(to)
-            .fetch_one(&mut *tx)
-            .await?;
-        report.mismatches = mismatches as u64;
+        report.mismatches = hour_count(&mut tx, &for_scope(MISMATCH_SQL, full), from, to).await?;
         lap("mismatch");
     }
     if report.inserted + report.updated + report.filled > 0 {
@@ -254,11 +251,13 @@ async fn merge_hour(
         .await?;
     lap("completeness");
     if report.inserted + report.updated + report.filled > 0 {
-        for (table, width, source) in GOLD_LEVELS {
+        let mut previous = None;
+        for &(table, width) in GOLD_LEVELS {
             let sql = GOLD_SQL
                 .replace("{table}", table)
                 .replace("{width}", width)
-                .replace("{source}", source);
+                .replace("{source}", &gold_source(previous));
+            previous = Some(table);
             sqlx::query(&sql)
                 .bind(from)
                 .bind(to)
@@ -269,6 +268,21 @@ async fn merge_hour(
     }
     tx.commit().await?;
     Ok(report)
+}
+
+/// Runs a merge step of the hour `[from, to)` that returns one count.
+async fn hour_count(
+    tx: &mut Transaction<'_, Postgres>,
+    sql: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(sql)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// The SQL for a merge of every key of the hour (`full`: the lines that

@@ -11,6 +11,20 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_klines");
 
+/// Runs klines with the production config file against `db_url`.
+fn klines_on(db_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/klines.toml"),
+        ])
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("KLINES_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 fn klines(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
@@ -75,31 +89,14 @@ fn bad_arguments_and_config_stop_with_a_message() {
 #[tokio::test]
 async fn migrate_can_create_the_database() {
     let (name, url) = TestDb::absent("cli_createdb");
-    let out = Command::new(BIN)
-        .args([
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/klines.toml"),
-            "migrate",
-        ])
-        .env("DATABASE_URL", &url)
-        .output()
-        .unwrap();
+    let out = klines_on(&url, &["migrate"]);
     assert_eq!(
         out.status.code(),
         Some(1),
         "without --create-database a missing database is an error"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
-    let out = Command::new(BIN)
-        .args([
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/klines.toml"),
-            "migrate",
-            "--create-database",
-        ])
-        .env("DATABASE_URL", &url)
-        .output()
-        .unwrap();
+    let out = klines_on(&url, &["migrate", "--create-database"]);
     assert!(
         out.status.success(),
         "{}",
@@ -122,15 +119,7 @@ async fn migrate_can_create_the_database() {
 async fn migrate_command_is_idempotent() {
     let db = TestDb::empty("cli_migrate").await;
     for _ in 0..2 {
-        let out = Command::new(BIN)
-            .args([
-                "--config",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/config/klines.toml"),
-                "migrate",
-            ])
-            .env("DATABASE_URL", &db.url)
-            .output()
-            .unwrap();
+        let out = klines_on(&db.url, &["migrate"]);
         assert!(
             out.status.success(),
             "{}",
@@ -241,46 +230,28 @@ pairs = ["BTCUSDT"]
 #[tokio::test]
 async fn merge_command_reports_and_is_idempotent() {
     let db = TestDb::new("cli_merge").await;
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/klines.toml");
     // Bad ranges are refused before touching the database.
-    let out = Command::new(BIN)
-        .args([
-            "--config",
-            config,
-            "merge",
-            "--from",
-            "2023-01-22",
-            "--to",
-            "2023-01-21",
-        ])
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
+    let out = klines_on(
+        &db.url,
+        &["merge", "--from", "2023-01-22", "--to", "2023-01-21"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be before"));
-    let out = Command::new(BIN)
-        .args([
-            "--config",
-            config,
-            "merge",
-            "--from",
-            "yesterday",
-            "--to",
-            "2023-01-21",
-        ])
-        .output()
-        .unwrap();
+    let out = klines_on(
+        &db.url,
+        &["merge", "--from", "yesterday", "--to", "2023-01-21"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--from"));
 
-    sqlx::query(
-        "INSERT INTO bronze.ohlcv_native (exchange, symbol, interval_start, interval_end, open, high, low, close, volume, is_final, source)
+    const HOUR_OF_ROWS: &str = "INSERT INTO bronze.ohlcv_native (exchange, symbol, interval_start, interval_end, open, high, low, close, volume, is_final, source)
          SELECT 'binance', 'BTCUSDT', t, t + interval '1 minute', 1, 2, 0.5, 1.5, 10, true, 'rest'
-           FROM generate_series(timestamptz '2023-01-21 00:00Z', timestamptz '2023-01-21 00:59Z', interval '1 minute') t",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap_err(); // no partition yet: writers must ask for one
+           FROM generate_series(timestamptz '2023-01-21 00:00Z', timestamptz '2023-01-21 00:59Z', interval '1 minute') t";
+    // No partition yet: writers must ask for one.
+    sqlx::query(HOUR_OF_ROWS)
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
     klines::db::partitions::Partitions::new()
         .ensure_range(
             &db.pool,
@@ -289,39 +260,20 @@ async fn merge_command_reports_and_is_idempotent() {
         )
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO bronze.ohlcv_native (exchange, symbol, interval_start, interval_end, open, high, low, close, volume, is_final, source)
-         SELECT 'binance', 'BTCUSDT', t, t + interval '1 minute', 1, 2, 0.5, 1.5, 10, true, 'rest'
-           FROM generate_series(timestamptz '2023-01-21 00:00Z', timestamptz '2023-01-21 00:59Z', interval '1 minute') t",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let run = |expect: &'static str| {
-        let out = Command::new(BIN)
-            .args([
-                "--config",
-                config,
-                "merge",
-                "--from",
-                "2023-01-21",
-                "--to",
-                "2023-01-22",
-            ])
-            .env("DATABASE_URL", &db.url)
-            .env("KLINES_LOG", "warn")
-            .output()
-            .unwrap();
+    sqlx::query(HOUR_OF_ROWS).execute(&db.pool).await.unwrap();
+    for expect in ["inserted                 60", "inserted                  0"] {
+        let out = klines_on(
+            &db.url,
+            &["merge", "--from", "2023-01-21", "--to", "2023-01-22"],
+        );
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains(expect), "{stdout}");
-    };
-    run("inserted                 60");
-    run("inserted                  0");
+    }
     assert_eq!(
         count(&db.pool, "SELECT count(*) FROM silver.fact_ohlcv").await,
         60

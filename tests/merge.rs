@@ -27,6 +27,17 @@ fn event(symbol: &str, minute_ms: i64, r: &Row12, source: Source) -> CandleEvent
     csv_event(symbol, minute_ms, r, source)
 }
 
+/// A full merge of the whole test day.
+async fn merge_day(db: &TestDb, parts: &Partitions) -> MergeReport {
+    merge::merge_range(&db.pool, parts, t(DAY_START), t(DAY_END), &Scope::Full, &[])
+        .await
+        .unwrap()
+}
+
+async fn write(db: &TestDb, parts: &Partitions, events: &[CandleEvent]) {
+    write_batch(&db.pool, parts, events).await.unwrap();
+}
+
 async fn load_day(db: &TestDb, skip: impl Fn(i64) -> bool) -> BTreeMap<i64, Row12> {
     let csv = csv_rows(BTC_DAY);
     let events: Vec<CandleEvent> = csv
@@ -190,60 +201,24 @@ async fn websocket_beats_rest_and_lake_and_mismatches_are_recorded() {
     rest.close = "22685.45000000".into();
     // REST first, then the WebSocket final, then a later lake copy and a
     // later REST: the WebSocket candle must win throughout.
-    write_batch(
-        &db.pool,
-        &parts,
-        &[event("BTCUSDT", *m0, &rest, Source::Rest)],
-    )
-    .await
-    .unwrap();
-    let r = merge::merge_range(
-        &db.pool,
-        &parts,
-        t(DAY_START),
-        t(DAY_END),
-        &Scope::Full,
-        &[],
-    )
-    .await
-    .unwrap();
+    write(&db, &parts, &[event("BTCUSDT", *m0, &rest, Source::Rest)]).await;
+    let r = merge_day(&db, &parts).await;
     assert_eq!(r.inserted, 1);
-    write_batch(&db.pool, &parts, &[event("BTCUSDT", *m0, r0, Source::Ws)])
-        .await
-        .unwrap();
-    let r = merge::merge_range(
-        &db.pool,
-        &parts,
-        t(DAY_START),
-        t(DAY_END),
-        &Scope::Full,
-        &[],
-    )
-    .await
-    .unwrap();
+    write(&db, &parts, &[event("BTCUSDT", *m0, r0, Source::Ws)]).await;
+    let r = merge_day(&db, &parts).await;
     assert_eq!((r.inserted, r.updated, r.mismatches), (0, 1, 1));
     let mut lake = r0.clone();
     lake.volume = "1.00000000".into();
-    write_batch(
-        &db.pool,
+    write(
+        &db,
         &parts,
         &[
             event("BTCUSDT", *m0, &lake, Source::Lake),
             event("BTCUSDT", *m0, &rest, Source::Rest),
         ],
     )
-    .await
-    .unwrap();
-    let r = merge::merge_range(
-        &db.pool,
-        &parts,
-        t(DAY_START),
-        t(DAY_END),
-        &Scope::Full,
-        &[],
-    )
-    .await
-    .unwrap();
+    .await;
+    let r = merge_day(&db, &parts).await;
     assert_eq!((r.inserted, r.updated), (0, 0));
     let s = silver(&db).await;
     let (row, source) = &s[&("BTCUSDT".to_string(), *m0)];
@@ -258,23 +233,13 @@ async fn websocket_beats_rest_and_lake_and_mismatches_are_recorded() {
     // A newer WebSocket observation of the same minute replaces the older.
     let mut corrected = r0.clone();
     corrected.trades += 1;
-    write_batch(
-        &db.pool,
+    write(
+        &db,
         &parts,
         &[event("BTCUSDT", *m0, &corrected, Source::Ws)],
     )
-    .await
-    .unwrap();
-    let r = merge::merge_range(
-        &db.pool,
-        &parts,
-        t(DAY_START),
-        t(DAY_END),
-        &Scope::Full,
-        &[],
-    )
-    .await
-    .unwrap();
+    .await;
+    let r = merge_day(&db, &parts).await;
     assert_eq!(r.updated, 1);
     assert_eq!(
         silver(&db).await[&("BTCUSDT".to_string(), *m0)].0.trades,
@@ -516,16 +481,15 @@ async fn incremental_merge_looks_only_at_what_arrived() {
     // The missing minute arrives by REST, and a REST copy of a WebSocket one.
     let missing = &csv[&(day + 600_000)];
     let other = &csv[&(day + 1_200_000)];
-    write_batch(
-        &db.pool,
+    write(
+        &db,
         &parts,
         &[
             event("BTCUSDT", day + 600_000, missing, Source::Rest),
             event("BTCUSDT", day + 1_200_000, other, Source::Rest),
         ],
     )
-    .await
-    .unwrap();
+    .await;
     let next = merge::run_job(
         &db.pool,
         &parts,
@@ -624,13 +588,12 @@ async fn confirmed_empty_minutes_are_filled_flat_but_never_across_a_gap() {
     let mut late = csv[&minute(4)].clone();
     late.close = "22700.00000000".into();
     late.high = "22700.00000000".into();
-    write_batch(
-        &db.pool,
+    write(
+        &db,
         &parts,
         &[event("BTCUSDT", minute(7), &late, Source::Rest)],
     )
-    .await
-    .unwrap();
+    .await;
     let r = merge::run_job(
         &db.pool,
         &parts,

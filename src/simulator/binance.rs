@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -530,8 +530,7 @@ fn split_symbol(symbol: &str) -> (String, String) {
     (symbol.to_owned(), String::new())
 }
 
-async fn exchange_info(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response {
-    let _ = headers;
+async fn exchange_info(State(sim): State<Arc<SimState>>) -> Response {
     let Some(used) = sim.rest_request(EXCHANGE_INFO_WEIGHT) else {
         return too_many_requests();
     };
