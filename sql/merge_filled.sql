@@ -10,14 +10,18 @@ WITH empties AS (
       FROM bronze.empty_minutes e
      WHERE e.interval_start >= $1 AND e.interval_start < $2
        AND NOT EXISTS (
-             SELECT 1 FROM silver.fact_ohlcv s
+             SELECT 1 FROM {silver} s
               WHERE (s.exchange, s.symbol, s.interval_seconds, s.interval_start)
                   = (e.exchange, e.symbol, e.interval_seconds, e.interval_start)
+                -- The bound prunes silver to this hour's partition.
+                AND s.interval_start >= $1 AND s.interval_start < $2
                 AND s.source <> 'filled')
 ),
 series AS (
     SELECT s.exchange, s.symbol, s.interval_seconds, s.interval_start, s.close
-      FROM silver.fact_ohlcv s
+      FROM (SELECT * FROM {silver_prev} WHERE interval_start >= $1 - interval '1 minute'
+            UNION ALL
+            SELECT * FROM {silver}) s
      WHERE s.interval_start >= $1 - interval '1 minute' AND s.interval_start < $2
        AND (s.exchange, s.symbol, s.interval_seconds) IN
            (SELECT exchange, symbol, interval_seconds FROM empties)
@@ -49,7 +53,7 @@ fills AS (
      WHERE close IS NULL AND grp > 0 AND breaks = 0 AND anchor_close IS NOT NULL
 ),
 upserted AS (
-    INSERT INTO silver.fact_ohlcv AS s
+    INSERT INTO {silver} AS s
            (exchange, symbol, interval_seconds, interval_start, interval_end,
             open, high, low, close, volume, quote_volume, trade_count, vwap, source, merged_at)
     SELECT exchange, symbol, interval_seconds, interval_start,

@@ -17,8 +17,8 @@ WITH winners AS (
            b.open, b.high, b.low, b.close, b.volume, b.quote_volume, b.trade_count,
            b.vwap, b.source, b.event_ts,
            s.exchange IS NOT NULL AS existed
-      FROM bronze.ohlcv_native b
-      LEFT JOIN silver.fact_ohlcv s
+      FROM {bronze} b
+      LEFT JOIN {silver} s
         ON (s.exchange, s.symbol, s.interval_seconds, s.interval_start)
          = (b.exchange, b.symbol, b.interval_seconds, b.interval_start)
        AND s.interval_start >= $1 AND s.interval_start < $2
@@ -30,7 +30,7 @@ WITH winners AS (
               b.ingestion_ts DESC, b.id DESC
 ),
 inserted AS (
-    INSERT INTO silver.fact_ohlcv
+    INSERT INTO {silver}
            (exchange, symbol, interval_seconds, interval_start, interval_end,
             open, high, low, close, volume, quote_volume, trade_count, vwap,
             source, event_ts, merged_at)
@@ -43,7 +43,7 @@ inserted AS (
     RETURNING exchange, symbol, interval_start
 ),
 updated AS (
-    UPDATE silver.fact_ohlcv s
+    UPDATE {silver} s
        SET open = w.open, high = w.high, low = w.low, close = w.close,
            volume = w.volume, quote_volume = w.quote_volume,
            trade_count = w.trade_count, vwap = w.vwap, source = w.source,

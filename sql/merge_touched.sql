@@ -4,7 +4,7 @@
 -- Fills the per-connection temp table merge_touched (emptied at commit).
 INSERT INTO merge_touched (exchange, symbol, interval_seconds, interval_start)
 SELECT DISTINCT exchange, symbol, interval_seconds, interval_start
-  FROM bronze.ohlcv_native
+  FROM {bronze}
  WHERE is_final
    AND interval_start >= $1 AND interval_start < $2
    AND ingest_xid >= $3::text::xid8;

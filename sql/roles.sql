@@ -38,9 +38,17 @@ GRANT INSERT ON bronze.ohlcv_native, bronze.empty_minutes TO klines_ingest;
 GRANT SELECT ON bronze.ohlcv_native, bronze.empty_minutes TO klines_ingest;
 GRANT USAGE ON SEQUENCE bronze.ohlcv_native_id_seq TO klines_ingest;
 GRANT EXECUTE ON FUNCTION ops.ensure_hourly_partitions(regclass, timestamptz, timestamptz) TO klines_ingest;
+-- The backfiller (part of ingest): its job log, listings, unrecoverable gaps,
+-- and gap detection, which reads silver.
+GRANT USAGE ON SCHEMA ref TO klines_ingest;
+GRANT SELECT, INSERT, UPDATE ON ref.instruments, ops.backfill_jobs, ops.backfill_pairs,
+      ops.unrecoverable_gaps TO klines_ingest;
+GRANT USAGE ON SEQUENCE ops.backfill_jobs_id_seq TO klines_ingest;
+GRANT SELECT ON silver.fact_ohlcv TO klines_ingest;
 
 -- Merge: read bronze; write silver, gold, completeness and the run log.
-GRANT USAGE ON SCHEMA bronze, silver, gold, ops TO klines_merge;
+GRANT USAGE ON SCHEMA bronze, silver, gold, ops, ref TO klines_merge;
+GRANT SELECT ON ref.instruments, ops.unrecoverable_gaps TO klines_merge;
 GRANT SELECT ON ALL TABLES IN SCHEMA bronze TO klines_merge;
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA silver, gold TO klines_merge;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ops.source_mismatch TO klines_merge;

@@ -7,14 +7,14 @@ WITH newest AS (
     SELECT DISTINCT ON (b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source)
            b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source,
            b.open, b.high, b.low, b.close, b.volume
-      FROM bronze.ohlcv_native b
+      FROM {bronze} b
       JOIN merge_touched t ON (t.exchange, t.symbol, t.interval_seconds, t.interval_start) = (b.exchange, b.symbol, b.interval_seconds, b.interval_start) -- @only-touched
      WHERE b.is_final AND b.source IN ('ws', 'rest')
        AND b.interval_start >= $1 AND b.interval_start < $2
        -- Only minutes that have a REST candle at all (usually none).
        AND (b.exchange, b.symbol, b.interval_seconds, b.interval_start) IN (
              SELECT r.exchange, r.symbol, r.interval_seconds, r.interval_start
-               FROM bronze.ohlcv_native r
+               FROM {bronze} r
               WHERE r.is_final AND r.source = 'rest'
                 AND r.interval_start >= $1 AND r.interval_start < $2)
      ORDER BY b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
 
-use crate::domain::Minute;
+use crate::domain::{ExchangeId, Minute};
 use crate::telemetry::LogFormat;
 
 /// klines: 1-minute OHLCV candles from crypto exchanges, captured in real
@@ -47,6 +47,11 @@ pub enum Command {
     /// and gold for what changed. Idempotent: a re-run reports 0 inserted,
     /// 0 updated.
     Merge(MergeArgs),
+    /// Fill gaps from the exchange's REST klines for a range: finds the
+    /// minutes without a final candle, fetches them within the exchange's
+    /// rate limit, writes bronze, merges. Idempotent; `--dry-run` only lists
+    /// the gaps. Recorded in ops.backfill_jobs.
+    Backfill(BackfillArgs),
     /// Run the bundled exchange simulator: Binance's WebSocket and REST
     /// protocol on localhost, replaying real candle files, with faults.
     Simulate(Box<SimulateArgs>),
@@ -62,6 +67,34 @@ pub struct MergeArgs {
     /// End of the range, exclusive.
     #[arg(long, value_parser = parse_time)]
     pub to: DateTime<Utc>,
+}
+
+/// `klines backfill` options.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("pairs").required(true).args(["symbol", "all_pairs"])))]
+pub struct BackfillArgs {
+    /// Exchange, as configured (binance, kraken, coinbase, okx, bybit).
+    #[arg(long, value_parser = parse_exchange)]
+    pub exchange: ExchangeId,
+    /// Symbol(s) to fill, e.g. BTCUSDT; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub symbol: Vec<String>,
+    /// Every pair configured for the exchange.
+    #[arg(long)]
+    pub all_pairs: bool,
+    /// Start of the range (RFC 3339 or a date, meaning its 00:00 UTC),
+    /// inclusive.
+    #[arg(long, value_parser = parse_time)]
+    pub from: DateTime<Utc>,
+    /// End of the range, exclusive (RFC 3339, a date, or `now`).
+    #[arg(long, value_parser = parse_time_or_now)]
+    pub to: DateTime<Utc>,
+    /// Only find and print the gaps; fetch and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Who asked, for ops.backfill_jobs (default: cli:$USER).
+    #[arg(long)]
+    pub requested_by: Option<String>,
 }
 
 /// `klines migrate` options.
@@ -155,6 +188,20 @@ pub struct SimulateArgs {
     /// Seed of the fault dice (same seed, same faults).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+
+    /// REST request weight allowed per window (Binance: 6000 per minute);
+    /// past it 429 with Retry-After, then 418 for clients that do not wait.
+    #[arg(long, default_value_t = 6000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rest_weight_limit: u64,
+
+    /// The REST weight window.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub rest_weight_window: Duration,
+
+    /// Start the replay clock at this time (RFC 3339 or a date) instead of
+    /// at the first candle, e.g. after the data to serve it all as history.
+    #[arg(long, value_parser = parse_start)]
+    pub clock_start: Option<Minute>,
 }
 
 fn parse_speed(s: &str) -> Result<f64, String> {
@@ -192,6 +239,17 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| {
             format!("`{s}` is not an RFC 3339 time (2026-11-21T13:00:00Z) or a date (2026-11-21)")
         })
+}
+
+fn parse_time_or_now(s: &str) -> Result<DateTime<Utc>, String> {
+    if s.eq_ignore_ascii_case("now") {
+        return Ok(Utc::now());
+    }
+    parse_time(s)
+}
+
+fn parse_exchange(s: &str) -> Result<ExchangeId, String> {
+    s.parse()
 }
 
 fn parse_start(s: &str) -> Result<Minute, String> {

@@ -68,6 +68,8 @@ pub struct Config {
     pub partitions: PartitionConfig,
     #[serde(default)]
     pub merge: MergeConfig,
+    #[serde(default)]
+    pub backfill: BackfillConfig,
     /// One table per exchange: `[exchanges.binance]`.
     #[serde(default)]
     pub exchanges: BTreeMap<ExchangeId, ExchangeConfig>,
@@ -228,6 +230,48 @@ impl Default for MergeConfig {
 }
 
 /// `[exchanges.<id>]`
+/// `[backfill]`: the REST backfiller's schedules in the service and its
+/// manners towards the exchanges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackfillConfig {
+    /// Run the schedules in `klines ingest` (the CLI works either way).
+    pub enabled: bool,
+    /// Every hour of the exchange's clock, backfill this far back for all
+    /// pairs.
+    #[serde(with = "humantime_serde")]
+    pub lookback: Duration,
+    /// A pair without history gets this much filled once (0 turns it off).
+    #[serde(with = "humantime_serde")]
+    pub initial_history: Duration,
+    /// Backfill the minutes a WebSocket connection was down, as soon as they
+    /// have closed.
+    pub after_reconnect: bool,
+    /// A minute counts as closed on the exchange this long after it ended
+    /// (REST may still be settling its last trades before).
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+    /// How often the scheduler looks at the exchange clock.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Attempts per REST page on network errors and 5xx, with backoff.
+    pub max_attempts: u32,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        BackfillConfig {
+            enabled: true,
+            lookback: Duration::from_secs(3 * 3600),
+            initial_history: Duration::from_secs(7 * 24 * 3600),
+            after_reconnect: true,
+            settle: Duration::from_secs(5),
+            tick: Duration::from_secs(10),
+            max_attempts: 5,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeConfig {
@@ -244,6 +288,24 @@ pub struct ExchangeConfig {
     /// Pairs per WebSocket connection; defaults to the exchange's maximum.
     #[serde(default)]
     pub max_pairs_per_connection: Option<usize>,
+    /// Share of the exchange's REST request budget klines may use, in
+    /// (0, 1]; the rest stays free for other clients on the same IP.
+    #[serde(default = "half")]
+    pub rest_budget: f64,
+    /// The exchange's REST weight limit per window, where it differs from
+    /// the built-in one (Binance.US: 1200 per minute).
+    #[serde(default)]
+    pub rest_weight_limit: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub rest_weight_window: Option<Duration>,
+    /// How far back the exchange's REST serves 1-minute candles, where it
+    /// differs from the built-in one; older gaps are unrecoverable.
+    #[serde(default, with = "humantime_serde")]
+    pub rest_history: Option<Duration>,
+}
+
+fn half() -> f64 {
+    0.5
 }
 
 fn yes() -> bool {
@@ -357,6 +419,9 @@ impl Config {
         nonzero("merge.recent_window", self.merge.recent_window)?;
         nonzero("merge.sweep_every", self.merge.sweep_every)?;
         nonzero("merge.sweep_window", self.merge.sweep_window)?;
+        nonzero("backfill.lookback", self.backfill.lookback)?;
+        nonzero("backfill.tick", self.backfill.tick)?;
+        positive("backfill.max_attempts", self.backfill.max_attempts as usize)?;
 
         if self.exchanges.values().all(|e| !e.enabled) {
             return Err(ConfigError::invalid(
@@ -406,6 +471,27 @@ impl Config {
                         format!("`{native}` is listed twice"),
                     ));
                 }
+            }
+            if !(ex.rest_budget > 0.0 && ex.rest_budget <= 1.0) {
+                return Err(ConfigError::invalid(
+                    key("rest_budget"),
+                    format!(
+                        "must be a share in (0, 1], e.g. 0.5 for half of the exchange's limit; got {}",
+                        ex.rest_budget
+                    ),
+                ));
+            }
+            if ex.rest_weight_limit == Some(0) {
+                return Err(ConfigError::invalid(
+                    key("rest_weight_limit"),
+                    "must be positive",
+                ));
+            }
+            if ex.rest_weight_window.is_some_and(|w| w.is_zero()) {
+                return Err(ConfigError::invalid(
+                    key("rest_weight_window"),
+                    "must be longer than 0s",
+                ));
             }
             if let Some(n) = ex.max_pairs_per_connection {
                 let max = exchange.limits().max_pairs_per_connection;

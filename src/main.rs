@@ -99,6 +99,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  ws/rest mismatch {:>10}", r.mismatches);
             Ok(())
         }
+        Command::Backfill(args) => {
+            let config = Config::load(&cli.config)?;
+            let cancel = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(cancel.clone()));
+            klines::backfill::operator::run(&config, &args, cancel).await?;
+            Ok(())
+        }
         Command::Simulate(args) => simulate(*args).await,
     }
 }
@@ -127,6 +134,10 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             rest_429_every: args.rest_429_every,
         },
         seed: args.seed,
+        rest_weight_limit: args.rest_weight_limit,
+        rest_weight_window: args.rest_weight_window,
+        rest_ban: std::time::Duration::from_secs(120),
+        clock_start: args.clock_start,
     };
     let symbols: Vec<String> = config.data.iter().map(|s| s.symbol.clone()).collect();
     let handle = simulator::start(config)

@@ -38,8 +38,17 @@ const GOLD_LEVELS: &[(&str, &str)] = &[
 ];
 const SILVER_AS_GOLD_SOURCE: &str =
     "(SELECT exchange, symbol, interval_start AS start, open, high, \
-     low, close, volume, quote_volume, trade_count, 1 AS minutes FROM silver.fact_ohlcv \
+     low, close, volume, quote_volume, trade_count, 1 AS minutes FROM {silver} \
      WHERE interval_seconds = 60)";
+
+/// The names of an hour's partitions for the `{bronze}`, `{silver}` and
+/// `{silver_prev}` placeholders of the merge SQL (see `sql/README.md`).
+fn for_hour(sql: &str, hour: i64) -> String {
+    let part = |table: &str, h: i64| format!("{table}_p{}", hour_start(h).format("%Y%m%d%H"));
+    sql.replace("{bronze}", &part("bronze.ohlcv_native", hour))
+        .replace("{silver_prev}", &part("silver.fact_ohlcv", hour - 1))
+        .replace("{silver}", &part("silver.fact_ohlcv", hour))
+}
 
 /// The `{source}` relation of a gold level: silver for the first, the
 /// previous gold table for the others.
@@ -143,7 +152,18 @@ pub async fn merge_range(
     let last = hour_of(to - Duration::microseconds(1));
     let mut report = MergeReport::default();
     for hour in first..=last {
-        report.add(merge_hour(pool, partitions, hour, scope, sweep_pairs).await?);
+        let merged = match merge_hour(pool, partitions, hour, scope, sweep_pairs).await {
+            // A partition this process thought it had was dropped: create
+            // it again and retry once.
+            Err(MergeError::Database(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some("42P01") =>
+            {
+                partitions.forget([hour - 1, hour]);
+                merge_hour(pool, partitions, hour, scope, sweep_pairs).await?
+            }
+            other => other?,
+        };
+        report.add(merged);
     }
     Ok(report)
 }
@@ -156,13 +176,18 @@ async fn merge_hour(
     sweep_pairs: &[Pair],
 ) -> Result<MergeReport, MergeError> {
     let (from, to) = (hour_start(hour), hour_start(hour + 1));
+    let began = Instant::now();
+    // The statements name this hour's partitions (and the previous hour's
+    // silver one), so they must exist.
+    partitions.ensure_hours(pool, [hour - 1, hour]).await?;
     // Cheap check first: a no-op incremental merge stops here.
-    let anything: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM bronze.ohlcv_native WHERE is_final \
+    let anything: bool = sqlx::query_scalar(&for_hour(
+        "SELECT EXISTS (SELECT 1 FROM {bronze} WHERE is_final \
          AND interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8) \
          OR EXISTS (SELECT 1 FROM bronze.empty_minutes \
          WHERE interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8)",
-    )
+        hour,
+    ))
     .bind(from)
     .bind(to)
     .bind(scope.xid())
@@ -171,7 +196,12 @@ async fn merge_hour(
     if !anything && sweep_pairs.is_empty() {
         return Ok(MergeReport::default());
     }
-    partitions.ensure_hours(pool, [hour]).await?;
+    tracing::debug!(
+        hour,
+        step = "check",
+        ms = began.elapsed().as_millis() as u64,
+        "Merge step"
+    );
 
     let mut tx = pool.begin().await?;
     // One merge of an hour at a time, across processes.
@@ -196,11 +226,12 @@ async fn merge_hour(
         );
         step = Instant::now();
     };
+    lap("prepare");
     if anything {
         report.hours = 1;
         let full = *scope == Scope::Full;
         if !full {
-            sqlx::query(TOUCHED_SQL)
+            sqlx::query(&for_hour(TOUCHED_SQL, hour))
                 .bind(from)
                 .bind(to)
                 .bind(scope.xid())
@@ -213,7 +244,7 @@ async fn merge_hour(
                 .await?;
             lap("touched");
         }
-        let row = sqlx::query(&for_scope(SILVER_SQL, full))
+        let row = sqlx::query(&for_hour(&for_scope(SILVER_SQL, full), hour))
             .bind(from)
             .bind(to)
             .fetch_one(&mut *tx)
@@ -224,9 +255,15 @@ async fn merge_hour(
         report.updated = row.get::<i64, _>("updated") as u64;
         report.unchanged = keys.saturating_sub(report.inserted + report.updated);
         lap("silver");
-        report.filled = hour_count(&mut tx, FILLED_SQL, from, to).await?;
+        report.filled = hour_count(&mut tx, &for_hour(FILLED_SQL, hour), from, to).await?;
         lap("filled");
-        report.mismatches = hour_count(&mut tx, &for_scope(MISMATCH_SQL, full), from, to).await?;
+        report.mismatches = hour_count(
+            &mut tx,
+            &for_hour(&for_scope(MISMATCH_SQL, full), hour),
+            from,
+            to,
+        )
+        .await?;
         lap("mismatch");
     }
     if report.inserted + report.updated + report.filled > 0 {
@@ -241,7 +278,7 @@ async fn merge_hour(
     } else {
         vec![from]
     };
-    sqlx::query(COMPLETENESS_SQL)
+    sqlx::query(&for_hour(COMPLETENESS_SQL, hour))
         .bind(&exchanges)
         .bind(&symbols)
         .bind(&hours)
@@ -258,7 +295,7 @@ async fn merge_hour(
                 .replace("{width}", width)
                 .replace("{source}", &gold_source(previous));
             previous = Some(table);
-            sqlx::query(&sql)
+            sqlx::query(&for_hour(&sql, hour))
                 .bind(from)
                 .bind(to)
                 .execute(&mut *tx)
@@ -267,6 +304,7 @@ async fn merge_hour(
         }
     }
     tx.commit().await?;
+    lap("commit");
     Ok(report)
 }
 

@@ -101,9 +101,22 @@ async fn rest_errors_look_like_binance() {
     let resp = get(&format!("{base}/api/v3/klines?symbol=BTCUSDT&interval=5m")).await;
     assert_eq!(resp.status().as_u16(), 429);
     assert_eq!(resp.headers()["retry-after"], "1");
+    // Not waiting out the Retry-After gets the client banned, like Binance.
     let resp = get(&format!("{base}/api/v3/klines?symbol=BTCUSDT&interval=5m")).await;
-    assert_eq!(resp.status().as_u16(), 400, "5m is not simulated");
-    assert_eq!(sim.state.snapshot().rest_429, 1);
+    assert_eq!(
+        resp.status().as_u16(),
+        418,
+        "a request during Retry-After is banned"
+    );
+    assert_eq!(resp.headers()["retry-after"], "120");
+    let snapshot = sim.state.snapshot();
+    assert_eq!((snapshot.rest_429, snapshot.rest_418), (1, 1));
+    let log = sim.state.rest_log();
+    assert_eq!(log.len(), 6);
+    assert_eq!(
+        log.iter().map(|e| e.status).collect::<Vec<_>>(),
+        [200, 200, 200, 200, 429, 418]
+    );
     sim.stop().await.unwrap();
 }
 

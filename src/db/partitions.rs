@@ -73,6 +73,15 @@ impl Partitions {
         Ok(created)
     }
 
+    /// Forgets that `hours` have partitions (one was dropped behind this
+    /// cache's back, e.g. by retention); the next ensure creates them again.
+    pub fn forget(&self, hours: impl IntoIterator<Item = i64>) {
+        let mut known = self.known.lock().expect("partition cache poisoned");
+        for h in hours {
+            known.remove(&h);
+        }
+    }
+
     /// Ensures partitions for every hour overlapping `[from, to)`.
     pub async fn ensure_range(
         &self,

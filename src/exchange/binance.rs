@@ -16,7 +16,7 @@ use url::Url;
 
 use super::{
     join_path, parse_decimal, parse_non_negative, ConnectionLimits, Control, DecodeError,
-    DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestRequest,
+    DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits, RestRequest,
 };
 use crate::domain::{
     ms_to_utc, Candle, CandleEvent, ExchangeId, Minute, Pair, Source, ONE_MINUTE_SECONDS,
@@ -41,6 +41,11 @@ const KLINES_WEIGHT: u32 = 2;
 const KLINES_PAGE_LIMIT: usize = 1000;
 /// `GET /api/v3/exchangeInfo`: weight 20.
 const EXCHANGE_INFO_WEIGHT: u32 = 20;
+/// `GET /api/v3/time`: weight 1.
+const TIME_WEIGHT: u32 = 1;
+/// `REQUEST_WEIGHT`: 6000 per minute per IP (binance.com).
+const REQUEST_WEIGHT_LIMIT: u32 = 6000;
+const REQUEST_WEIGHT_WINDOW: Duration = Duration::from_secs(60);
 
 /// Binance spot (or any server speaking its protocol, such as Binance.US or
 /// the bundled simulator).
@@ -369,6 +374,49 @@ impl Exchange for Binance {
             });
         }
         Ok(candles)
+    }
+
+    fn rest_limits(&self) -> RestLimits {
+        RestLimits {
+            weight_limit: REQUEST_WEIGHT_LIMIT,
+            window: REQUEST_WEIGHT_WINDOW,
+            used_weight_header: Some("x-mbx-used-weight-1m"),
+            history: None,
+        }
+    }
+
+    fn server_time_request(&self) -> Option<RestRequest> {
+        Some(RestRequest {
+            url: join_path(&self.rest_url, "api/v3/time"),
+            weight: TIME_WEIGHT,
+        })
+    }
+
+    fn parse_server_time(&self, body: &[u8]) -> Result<DateTime<Utc>, DecodeError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Time {
+            server_time: i64,
+        }
+        let t: Time = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+        DateTime::from_timestamp_millis(t.server_time).ok_or_else(|| DecodeError::Field {
+            field: "serverTime",
+            reason: format!("{} is out of range", t.server_time),
+        })
+    }
+
+    fn first_candle_request(&self, symbol: &str) -> Option<RestRequest> {
+        // With startTime 0, Binance answers from the first candle it has.
+        let mut url = join_path(&self.rest_url, "api/v3/klines");
+        url.query_pairs_mut()
+            .append_pair("symbol", symbol)
+            .append_pair("interval", "1m")
+            .append_pair("startTime", "0")
+            .append_pair("limit", "1");
+        Some(RestRequest {
+            url,
+            weight: KLINES_WEIGHT,
+        })
     }
 
     fn instruments_request(&self) -> RestRequest {

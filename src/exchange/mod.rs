@@ -38,6 +38,20 @@ pub struct ConnectionLimits {
     pub app_ping: Option<(Duration, String)>,
 }
 
+/// The exchange's REST request budget, per IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestLimits {
+    /// Request weight allowed per `window`.
+    pub weight_limit: u32,
+    pub window: Duration,
+    /// Response header with the weight this IP has used in the exchange's
+    /// current window (Binance: `x-mbx-used-weight-1m`), counting other
+    /// clients on the same IP too.
+    pub used_weight_header: Option<&'static str>,
+    /// How far back REST serves 1-minute candles; `None` is since listing.
+    pub history: Option<Duration>,
+}
+
 /// A REST request the exchange wants made: a GET of `url` that costs
 /// `weight` units of the exchange's request budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +181,19 @@ pub trait Exchange: Send + Sync + 'static {
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Vec<Candle>, DecodeError>;
+
+    /// The REST request budget, before config overrides.
+    fn rest_limits(&self) -> RestLimits;
+
+    /// A cheap request for the exchange's clock, where it has one.
+    fn server_time_request(&self) -> Option<RestRequest>;
+
+    fn parse_server_time(&self, body: &[u8]) -> Result<DateTime<Utc>, DecodeError>;
+
+    /// A request whose [`Exchange::parse_rest_klines`] answer starts with
+    /// the pair's first-ever 1-minute candle (its listing), where REST can
+    /// answer that.
+    fn first_candle_request(&self, symbol: &str) -> Option<RestRequest>;
 
     /// The REST request that lists the exchange's instruments.
     fn instruments_request(&self) -> RestRequest;

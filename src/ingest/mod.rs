@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::backfill::{self, clock::ExchangeClock};
 use crate::config::Config;
 use crate::db::{self, partitions::Partitions};
 use crate::exchange;
@@ -25,7 +26,7 @@ use crate::sink::bronze::{BronzeReport, BronzeSink};
 use crate::sink::spool::{Spool, SpoolError};
 use crate::telemetry::Metrics;
 use backoff::ConnectLimiter;
-use worker::Slot;
+use worker::{FeedHooks, Slot};
 
 /// Why the service could not start.
 #[derive(Debug, Error)]
@@ -36,6 +37,8 @@ pub enum IngestError {
     Spool(#[from] SpoolError),
     #[error("config: {0}")]
     Exchange(#[from] exchange::ExchangeError),
+    #[error("backfill: {0}")]
+    Backfill(#[from] backfill::BackfillError),
 }
 
 /// What the service did, reported at exit.
@@ -51,12 +54,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<IngestReport, IngestError> {
     let pool = db::connect_lazy(&config.database)?;
-    match db::migrate(&pool).await {
-        Ok(()) => info!("Database schema is up to date"),
-        Err(e) => {
-            warn!(error = %e, "Could not apply migrations at start-up; bronze rows wait in the spool until PostgreSQL is usable")
-        }
-    }
     let migrated = match db::migrate(&pool).await {
         Ok(()) => {
             info!("Database schema is up to date");
@@ -114,6 +111,26 @@ pub async fn run(
     for (id, pairs) in config.enabled_pairs() {
         let ex_config = &config.exchanges[&id];
         let exchange = exchange::build(id, ex_config)?;
+        let clock = Arc::new(ExchangeClock::new());
+        let (outage_tx, outage_rx) = mpsc::channel(1024);
+        if config.backfill.enabled {
+            let backfiller = backfill::for_exchange(
+                Arc::clone(&exchange),
+                ex_config,
+                &config.backfill,
+                pool.clone(),
+                Arc::clone(&partitions),
+                Arc::clone(&clock),
+                Arc::clone(&metrics),
+            )?;
+            tasks.spawn(backfill::scheduler::run(
+                Arc::new(backfiller),
+                pairs.iter().map(|p| p.symbol.clone()).collect(),
+                config.backfill.clone(),
+                outage_rx,
+                upkeep_stop.clone(),
+            ));
+        }
         let limits = exchange.limits();
         let per_conn = ex_config
             .max_pairs_per_connection
@@ -124,15 +141,21 @@ pub async fn run(
             limits.connect_window,
         ));
         for (index, chunk) in pairs.chunks(per_conn).enumerate() {
-            let slot = Arc::new(Slot::new(
-                Arc::clone(&exchange),
-                chunk.to_vec(),
-                config.ingest.clone(),
-                bronze_tx.clone(),
-                Arc::clone(&metrics),
-                Arc::clone(&limiter),
-                index,
-            ));
+            let slot = Arc::new(
+                Slot::new(
+                    Arc::clone(&exchange),
+                    chunk.to_vec(),
+                    config.ingest.clone(),
+                    bronze_tx.clone(),
+                    Arc::clone(&metrics),
+                    Arc::clone(&limiter),
+                    index,
+                )
+                .with_feed_hooks(FeedHooks {
+                    clock: Arc::clone(&clock),
+                    outages: outage_tx.clone(),
+                }),
+            );
             workers.spawn(slot.run(worker_stop.clone()));
         }
         info!(exchange = %id, pairs = pairs.len(), connections = pairs.len().div_ceil(per_conn), "Exchange started");

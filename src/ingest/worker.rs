@@ -33,8 +33,10 @@ use tracing::{debug, info, warn};
 
 use super::backoff::{Backoff, ConnectLimiter};
 use super::finality::Finality;
+use crate::backfill::clock::ExchangeClock;
+use crate::backfill::scheduler::Outage;
 use crate::config::IngestConfig;
-use crate::domain::{CandleEvent, Pair};
+use crate::domain::{CandleEvent, Minute, Pair};
 use crate::exchange::{Control, DecodeState, Decoded, Exchange};
 use crate::telemetry::metrics::{CandleLabels, ChannelLabels, ExchangeLabels, ReasonLabels};
 use crate::telemetry::Metrics;
@@ -92,6 +94,23 @@ pub struct Slot {
     pub index: usize,
     finality: Mutex<Finality>,
     next_conn: AtomicU64,
+    feed: Option<FeedHooks>,
+    outage: Mutex<OutageState>,
+}
+
+/// What the backfiller wants to know from a slot's feed: the exchange's
+/// time (event times of frames) and the minutes a connection missed.
+pub struct FeedHooks {
+    pub clock: Arc<ExchangeClock>,
+    pub outages: mpsc::Sender<Outage>,
+}
+
+#[derive(Debug, Default)]
+struct OutageState {
+    /// The latest minute any connection of the slot delivered.
+    latest: Option<Minute>,
+    /// Set when a connection was lost: the minute its outage starts at.
+    down_from: Option<Minute>,
 }
 
 /// A running connection as the slot sees it.
@@ -124,7 +143,15 @@ impl Slot {
             index,
             finality: Mutex::new(Finality::new()),
             next_conn: AtomicU64::new(1),
+            feed: None,
+            outage: Mutex::new(OutageState::default()),
         }
+    }
+
+    /// Reports the exchange's time and every outage to the backfiller.
+    pub fn with_feed_hooks(mut self, hooks: FeedHooks) -> Self {
+        self.feed = Some(hooks);
+        self
     }
 
     fn label(&self) -> ExchangeLabels {
@@ -216,6 +243,12 @@ impl Slot {
                 backoff.reset();
             }
             self.count_reconnect(end.reason());
+            {
+                let mut outage = self.outage.lock().expect("outage state poisoned");
+                if outage.down_from.is_none() {
+                    outage.down_from = outage.latest;
+                }
+            }
             let delay = backoff.next_delay();
             warn!(
                 %exchange,
@@ -456,6 +489,7 @@ impl Slot {
     async fn take_events(&self, events: Vec<CandleEvent>) {
         let exchange = self.exchange.id().as_str();
         let mut to_bronze = Vec::new();
+        self.note_feed(&events);
         {
             let mut finality = self.finality.lock().expect("finality state poisoned");
             for event in events {
@@ -488,6 +522,41 @@ impl Slot {
         }
         for event in to_bronze {
             self.send_bronze(event).await;
+        }
+    }
+}
+
+impl Slot {
+    /// Feeds the exchange clock and, on the first data after a lost
+    /// connection, reports the outage.
+    fn note_feed(&self, events: &[CandleEvent]) {
+        let Some(hooks) = &self.feed else {
+            return;
+        };
+        let Some(newest) = events.iter().map(|e| e.candle.minute()).max() else {
+            return;
+        };
+        if let Some(t) = events.iter().filter_map(|e| e.event_ts).max() {
+            hooks.clock.observe(t);
+        }
+        let report = {
+            let mut state = self.outage.lock().expect("outage state poisoned");
+            state.latest = state.latest.max(Some(newest));
+            state.down_from.take().map(|from| Outage {
+                symbols: self.pairs.iter().map(|p| p.symbol.clone()).collect(),
+                from,
+                to: events
+                    .iter()
+                    .map(|e| e.candle.minute())
+                    .min()
+                    .unwrap_or(newest),
+            })
+        };
+        if let Some(outage) = report {
+            info!(exchange = %self.exchange.id(), slot = self.index, from = %outage.from, to = %outage.to, "Feed is back; backfilling the minutes it missed");
+            if hooks.outages.try_send(outage).is_err() {
+                warn!(exchange = %self.exchange.id(), "Backfill queue full; the hourly sweep will cover this outage");
+            }
         }
     }
 }

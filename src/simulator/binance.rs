@@ -7,13 +7,12 @@
 //! Message shapes follow `docs/exchanges.md` §1 and the recorded frames.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -21,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::time::{sleep_until, Instant};
 
 use super::dataset::SimCandle;
-use super::{partial_candle, FaultDice, Schedule, SimState, SimStats, Step};
+use super::{partial_candle, FaultDice, RestVerdict, Schedule, SimState, SimStats, Step};
 use crate::domain::{ms_to_utc, Minute};
 
 /// Binance closes a connection whose client sends more than this many
@@ -29,6 +28,7 @@ use crate::domain::{ms_to_utc, Minute};
 const CLIENT_MESSAGES_PER_SECOND: u32 = 5;
 const KLINES_WEIGHT: u64 = 2;
 const EXCHANGE_INFO_WEIGHT: u64 = 20;
+const TIME_WEIGHT: u64 = 1;
 const KLINES_MAX_LIMIT: usize = 1000;
 const KLINES_DEFAULT_LIMIT: usize = 500;
 /// Wait between the `serverShutdown` notice and the close.
@@ -374,32 +374,80 @@ fn binance_error(status: StatusCode, code: i64, msg: &str) -> Response {
     (status, axum::Json(json!({"code": code, "msg": msg}))).into_response()
 }
 
-fn with_weight(mut response: Response, used: u64) -> Response {
+/// Adds the IP's used weight and a `Date` of the simulated clock (what a
+/// real server's `Date` header says about its own clock).
+fn with_weight(sim: &SimState, mut response: Response, used: u64) -> Response {
     if let Ok(v) = HeaderValue::from_str(&used.to_string()) {
         response.headers_mut().insert("x-mbx-used-weight-1m", v);
+    }
+    let date = ms_to_utc(sim.clock.now_ms())
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    if let Ok(v) = HeaderValue::from_str(&date) {
+        response.headers_mut().insert(axum::http::header::DATE, v);
     }
     response
 }
 
-fn too_many_requests() -> Response {
-    let mut r = binance_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        -1003,
-        "Too many requests; current limit is 6000 request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+fn too_many_requests(retry_after_s: u64, limit: u64, window: Duration) -> Response {
+    let msg = format!(
+        "Too many requests; current limit is {limit} request weight per {}s. Please use WebSocket Streams for live updates to avoid polling the API.",
+        window.as_secs()
     );
-    r.headers_mut()
-        .insert("retry-after", HeaderValue::from_static("1"));
+    let mut r = binance_error(StatusCode::TOO_MANY_REQUESTS, -1003, &msg);
+    retry_after(&mut r, retry_after_s);
     r
+}
+
+fn banned(retry_after_s: u64) -> Response {
+    let mut r = binance_error(
+        StatusCode::IM_A_TEAPOT,
+        -1003,
+        "Way too many requests; IP banned until the Retry-After period ends. Please use WebSocket Streams for live updates to avoid bans.",
+    );
+    retry_after(&mut r, retry_after_s);
+    r
+}
+
+fn retry_after(r: &mut Response, secs: u64) {
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert("retry-after", v);
+    }
+}
+
+/// Accounts a request of `weight` on the simulator's per-IP ledger: the
+/// weight used so far in the window, or the 429/418 answer to send.
+fn admit(
+    sim: &SimState,
+    headers: &HeaderMap,
+    path: &str,
+    weight: u64,
+) -> Result<u64, Box<Response>> {
+    let client = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match sim.rest_request(path, client, weight) {
+        RestVerdict::Serve { used } => Ok(used),
+        RestVerdict::TooMany { retry_after_s } => Err(Box::new(too_many_requests(
+            retry_after_s,
+            sim.config.rest_weight_limit,
+            sim.config.rest_weight_window,
+        ))),
+        RestVerdict::Banned { retry_after_s } => Err(Box::new(banned(retry_after_s))),
+    }
 }
 
 /// `GET /api/v3/klines`, with Binance's parameter rules: both bounds
 /// inclusive on open time, oldest first, the current open candle included.
 async fn klines(
     State(sim): State<Arc<SimState>>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(used) = sim.rest_request(KLINES_WEIGHT) else {
-        return too_many_requests();
+    let used = match admit(&sim, &headers, "/api/v3/klines", KLINES_WEIGHT) {
+        Ok(used) => used,
+        Err(answer) => return *answer,
     };
     let missing = |name: &str| {
         binance_error(
@@ -409,19 +457,21 @@ async fn klines(
         )
     };
     let Some(symbol) = q.get("symbol").filter(|s| !s.is_empty()) else {
-        return with_weight(missing("symbol"), used);
+        return with_weight(&sim, missing("symbol"), used);
     };
     let Some(interval) = q.get("interval").filter(|s| !s.is_empty()) else {
-        return with_weight(missing("interval"), used);
+        return with_weight(&sim, missing("interval"), used);
     };
     if interval != "1m" {
         return with_weight(
+            &sim,
             binance_error(StatusCode::BAD_REQUEST, -1120, "Invalid interval."),
             used,
         );
     }
     if !sim.market.has_symbol(symbol) {
         return with_weight(
+            &sim,
             binance_error(StatusCode::BAD_REQUEST, -1121, "Invalid symbol."),
             used,
         );
@@ -439,7 +489,11 @@ async fn klines(
             let msg = format!(
                 "Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
             );
-            return with_weight(binance_error(StatusCode::BAD_REQUEST, -1100, &msg), used);
+            return with_weight(
+                &sim,
+                binance_error(StatusCode::BAD_REQUEST, -1100, &msg),
+                used,
+            );
         }
     };
     let limit = limit.map_or(KLINES_DEFAULT_LIMIT, |l| {
@@ -448,6 +502,7 @@ async fn klines(
     if let (Some(s), Some(e)) = (start, end) {
         if s > e {
             return with_weight(
+                &sim,
                 binance_error(
                     StatusCode::BAD_REQUEST,
                     -1023,
@@ -512,7 +567,7 @@ async fn klines(
             ]))
         })
         .collect();
-    with_weight(axum::Json(rows).into_response(), used)
+    with_weight(&sim, axum::Json(rows).into_response(), used)
 }
 
 /// Splits a simulated symbol into base and quote by the common quote assets.
@@ -530,9 +585,10 @@ fn split_symbol(symbol: &str) -> (String, String) {
     (symbol.to_owned(), String::new())
 }
 
-async fn exchange_info(State(sim): State<Arc<SimState>>) -> Response {
-    let Some(used) = sim.rest_request(EXCHANGE_INFO_WEIGHT) else {
-        return too_many_requests();
+async fn exchange_info(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response {
+    let used = match admit(&sim, &headers, "/api/v3/exchangeInfo", EXCHANGE_INFO_WEIGHT) {
+        Ok(used) => used,
+        Err(answer) => return *answer,
     };
     let symbols: Vec<Value> = sim
         .market
@@ -554,17 +610,24 @@ async fn exchange_info(State(sim): State<Arc<SimState>>) -> Response {
         "timezone": "UTC",
         "serverTime": sim.clock.now_ms(),
         "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "SECOND", "intervalNum": sim.config.rest_weight_window.as_secs(), "limit": sim.config.rest_weight_limit},
             {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 300000}
         ],
         "symbols": symbols,
     });
-    with_weight(axum::Json(body).into_response(), used)
+    with_weight(&sim, axum::Json(body).into_response(), used)
 }
 
-async fn server_time(State(sim): State<Arc<SimState>>) -> Response {
-    sim.stats.rest_requests.fetch_add(1, Ordering::Relaxed);
-    axum::Json(json!({"serverTime": sim.clock.now_ms()})).into_response()
+async fn server_time(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response {
+    let used = match admit(&sim, &headers, "/api/v3/time", TIME_WEIGHT) {
+        Ok(used) => used,
+        Err(answer) => return *answer,
+    };
+    with_weight(
+        &sim,
+        axum::Json(json!({"serverTime": sim.clock.now_ms()})).into_response(),
+        used,
+    )
 }
 
 async fn ping() -> Response {

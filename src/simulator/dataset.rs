@@ -87,7 +87,8 @@ pub fn parse_data_arg(arg: &str) -> Result<(String, PathBuf), DatasetError> {
     }
 }
 
-/// Reads a Binance Vision kline CSV.
+/// Reads a Binance Vision kline CSV, or the six-column
+/// `open_time,open,high,low,close,volume` form with ISO times.
 pub fn load_csv(path: &Path) -> Result<BTreeMap<Minute, SimCandle>, DatasetError> {
     let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Read {
         path: path.to_owned(),
@@ -105,8 +106,39 @@ pub fn load_csv(path: &Path) -> Result<BTreeMap<Minute, SimCandle>, DatasetError
             reason,
         };
         let f: Vec<&str> = line.split(',').collect();
+        if f.len() == 6 {
+            // `open_time,open,high,low,close,volume` with ISO times
+            // (Binance.US exports): no quote volume or trade count.
+            let t = chrono::DateTime::parse_from_str(f[0], "%Y-%m-%d %H:%M:%S%:z")
+                .map_err(|_| row_err(format!("open_time `{}` is not a time", f[0])))?;
+            let minute = Minute::from_epoch_ms(t.timestamp_millis())
+                .ok_or_else(|| row_err(format!("open_time {} is not on a minute", f[0])))?;
+            let dec = |idx: usize, name: &str| -> Result<Decimal, DatasetError> {
+                f[idx]
+                    .parse::<Decimal>()
+                    .map_err(|_| row_err(format!("{name} `{}` is not a decimal", f[idx])))
+            };
+            out.insert(
+                minute,
+                SimCandle {
+                    open: dec(1, "open")?,
+                    high: dec(2, "high")?,
+                    low: dec(3, "low")?,
+                    close: dec(4, "close")?,
+                    volume: dec(5, "volume")?,
+                    quote_volume: Decimal::ZERO,
+                    trades: 0,
+                    taker_buy_volume: Decimal::ZERO,
+                    taker_buy_quote_volume: Decimal::ZERO,
+                },
+            );
+            continue;
+        }
         if f.len() < 11 {
-            return Err(row_err(format!("expected 12 columns, found {}", f.len())));
+            return Err(row_err(format!(
+                "expected 12 columns (Binance Vision) or 6 (open_time,open,high,low,close,volume), found {}",
+                f.len()
+            )));
         }
         let mut open_time: i64 = f[0]
             .parse()
@@ -175,6 +207,20 @@ mod tests {
         assert_eq!(candle.open.to_string(), "22666.00000000");
         assert_eq!(candle.quote_volume.to_string(), "7680391.66219380");
         assert_eq!(candle.trades, 7236);
+    }
+
+    #[test]
+    fn six_column_iso_files_load() {
+        let c = load_csv(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/binanceus/binanceus_BTCUSDT_1m_20230301_20230321.csv"
+        )))
+        .unwrap();
+        assert_eq!(c.len(), 30_240);
+        let (first, candle) = c.iter().next().unwrap();
+        assert_eq!(first.start().to_rfc3339(), "2023-03-01T00:00:00+00:00");
+        assert_eq!(candle.open.to_string(), "23140.48");
+        assert_eq!(candle.volume.to_string(), "2.131777");
     }
 
     #[test]

@@ -85,6 +85,18 @@ pub struct SimConfig {
     pub ping_interval: Duration,
     pub faults: Faults,
     pub seed: u64,
+    /// REST request weight allowed per window per IP, like Binance's
+    /// `REQUEST_WEIGHT` (6000 per minute). Past it: 429 with `Retry-After`;
+    /// a request during a `Retry-After` period: 418 and a ban.
+    pub rest_weight_limit: u64,
+    /// The weight window; windows are aligned to multiples of it since the
+    /// Unix epoch, like Binance's clock minutes.
+    pub rest_weight_window: Duration,
+    /// How long a 418 ban lasts.
+    pub rest_ban: Duration,
+    /// Start the replay clock here (simulated) instead of at the first
+    /// candle, e.g. after the data so REST serves all of it as history.
+    pub clock_start: Option<Minute>,
 }
 
 impl Default for SimConfig {
@@ -102,6 +114,10 @@ impl Default for SimConfig {
             ping_interval: Duration::from_secs(20),
             faults: Faults::default(),
             seed: 42,
+            rest_weight_limit: 6000,
+            rest_weight_window: Duration::from_secs(60),
+            rest_ban: Duration::from_secs(120),
+            clock_start: None,
         }
     }
 }
@@ -194,6 +210,7 @@ pub struct SimStats {
     pub rate_limit_closes: AtomicU64,
     pub rest_requests: AtomicU64,
     pub rest_429: AtomicU64,
+    pub rest_418: AtomicU64,
     /// Distinct (symbol, minute index) of every final frame sent.
     pub final_minutes: Mutex<BTreeMap<String, BTreeSet<i64>>>,
 }
@@ -216,6 +233,7 @@ pub struct StatsSnapshot {
     pub rate_limit_closes: u64,
     pub rest_requests: u64,
     pub rest_429: u64,
+    pub rest_418: u64,
     pub sim_now_ms: i64,
 }
 
@@ -255,14 +273,66 @@ pub struct SimState {
     next_conn: AtomicU64,
     /// Connections that have subscribed to something.
     subscribed: AtomicU64,
-    /// REST request weight used in the current wall minute.
-    weight: Mutex<(tokio::time::Instant, u64)>,
+    rest: Mutex<RestLedger>,
+}
+
+/// One REST request as the simulator saw it, for tests to check a client's
+/// manners (`GET /sim/rest-log`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RestLogEntry {
+    /// Wall clock, Unix ms.
+    pub at_ms: i64,
+    pub path: String,
+    /// The client's `User-Agent`.
+    pub client: String,
+    pub weight: u64,
+    /// 200 when admitted (the answer may still be a 4xx for bad
+    /// parameters), else the 429 or 418 the ledger gave.
+    pub status: u16,
+}
+
+/// The simulator's REST accounting. Weight is counted per IP (every client
+/// is 127.0.0.1), like Binance; the `Retry-After` a 429 sets and the ban for
+/// ignoring it are per client (`User-Agent`), standing in for separate IPs.
+#[derive(Debug, Default)]
+struct RestLedger {
+    window_index: i64,
+    used: u64,
+    /// Per client: a 429 told it to wait until then (wall ms), and the end
+    /// of its ban.
+    clients: HashMap<String, ClientState>,
+    log: Vec<RestLogEntry>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ClientState {
+    retry_after_until: i64,
+    banned_until: i64,
+}
+
+/// The answer of the simulator's REST accounting to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestVerdict {
+    /// Serve it; the IP has used this much weight in the current window.
+    Serve { used: u64 },
+    /// 429 with `Retry-After` seconds.
+    TooMany { retry_after_s: u64 },
+    /// 418: banned for `retry_after_s`.
+    Banned { retry_after_s: u64 },
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 impl SimState {
     pub fn new(config: SimConfig) -> SimState {
         let market = Market::new(&config.data, config.start, config.looped);
-        let clock = Clock::new(market.first().epoch_ms(), config.speed);
+        let clock_start = config.clock_start.unwrap_or(market.first());
+        let clock = Clock::new(clock_start.epoch_ms(), config.speed);
         if config.start_immediately {
             clock.start();
         }
@@ -273,7 +343,7 @@ impl SimState {
             cancel: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
             subscribed: AtomicU64::new(0),
-            weight: Mutex::new((tokio::time::Instant::now(), 0)),
+            rest: Mutex::new(RestLedger::default()),
             config,
         }
     }
@@ -303,6 +373,7 @@ impl SimState {
             rate_limit_closes: get(&s.rate_limit_closes),
             rest_requests: get(&s.rest_requests),
             rest_429: get(&s.rest_429),
+            rest_418: get(&s.rest_418),
             sim_now_ms: self.clock.now_ms(),
         }
     }
@@ -325,25 +396,77 @@ impl SimState {
         )
     }
 
-    /// Counts a REST request of `weight`; returns the weight used in the
-    /// current minute, or `None` when the 429 fault answers this one.
-    fn rest_request(&self, weight: u64) -> Option<u64> {
+    /// Accounts one REST request of `weight` from `client` to `path`, like
+    /// Binance: fixed windows per IP, 429 with `Retry-After` past the limit
+    /// (or every Nth request with the `rest_429_every` fault), 418 and a ban
+    /// for a request that does not wait out a `Retry-After`.
+    pub fn rest_request(&self, path: &str, client: &str, weight: u64) -> RestVerdict {
         let n = self.stats.rest_requests.fetch_add(1, Ordering::Relaxed) + 1;
-        if self
+        let now = wall_ms();
+        let window_ms = (self.config.rest_weight_window.as_millis() as i64).max(1);
+        let secs_until = |t: i64| ((t - now).max(0) as u64).div_ceil(1000).max(1);
+        let mut l = self.rest.lock().expect("rest ledger poisoned");
+        let index = now.div_euclid(window_ms);
+        if index != l.window_index {
+            l.window_index = index;
+            l.used = 0;
+        }
+        let used = l.used;
+        let state = l.clients.entry(client.to_owned()).or_default();
+        let verdict = if state.banned_until > now {
+            RestVerdict::Banned {
+                retry_after_s: secs_until(state.banned_until),
+            }
+        } else if state.retry_after_until > now {
+            state.banned_until = now + self.config.rest_ban.as_millis() as i64;
+            RestVerdict::Banned {
+                retry_after_s: secs_until(state.banned_until),
+            }
+        } else if self
             .config
             .faults
             .rest_429_every
             .is_some_and(|every| every > 0 && n % every == 0)
         {
-            SimStats::add(&self.stats.rest_429);
-            return None;
+            state.retry_after_until = now + 1000;
+            RestVerdict::TooMany { retry_after_s: 1 }
+        } else if used + weight > self.config.rest_weight_limit {
+            let window_end = (index + 1) * window_ms;
+            state.retry_after_until = window_end;
+            RestVerdict::TooMany {
+                retry_after_s: secs_until(window_end),
+            }
+        } else {
+            l.used += weight;
+            RestVerdict::Serve { used: l.used }
+        };
+        let status = match verdict {
+            RestVerdict::Serve { .. } => 200,
+            RestVerdict::TooMany { .. } => {
+                SimStats::add(&self.stats.rest_429);
+                429
+            }
+            RestVerdict::Banned { .. } => {
+                SimStats::add(&self.stats.rest_418);
+                418
+            }
+        };
+        if l.log.len() >= 200_000 {
+            l.log.drain(..100_000);
         }
-        let mut w = self.weight.lock().expect("weight poisoned");
-        if w.0.elapsed() >= Duration::from_secs(60) {
-            *w = (tokio::time::Instant::now(), 0);
-        }
-        w.1 += weight;
-        Some(w.1)
+        l.log.push(RestLogEntry {
+            at_ms: now,
+            path: path.to_owned(),
+            client: client.to_owned(),
+            weight,
+            status,
+        });
+        verdict
+    }
+
+    /// Every REST request so far.
+    pub fn rest_log(&self) -> Vec<RestLogEntry> {
+        self.rest.lock().expect("rest ledger poisoned").log.clone()
     }
 }
 
@@ -478,9 +601,14 @@ pub fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .nest("/binance", binance::routes())
         .route("/sim/stats", get(stats))
+        .route("/sim/rest-log", get(rest_log))
         .route("/sim/pause", post(pause))
         .route("/sim/resume", post(resume))
         .with_state(state)
+}
+
+async fn rest_log(State(sim): State<Arc<SimState>>) -> Json<Vec<RestLogEntry>> {
+    Json(sim.rest_log())
 }
 
 async fn stats(State(sim): State<Arc<SimState>>) -> Json<StatsSnapshot> {

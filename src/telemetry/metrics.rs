@@ -28,6 +28,13 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub exchange: &'static str,
+    /// `ok`, `rate_limited`, `banned`, `rejected`, `server_error`, `network`.
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChannelLabels {
     pub channel: &'static str,
 }
@@ -73,6 +80,16 @@ pub struct Metrics {
     pub spool_write_errors: Counter,
     /// Hourly partitions created.
     pub partitions_created: Counter,
+    /// REST requests by outcome.
+    pub rest_requests: Family<StatusLabels, Counter>,
+    /// Seconds REST callers waited for the exchange's request budget.
+    pub rate_limit_wait_seconds: Family<ExchangeLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// Candles the backfiller wrote to bronze.
+    pub backfill_candles: Family<ExchangeLabels, Counter>,
+    /// Minutes REST confirmed had no candle.
+    pub backfill_empty_minutes: Family<ExchangeLabels, Counter>,
+    /// Backfill jobs by final status.
+    pub backfill_jobs: Family<StatusLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +117,11 @@ impl Metrics {
             bronze_spool_rows: Gauge::default(),
             spool_write_errors: Counter::default(),
             partitions_created: Counter::default(),
+            rest_requests: Family::default(),
+            rate_limit_wait_seconds: Family::default(),
+            backfill_candles: Family::default(),
+            backfill_empty_minutes: Family::default(),
+            backfill_jobs: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -172,6 +194,31 @@ impl Metrics {
             "partitions_created",
             "Hourly partitions created",
             m.partitions_created.clone(),
+        );
+        registry.register(
+            "rest_requests",
+            "REST requests to exchanges by outcome",
+            m.rest_requests.clone(),
+        );
+        registry.register(
+            "rate_limit_wait_seconds",
+            "Seconds spent waiting for an exchange's REST budget",
+            m.rate_limit_wait_seconds.clone(),
+        );
+        registry.register(
+            "backfill_candles",
+            "Candles written to bronze by the backfiller",
+            m.backfill_candles.clone(),
+        );
+        registry.register(
+            "backfill_empty_minutes",
+            "Minutes REST confirmed had no candle",
+            m.backfill_empty_minutes.clone(),
+        );
+        registry.register(
+            "backfill_jobs",
+            "Backfill jobs by final status",
+            m.backfill_jobs.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -176,6 +176,11 @@ flush_interval = "200ms"
 retry_backoff_max = "500ms"
 {bronze_extra}
 
+# Tests of the WebSocket path count bronze finals; the backfiller's own
+# tests turn it on.
+[backfill]
+enabled = false
+
 [exchanges.binance]
 ws_url = "{ws}"
 rest_url = "{rest}"

@@ -1,0 +1,661 @@
+//! The REST backfiller: finds the minutes of a pair that have no final
+//! candle, fetches them from the exchange's REST klines in as few pages as
+//! the exchange allows, writes them to bronze (`source = 'rest'`) through the
+//! same COPY path as the WebSocket sink, records the minutes REST covered
+//! and had no candle for as confirmed empty (the merge fills them), and
+//! merges the hours it touched.
+//!
+//! It is idempotent: a second run over the same range finds no gaps and
+//! requests nothing. Minutes before a pair's listing are not gaps; minutes
+//! older than the exchange's REST history are recorded as unrecoverable
+//! instead of being retried forever. Every run is a row in
+//! `ops.backfill_jobs`. The schedules of the service live in [`scheduler`].
+
+pub mod client;
+pub mod clock;
+pub mod gaps;
+pub mod limiter;
+pub mod operator;
+pub mod scheduler;
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::db::partitions::{hour_of, runs as hour_runs, Partitions};
+use crate::domain::{CandleEvent, Minute, Pair, Source};
+use crate::exchange::DecodeError;
+use crate::merge::{self, MergeError, Scope};
+use crate::sink::bronze::write_batch;
+use crate::telemetry::metrics::{ExchangeLabels, StatusLabels};
+use crate::telemetry::Metrics;
+use client::{RestClient, RestError, Tally};
+use gaps::{find_gaps, minutes_in, plan_pages, split_at, Page};
+
+#[derive(Debug, Error)]
+pub enum BackfillError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("REST: {0}")]
+    Rest(#[from] RestError),
+    #[error("{symbol}: the exchange's answer does not decode: {error}")]
+    Decode { symbol: String, error: DecodeError },
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What to backfill.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// `cli:<user>`, `api`, `schedule:hourly`, `schedule:reconnect`, …
+    pub requested_by: String,
+    /// Native symbols of the backfiller's exchange.
+    pub symbols: Vec<String>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Find and report the gaps only.
+    pub dry_run: bool,
+}
+
+/// What happened to one pair.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PairReport {
+    pub symbol: String,
+    /// The pair's first candle on the exchange, when known.
+    pub listed_at: Option<DateTime<Utc>>,
+    /// The missing minutes found, as `[from, to)` runs.
+    pub gaps: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    pub gap_minutes: i64,
+    pub pages: usize,
+    pub candles_inserted: u64,
+    pub empty_confirmed: u64,
+    /// Missing minutes REST cannot reach any more.
+    pub unrecoverable: i64,
+    /// Minutes still missing after the run (REST had not closed them yet,
+    /// or they are unrecoverable).
+    pub still_missing: i64,
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub job_id: i64,
+    pub exchange: String,
+    pub pairs: Vec<PairReport>,
+    pub requests: u64,
+    pub rate_limited: u64,
+    pub seconds: f64,
+}
+
+impl JobReport {
+    pub fn candles_inserted(&self) -> u64 {
+        self.pairs.iter().map(|p| p.candles_inserted).sum()
+    }
+}
+
+/// Progress callbacks, for the CLI's progress bar.
+pub trait Progress: Send + Sync {
+    /// Gap detection is done: this many pages will be fetched in all.
+    fn planned(&self, _pages: u64, _gap_minutes: i64) {}
+    /// One page was fetched and written.
+    fn page_done(&self, _symbol: &str, _candles: u64) {}
+}
+
+/// No progress display.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// The backfiller of one exchange. Cheap to share; every job on it goes
+/// through the same [`RestClient`] and so the same request budget.
+pub struct Backfiller {
+    pool: PgPool,
+    partitions: Arc<Partitions>,
+    pub client: Arc<RestClient>,
+    /// A minute counts as closed on the exchange this long after its end.
+    settle: chrono::Duration,
+    /// How far back REST serves 1-minute candles.
+    history: Option<Duration>,
+    metrics: Arc<Metrics>,
+}
+
+/// One pair's plan: what to fetch.
+struct PairPlan {
+    report: PairReport,
+    from: Minute,
+    to: Minute,
+    pages: Vec<Page>,
+    unrecoverable: Vec<Range<Minute>>,
+}
+
+impl Backfiller {
+    pub fn new(
+        pool: PgPool,
+        partitions: Arc<Partitions>,
+        client: Arc<RestClient>,
+        settle: Duration,
+        history: Option<Duration>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Backfiller {
+            pool,
+            partitions,
+            client,
+            settle: chrono::Duration::from_std(settle).unwrap_or_default(),
+            history,
+            metrics,
+        }
+    }
+
+    fn exchange(&self) -> &'static str {
+        self.client.exchange_id().as_str()
+    }
+
+    /// Runs one job: recorded in `ops.backfill_jobs`, serialised with every
+    /// other backfill of the same exchange (in any process) by an advisory
+    /// lock.
+    pub async fn run(
+        &self,
+        spec: &JobSpec,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<JobReport, BackfillError> {
+        if spec.from >= spec.to {
+            return Err(BackfillError::Invalid(format!(
+                "`from` ({}) must be before `to` ({})",
+                spec.from, spec.to
+            )));
+        }
+        if spec.symbols.is_empty() {
+            return Err(BackfillError::Invalid("no symbols to backfill".into()));
+        }
+        let started = Instant::now();
+        let job_id: i64 = sqlx::query_scalar(
+            "INSERT INTO ops.backfill_jobs (requested_by, exchange, symbols, range_from, range_to, dry_run)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&spec.requested_by)
+        .bind(self.exchange())
+        .bind(&spec.symbols)
+        .bind(spec.from)
+        .bind(spec.to)
+        .bind(spec.dry_run)
+        .fetch_one(&self.pool)
+        .await?;
+        let mut tally = Tally::default();
+        let result = self
+            .locked(job_id, spec, progress, &mut tally, cancel)
+            .await;
+        let status = match &result {
+            Ok(_) => "succeeded",
+            Err(BackfillError::Cancelled) | Err(BackfillError::Rest(RestError::Cancelled)) => {
+                "cancelled"
+            }
+            Err(_) => "failed",
+        };
+        self.metrics
+            .backfill_jobs
+            .get_or_create(&StatusLabels {
+                exchange: self.exchange(),
+                status,
+            })
+            .inc();
+        let (pairs, error) = match &result {
+            Ok(pairs) => (pairs.as_slice(), None),
+            Err(e) => (&[][..], Some(e.to_string())),
+        };
+        let still: i64 = pairs.iter().map(|p| p.still_missing).sum();
+        let unrecoverable: i64 = pairs.iter().map(|p| p.unrecoverable).sum();
+        sqlx::query(
+            "UPDATE ops.backfill_jobs SET status = $2, error = $3, finished_at = now(),
+                    requests = $4, rate_limited = $5, still_missing = $6, unrecoverable = $7
+              WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(status)
+        .bind(&error)
+        .bind(tally.requests as i32)
+        .bind(tally.rate_limited as i32)
+        .bind(still)
+        .bind(unrecoverable)
+        .execute(&self.pool)
+        .await?;
+        let pairs = result?;
+        let report = JobReport {
+            job_id,
+            exchange: self.exchange().to_owned(),
+            pairs,
+            requests: tally.requests,
+            rate_limited: tally.rate_limited,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let gap_minutes: i64 = report.pairs.iter().map(|p| p.gap_minutes).sum();
+        if gap_minutes > 0 || report.requests > 1 {
+            info!(
+                job = job_id, exchange = self.exchange(), by = %spec.requested_by,
+                from = %spec.from, to = %spec.to, dry_run = spec.dry_run,
+                gap_minutes, candles = report.candles_inserted(),
+                requests = report.requests, rate_limited = report.rate_limited,
+                still_missing = still, seconds = report.seconds,
+                "Backfill done"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn locked(
+        &self,
+        job_id: i64,
+        spec: &JobSpec,
+        progress: &dyn Progress,
+        tally: &mut Tally,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<PairReport>, BackfillError> {
+        let mut lock = self.pool.acquire().await?;
+        let key = format!("klines.backfill/{}", self.exchange());
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(&key)
+            .fetch_one(&mut *lock)
+            .await?;
+        if !got {
+            info!(
+                job = job_id,
+                exchange = self.exchange(),
+                "Another backfill of this exchange is running; waiting for it"
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(BackfillError::Cancelled),
+                r = sqlx::query("SELECT pg_advisory_lock(hashtext($1))").bind(&key).execute(&mut *lock) => { r?; }
+            }
+        }
+        sqlx::query(
+            "UPDATE ops.backfill_jobs SET status = 'running', started_at = now() WHERE id = $1",
+        )
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        let result = self.work(job_id, spec, progress, tally, cancel).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+            .bind(&key)
+            .execute(&mut *lock)
+            .await;
+        if unlocked.is_err() {
+            // The lock dies with the session; do not reuse it.
+            let _ = lock.detach();
+        }
+        result
+    }
+
+    async fn work(
+        &self,
+        job_id: i64,
+        spec: &JobSpec,
+        progress: &dyn Progress,
+        tally: &mut Tally,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<PairReport>, BackfillError> {
+        // The exchange's clock decides which minutes have closed there.
+        if let Err(e) = self.client.sync_clock(tally, cancel).await {
+            if matches!(e, RestError::Cancelled) {
+                return Err(BackfillError::Cancelled);
+            }
+            warn!(exchange = self.exchange(), error = %e, "Could not read the exchange's clock; using the best estimate");
+        }
+        let mut plans = Vec::with_capacity(spec.symbols.len());
+        for symbol in &spec.symbols {
+            plans.push(self.plan(symbol, spec, tally, cancel).await?);
+        }
+        let pages: usize = plans.iter().map(|p| p.pages.len()).sum();
+        let gap_minutes: i64 = plans.iter().map(|p| p.report.gap_minutes).sum();
+        progress.planned(pages as u64, gap_minutes);
+        sqlx::query(
+            "UPDATE ops.backfill_jobs SET pages_total = $2, gap_minutes = $3 WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(pages as i32)
+        .bind(gap_minutes)
+        .execute(&self.pool)
+        .await?;
+
+        if spec.dry_run {
+            return Ok(plans
+                .into_iter()
+                .map(|p| PairReport {
+                    still_missing: p.report.gap_minutes,
+                    ..p.report
+                })
+                .collect());
+        }
+        // Rows written from here on are what the merge below must look at.
+        let snapshot: String =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+                .fetch_one(&self.pool)
+                .await?;
+        let mut hours: BTreeSet<i64> = BTreeSet::new();
+        let mut fetched = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let (from, to) = (plan.from, plan.to);
+            let report = self
+                .fetch(job_id, plan, &mut hours, progress, tally, cancel)
+                .await?;
+            fetched.push((report, from, to));
+        }
+        // Merge what was written, once for the job, with completeness for
+        // its pairs.
+        let pairs: Vec<Pair> = spec
+            .symbols
+            .iter()
+            .map(|s| Pair::new(self.client.exchange_id(), s.clone()))
+            .collect();
+        let scope = Scope::Since(snapshot);
+        let hours: Vec<i64> = hours.into_iter().collect();
+        for (first, end) in hour_runs(&hours) {
+            let start = DateTime::from_timestamp(first * 3600, 0).unwrap_or_default();
+            let end = DateTime::from_timestamp(end * 3600, 0).unwrap_or_default();
+            merge::merge_range(&self.pool, &self.partitions, start, end, &scope, &pairs).await?;
+        }
+        let mut reports = Vec::with_capacity(fetched.len());
+        for (mut report, from, to) in fetched {
+            if from < to {
+                let left = find_gaps(&self.pool, self.exchange(), &report.symbol, from, to).await?;
+                report.still_missing = minutes_in(&left) + report.unrecoverable;
+            }
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// The pair's listing, effective range, gaps, unrecoverable part and
+    /// pages.
+    async fn plan(
+        &self,
+        symbol: &str,
+        spec: &JobSpec,
+        tally: &mut Tally,
+        cancel: &CancellationToken,
+    ) -> Result<PairPlan, BackfillError> {
+        let listed = self.listing(symbol, spec.dry_run, tally, cancel).await?;
+        let now = self.client.clock.now();
+        let closed_before = Minute::containing(now - self.settle);
+        let mut from = Minute::containing(spec.from);
+        if spec.from > from.start() {
+            from = from.next();
+        }
+        if let Some(l) = listed {
+            from = from.max(l);
+        }
+        let to = Minute::containing(spec.to - chrono::Duration::microseconds(1))
+            .next()
+            .min(closed_before);
+        let mut report = PairReport {
+            symbol: symbol.to_owned(),
+            listed_at: listed.map(Minute::start),
+            ..PairReport::default()
+        };
+        if from >= to {
+            return Ok(PairPlan {
+                report,
+                from,
+                to,
+                pages: Vec::new(),
+                unrecoverable: Vec::new(),
+            });
+        }
+        let runs = find_gaps(&self.pool, self.exchange(), symbol, from, to).await?;
+        report.gap_minutes = minutes_in(&runs);
+        report.gaps = runs
+            .iter()
+            .map(|r| (r.start.start(), r.end.start()))
+            .collect();
+        let (unrecoverable, runs) = match self.history {
+            Some(h) => {
+                // One minute of margin: the oldest candle is about to go.
+                let reach = now - chrono::Duration::from_std(h).unwrap_or_default();
+                split_at(&runs, Minute::containing(reach).plus(2))
+            }
+            None => (Vec::new(), runs),
+        };
+        report.unrecoverable = minutes_in(&unrecoverable);
+        let pages = plan_pages(&runs, self.client.exchange.rest_page_limit());
+        report.pages = pages.len();
+        Ok(PairPlan {
+            report,
+            from,
+            to,
+            pages,
+            unrecoverable,
+        })
+    }
+
+    /// The pair's first minute on the exchange: from `ref.instruments`, or
+    /// asked of REST once and recorded.
+    async fn listing(
+        &self,
+        symbol: &str,
+        dry_run: bool,
+        tally: &mut Tally,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Minute>, BackfillError> {
+        let known: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+            "SELECT listed_at FROM ref.instruments WHERE exchange = $1 AND symbol = $2",
+        )
+        .bind(self.exchange())
+        .bind(symbol)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(Some(t)) = known {
+            return Ok(Some(Minute::containing(t)));
+        }
+        let Some(req) = self.client.exchange.first_candle_request(symbol) else {
+            return Ok(None);
+        };
+        let resp = self.client.get(&req, tally, cancel).await?;
+        let candles = self
+            .client
+            .exchange
+            .parse_rest_klines(symbol, &resp.body, DateTime::<Utc>::MAX_UTC)
+            .map_err(|error| BackfillError::Decode {
+                symbol: symbol.to_owned(),
+                error,
+            })?;
+        let Some(first) = candles.first().map(|c| c.minute()) else {
+            return Ok(None);
+        };
+        if !dry_run {
+            sqlx::query(
+                "INSERT INTO ref.instruments (exchange, symbol, listed_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (exchange, symbol) DO UPDATE
+                    SET listed_at = EXCLUDED.listed_at, updated_at = now()
+                  WHERE ref.instruments.listed_at IS DISTINCT FROM EXCLUDED.listed_at",
+            )
+            .bind(self.exchange())
+            .bind(symbol)
+            .bind(first.start())
+            .execute(&self.pool)
+            .await?;
+            info!(exchange = self.exchange(), symbol, listed_at = %first, "Recorded the pair's first candle");
+        }
+        Ok(Some(first))
+    }
+
+    /// Fetches a planned pair, writes bronze and confirmed-empty minutes and
+    /// records unrecoverable runs; adds the hours it touched to `hours`.
+    async fn fetch(
+        &self,
+        job_id: i64,
+        plan: PairPlan,
+        hours: &mut BTreeSet<i64>,
+        progress: &dyn Progress,
+        tally: &mut Tally,
+        cancel: &CancellationToken,
+    ) -> Result<PairReport, BackfillError> {
+        let PairPlan {
+            mut report,
+            pages,
+            unrecoverable,
+            ..
+        } = plan;
+        let symbol = report.symbol.clone();
+        let exchange = self.exchange();
+        if pages.is_empty() && unrecoverable.is_empty() {
+            return Ok(report);
+        }
+        let reason = self.history.map(|h| {
+            format!(
+                "older than {exchange}'s REST history ({})",
+                humantime::format_duration(h)
+            )
+        });
+        for run in &unrecoverable {
+            sqlx::query(
+                "INSERT INTO ops.unrecoverable_gaps (exchange, symbol, range_from, range_to, reason)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (exchange, symbol, range_from) DO UPDATE
+                 SET range_to = greatest(ops.unrecoverable_gaps.range_to, EXCLUDED.range_to)",
+            )
+            .bind(exchange)
+            .bind(&symbol)
+            .bind(run.start.start())
+            .bind(run.end.start())
+            .bind(reason.as_deref().unwrap_or("beyond the exchange's REST history"))
+            .execute(&self.pool)
+            .await?;
+            hours.extend(hour_of(run.start.start())..=hour_of(run.end.plus(-1).start()));
+        }
+        if !unrecoverable.is_empty() {
+            warn!(exchange, symbol = %symbol, minutes = report.unrecoverable, "Gaps older than the exchange's REST history are unrecoverable");
+        }
+
+        for page in &pages {
+            if cancel.is_cancelled() {
+                return Err(BackfillError::Cancelled);
+            }
+            let req = self
+                .client
+                .exchange
+                .rest_klines_request(&symbol, page.range.clone());
+            let resp = self.client.get(&req, tally, cancel).await?;
+            // What the server had closed when it answered.
+            let served = resp.date.unwrap_or_else(|| self.client.clock.now()) - self.settle;
+            let candles = self
+                .client
+                .exchange
+                .parse_rest_klines(&symbol, &resp.body, served)
+                .map_err(|error| BackfillError::Decode {
+                    symbol: symbol.clone(),
+                    error,
+                })?;
+            let received = Utc::now();
+            let mut seen = BTreeSet::new();
+            let events: Vec<CandleEvent> = candles
+                .into_iter()
+                .filter(|c| page.is_gap(c.minute()) && seen.insert(c.minute()))
+                .map(|candle| CandleEvent {
+                    candle,
+                    is_final: true,
+                    source: Source::Rest,
+                    event_ts: None,
+                    received_ts: received,
+                })
+                .collect();
+            let empties: Vec<DateTime<Utc>> = page
+                .gaps
+                .iter()
+                .flat_map(|g| (g.start.index()..g.end.index()).map(Minute::from_index))
+                .filter(|m| m.end() <= served && !seen.contains(m))
+                .map(Minute::start)
+                .collect();
+            hours.extend(events.iter().map(|e| hour_of(e.candle.interval_start)));
+            hours.extend(empties.iter().map(|t| hour_of(*t)));
+            let inserted = write_batch(&self.pool, &self.partitions, &events).await?;
+            let confirmed = if empties.is_empty() {
+                0
+            } else {
+                sqlx::query(
+                    "INSERT INTO bronze.empty_minutes (exchange, symbol, interval_start)
+                     SELECT $1, $2, unnest($3::timestamptz[])
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(exchange)
+                .bind(&symbol)
+                .bind(&empties)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+            };
+            report.candles_inserted += inserted;
+            report.empty_confirmed += confirmed;
+            let labels = ExchangeLabels { exchange };
+            self.metrics
+                .backfill_candles
+                .get_or_create(&labels)
+                .inc_by(inserted);
+            self.metrics
+                .backfill_empty_minutes
+                .get_or_create(&labels)
+                .inc_by(confirmed);
+            sqlx::query(
+                "UPDATE ops.backfill_jobs
+                    SET pages_done = pages_done + 1, candles_inserted = candles_inserted + $2,
+                        empty_confirmed = empty_confirmed + $3, requests = $4, rate_limited = $5
+                  WHERE id = $1",
+            )
+            .bind(job_id)
+            .bind(inserted as i64)
+            .bind(confirmed as i64)
+            .bind(tally.requests as i32)
+            .bind(tally.rate_limited as i32)
+            .execute(&self.pool)
+            .await?;
+            progress.page_done(&symbol, inserted);
+        }
+
+        Ok(report)
+    }
+}
+
+/// Builds the backfiller of one configured exchange: its REST client, with
+/// the exchange's limits as overridden by the config, and its clock.
+pub fn for_exchange(
+    exchange: Arc<dyn crate::exchange::Exchange>,
+    ex_config: &crate::config::ExchangeConfig,
+    config: &crate::config::BackfillConfig,
+    pool: PgPool,
+    partitions: Arc<Partitions>,
+    clock: Arc<clock::ExchangeClock>,
+    metrics: Arc<Metrics>,
+) -> Result<Backfiller, BackfillError> {
+    let limits = exchange.rest_limits();
+    let limiter = Arc::new(limiter::RestLimiter::new(
+        ex_config.rest_weight_limit.unwrap_or(limits.weight_limit),
+        ex_config.rest_weight_window.unwrap_or(limits.window),
+        ex_config.rest_budget,
+    ));
+    let history = ex_config.rest_history.or(limits.history);
+    let client = RestClient::new(
+        exchange,
+        limiter,
+        clock,
+        config.max_attempts,
+        Arc::clone(&metrics),
+    )
+    .map_err(|e| BackfillError::Invalid(format!("cannot build the HTTP client: {e}")))?;
+    Ok(Backfiller::new(
+        pool,
+        partitions,
+        Arc::new(client),
+        config.settle,
+        history,
+        metrics,
+    ))
+}

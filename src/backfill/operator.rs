@@ -1,0 +1,276 @@
+//! `klines backfill`: the operator's gap fill, with validation, a progress
+//! bar (pages, candles, ETA) and a summary table.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use super::client::Tally;
+use super::clock::ExchangeClock;
+use super::{JobReport, JobSpec, Progress};
+use crate::cli::BackfillArgs;
+use crate::config::Config;
+use crate::db::partitions::Partitions;
+use crate::telemetry::Metrics;
+
+/// Checks the arguments against the config and the exchange, runs the job
+/// and prints its summary. Errors name the argument at fault.
+pub async fn run(
+    config: &Config,
+    args: &BackfillArgs,
+    cancel: CancellationToken,
+) -> anyhow::Result<JobReport> {
+    let now = Utc::now();
+    if args.from >= args.to {
+        bail!(
+            "--from ({}) must be before --to ({})",
+            fmt_time(args.from),
+            fmt_time(args.to)
+        );
+    }
+    if args.from >= now {
+        bail!("--from ({}) is in the future", fmt_time(args.from));
+    }
+    // A minute of slack for `--to now` typed a moment ago.
+    if args.to > now + chrono::Duration::minutes(1) {
+        bail!(
+            "--to ({}) is in the future; the range must have passed (use --to now)",
+            fmt_time(args.to)
+        );
+    }
+    let id = args.exchange;
+    let Some(ex_config) = config.exchanges.get(&id) else {
+        bail!(
+            "--exchange {id}: not configured; add [exchanges.{id}] with its ws_url, rest_url and pairs to the config"
+        );
+    };
+    let exchange = crate::exchange::build(id, ex_config).context(format!("--exchange {id}"))?;
+    let symbols: Vec<String> = if args.all_pairs {
+        ex_config
+            .pairs
+            .iter()
+            .map(|s| exchange.normalize_symbol(s))
+            .collect::<Result<_, _>>()
+            .context("exchange pairs in the config")?
+    } else {
+        let mut out = Vec::new();
+        for s in &args.symbol {
+            let native = exchange
+                .normalize_symbol(s)
+                .map_err(|e| anyhow::anyhow!("--symbol {s}: {e}"))?;
+            if !out.contains(&native) {
+                out.push(native);
+            }
+        }
+        out
+    };
+
+    let pool = crate::db::connect(&config.database)
+        .await
+        .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
+    crate::db::migrate(&pool)
+        .await
+        .context("cannot bring the schema up to date")?;
+    let metrics = Arc::new(Metrics::new());
+    let backfiller = super::for_exchange(
+        Arc::clone(&exchange),
+        ex_config,
+        &config.backfill,
+        pool,
+        Arc::new(Partitions::new()),
+        Arc::new(ExchangeClock::new()),
+        metrics,
+    )?;
+
+    // Known symbols: ask the exchange.
+    let mut tally = Tally::default();
+    let listing = backfiller
+        .client
+        .get(&exchange.instruments_request(), &mut tally, &cancel)
+        .await
+        .with_context(|| format!("cannot list {id}'s instruments to check the symbols"))?;
+    let instruments = exchange
+        .parse_instruments(&listing.body)
+        .with_context(|| format!("{id}'s instrument list does not decode"))?;
+    let unknown: Vec<&str> = symbols
+        .iter()
+        .filter(|s| !instruments.iter().any(|i| &i.symbol == *s))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "--symbol: {id} does not list {}",
+            unknown
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let requested_by = args.requested_by.clone().unwrap_or_else(|| {
+        format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        )
+    });
+    let spec = JobSpec {
+        requested_by,
+        symbols,
+        from: args.from,
+        to: args.to,
+        dry_run: args.dry_run,
+    };
+    let bar = Bar::new();
+    let report = backfiller.run(&spec, &bar, &cancel).await;
+    bar.finish();
+    let report = report?;
+    print_summary(&report, &spec);
+    Ok(report)
+}
+
+/// The progress bar: on a terminal an indicatif bar, elsewhere a line at
+/// every tenth of the pages.
+struct Bar {
+    bar: Option<ProgressBar>,
+    state: Mutex<BarState>,
+}
+
+struct BarState {
+    total: u64,
+    done: u64,
+    candles: u64,
+    started: Instant,
+    next_line: u64,
+}
+
+impl Bar {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} pages · {msg} · ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Bar {
+            bar,
+            state: Mutex::new(BarState {
+                total: 0,
+                done: 0,
+                candles: 0,
+                started: Instant::now(),
+                next_line: 0,
+            }),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn planned(&self, pages: u64, gap_minutes: i64) {
+        let mut s = self.state.lock().expect("progress poisoned");
+        s.total = pages;
+        s.started = Instant::now();
+        s.next_line = pages.div_ceil(10).max(1);
+        match &self.bar {
+            Some(b) => {
+                b.set_length(pages);
+                b.set_message(format!("{gap_minutes} missing minutes"));
+            }
+            None => eprintln!("backfill: {gap_minutes} missing minutes, {pages} pages to fetch"),
+        }
+    }
+
+    fn page_done(&self, _symbol: &str, candles: u64) {
+        let mut s = self.state.lock().expect("progress poisoned");
+        s.done += 1;
+        s.candles += candles;
+        match &self.bar {
+            Some(b) => {
+                b.inc(1);
+                b.set_message(format!("{} candles", s.candles));
+            }
+            None => {
+                if s.done >= s.next_line || s.done == s.total {
+                    let step = s.total.div_ceil(10).max(1);
+                    s.next_line = s.done + step;
+                    let elapsed = s.started.elapsed().as_secs_f64();
+                    let eta = elapsed / s.done as f64 * (s.total - s.done) as f64;
+                    eprintln!(
+                        "backfill: {}/{} pages, {} candles, ETA {:.0}s",
+                        s.done, s.total, s.candles, eta
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn fmt_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%MZ").to_string()
+}
+
+fn print_summary(report: &JobReport, spec: &JobSpec) {
+    println!(
+        "backfill job {} on {}: {} → {}{} ({:.1} s, {} requests, {} rate-limited)",
+        report.job_id,
+        report.exchange,
+        fmt_time(spec.from),
+        fmt_time(spec.to),
+        if spec.dry_run { ", dry run" } else { "" },
+        report.seconds,
+        report.requests,
+        report.rate_limited
+    );
+    println!(
+        "{:<14} {:<18} {:>11} {:>6} {:>9} {:>7} {:>14} {:>14}",
+        "symbol",
+        "listed",
+        "gap minutes",
+        "pages",
+        "candles",
+        "empty",
+        "unrecoverable",
+        "still missing"
+    );
+    for p in &report.pairs {
+        println!(
+            "{:<14} {:<18} {:>11} {:>6} {:>9} {:>7} {:>14} {:>14}",
+            p.symbol,
+            p.listed_at.map(fmt_time).unwrap_or_else(|| "-".into()),
+            p.gap_minutes,
+            p.pages,
+            p.candles_inserted,
+            p.empty_confirmed,
+            p.unrecoverable,
+            p.still_missing
+        );
+    }
+    if spec.dry_run {
+        for p in report.pairs.iter().filter(|p| !p.gaps.is_empty()) {
+            println!("gaps of {}:", p.symbol);
+            for (from, to) in p.gaps.iter().take(50) {
+                let minutes = (*to - *from).num_minutes();
+                println!("  {} → {}  ({minutes} min)", fmt_time(*from), fmt_time(*to));
+            }
+            if p.gaps.len() > 50 {
+                println!("  … and {} more runs", p.gaps.len() - 50);
+            }
+        }
+    }
+}

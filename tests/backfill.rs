@@ -1,0 +1,677 @@
+//! The REST backfiller against the simulator and a real PostgreSQL: the
+//! operator CLI over 30 days × 3 pairs (exact, then idempotent), bad
+//! arguments, dry runs, listing and unrecoverable history, the request
+//! budget under 429s and a noisy neighbour, and the service's schedules
+//! restoring a day with dropped finals, disconnects and no-trade minutes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use klines::domain::Minute;
+use klines::simulator::{RestLogEntry, SimHandle};
+use rust_decimal::Decimal;
+use sqlx::Row;
+
+const BIN: &str = env!("CARGO_BIN_EXE_klines");
+const US_PAIRS: [&str; 3] = ["BTCUSDT", "BTCUSDC", "BTCUSD"];
+
+fn us_file(symbol: &str) -> String {
+    format!(
+        "{symbol}={}/tests/fixtures/binanceus/binanceus_{symbol}_1m_20230301_20230321.csv",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A config file for the CLI pointing at `sim`.
+fn config_file(dir: &Path, sim: &SimHandle, pairs: &[&str], binance_extra: &str) -> PathBuf {
+    let pairs: Vec<String> = pairs.iter().map(|p| format!("\"{p}\"")).collect();
+    let path = dir.join("klines.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[ingest]
+spool_dir = "{spool}"
+
+[exchanges.binance]
+ws_url = "{ws}"
+rest_url = "{rest}"
+pairs = [{pairs}]
+{binance_extra}
+"#,
+            spool = dir.join("spool").display(),
+            ws = sim.binance_ws_url(),
+            rest = sim.binance_rest_url(),
+            pairs = pairs.join(", "),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn backfill(config: &Path, db_url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("backfill")
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("KLINES_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Silver 1m rows of `symbol` keyed by minute index: (o, h, l, c, v, source).
+async fn silver(
+    pool: &sqlx::PgPool,
+    symbol: &str,
+) -> BTreeMap<i64, (Decimal, Decimal, Decimal, Decimal, Decimal, String)> {
+    sqlx::query(
+        "SELECT interval_start, open, high, low, close, volume, source FROM silver.fact_ohlcv
+          WHERE exchange = 'binance' AND symbol = $1 AND interval_seconds = 60",
+    )
+    .bind(symbol)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        let t: chrono::DateTime<chrono::Utc> = r.get("interval_start");
+        (
+            Minute::containing(t).index(),
+            (
+                r.get("open"),
+                r.get("high"),
+                r.get("low"),
+                r.get("close"),
+                r.get("volume"),
+                r.get("source"),
+            ),
+        )
+    })
+    .collect()
+}
+
+fn klines_requests(log: &[RestLogEntry], path: &str) -> usize {
+    log.iter()
+        .filter(|e| e.client.starts_with("klines/") && e.path == path)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_fills_30_days_of_3_pairs_exactly_and_a_second_run_inserts_nothing() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_cli30").await;
+    let files: Vec<String> = US_PAIRS.iter().map(|s| us_file(s)).collect();
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let start = Minute::containing("2023-03-01T00:00:00Z".parse().unwrap());
+    // The 21 days loop: 30 days of history, all closed on the server.
+    let sim = simulator(&refs, 1.0, |c| {
+        c.looped = true;
+        c.start_immediately = true;
+        c.clock_start = Some(start.plus(31 * 1440));
+        c.speed = 1.0;
+    })
+    .await;
+    let dir = tempdir();
+    let config = config_file(dir.path(), &sim, &US_PAIRS, "");
+
+    let (ok, out, err) = backfill(
+        &config,
+        &db.url,
+        &[
+            "--exchange",
+            "binance",
+            "--all-pairs",
+            "--from",
+            "2023-03-01",
+            "--to",
+            "2023-03-31",
+        ],
+    );
+    assert!(ok, "backfill failed:\n{out}\n{err}");
+    assert!(out.contains("BTCUSDC") && out.contains("43200"), "{out}");
+    let market = &sim.state.market;
+    for symbol in US_PAIRS {
+        let rows = silver(&db.pool, symbol).await;
+        assert_eq!(rows.len(), 30 * 1440, "{symbol}: every minute of 30 days");
+        for (index, (o, h, l, c, v, source)) in &rows {
+            let want = market
+                .candle_at(symbol, Minute::from_index(*index))
+                .expect("the data has every minute");
+            assert_eq!(
+                (o, h, l, c, v),
+                (&want.open, &want.high, &want.low, &want.close, &want.volume),
+                "{symbol} at {}",
+                Minute::from_index(*index)
+            );
+            assert_eq!(source, "rest");
+        }
+    }
+    let pages = klines_requests(&sim.state.rest_log(), "/api/v3/klines");
+    // 43,200 minutes per pair in pages of 1000, plus one listing probe each.
+    assert_eq!(pages, 3 * 44 + 3, "pages requested");
+    let job: (String, i64, i32, i32) = sqlx::query_as(
+        "SELECT status, candles_inserted, pages_done, pages_total FROM ops.backfill_jobs ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(job, ("succeeded".into(), 3 * 43_200, 132, 132));
+    let completeness = count(
+        &db.pool,
+        "SELECT sum(present)::bigint FROM silver.completeness_hourly WHERE missing = 0 AND expected = 60",
+    )
+    .await;
+    assert_eq!(completeness, 3 * 43_200);
+
+    // Again: nothing to fetch, nothing inserted.
+    let bronze_before = count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await;
+    let (ok, out, err) = backfill(
+        &config,
+        &db.url,
+        &[
+            "--exchange",
+            "binance",
+            "--symbol",
+            "BTCUSDT,BTCUSDC,BTCUSD",
+            "--from",
+            "2023-03-01",
+            "--to",
+            "2023-03-31",
+        ],
+    );
+    assert!(ok, "second run failed:\n{out}\n{err}");
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await,
+        bronze_before
+    );
+    assert_eq!(
+        klines_requests(&sim.state.rest_log(), "/api/v3/klines"),
+        pages,
+        "the second run requests no klines"
+    );
+    let second: (String, i64, i32) = sqlx::query_as(
+        "SELECT status, candles_inserted, pages_total FROM ops.backfill_jobs ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(second, ("succeeded".into(), 0, 0));
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_backfill_arguments_are_rejected_with_a_clear_message() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_args").await;
+    let sim = simulator(&[BTC_DAY], 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(Minute::containing("2023-01-23T00:00:00Z".parse().unwrap()));
+    })
+    .await;
+    let dir = tempdir();
+    let config = config_file(dir.path(), &sim, &["BTCUSDT"], "");
+    let day = ["--from", "2023-01-21", "--to", "2023-01-22"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--exchange",
+                "binance",
+                "--symbol",
+                "BTCUSDT",
+                "--from",
+                "2023-01-22",
+                "--to",
+                "2023-01-21",
+            ],
+            "must be before --to",
+        ),
+        (
+            vec![
+                "--exchange",
+                "binance",
+                "--symbol",
+                "BTCUSDT",
+                "--from",
+                "2023-01-21",
+                "--to",
+                "2999-01-01",
+            ],
+            "--to (2999-01-01T00:00Z) is in the future",
+        ),
+        (
+            vec![
+                "--exchange",
+                "binance",
+                "--symbol",
+                "BTCUSDT",
+                "--from",
+                "2999-01-01",
+                "--to",
+                "2999-01-02",
+            ],
+            "--from (2999-01-01T00:00Z) is in the future",
+        ),
+        (
+            [
+                &["--exchange", "binanse", "--symbol", "BTCUSDT"][..],
+                &day[..],
+            ]
+            .concat(),
+            "binanse",
+        ),
+        (
+            [
+                &["--exchange", "kraken", "--symbol", "XBTUSD"][..],
+                &day[..],
+            ]
+            .concat(),
+            "--exchange kraken: not configured",
+        ),
+        (
+            [
+                &["--exchange", "binance", "--symbol", "NOPEUSDT"][..],
+                &day[..],
+            ]
+            .concat(),
+            "does not list `NOPEUSDT`",
+        ),
+        (
+            [
+                &["--exchange", "binance", "--symbol", "BTC/USDT"][..],
+                &day[..],
+            ]
+            .concat(),
+            "--symbol BTC/USDT",
+        ),
+        (
+            [&["--exchange", "binance"][..], &day[..]].concat(),
+            "--symbol",
+        ),
+        (
+            vec![
+                "--exchange",
+                "binance",
+                "--symbol",
+                "BTCUSDT",
+                "--from",
+                "21/01/2023",
+                "--to",
+                "2023-01-22",
+            ],
+            "21/01/2023",
+        ),
+    ];
+    for (args, message) in cases {
+        let (ok, out, err) = backfill(&config, &db.url, &args);
+        assert!(!ok, "{args:?} must fail");
+        assert!(
+            err.contains(message),
+            "{args:?}: expected `{message}` in:\n{err}{out}"
+        );
+    }
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await,
+        0,
+        "nothing written by rejected runs"
+    );
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_listing_and_unrecoverable_history() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_hist").await;
+    // The day from 00:30 on: the pair was "listed" at 00:30.
+    let dir = tempdir();
+    let late = dir.path().join("BTCUSDT-1m-late.csv");
+    let text = std::fs::read_to_string(BTC_DAY).unwrap();
+    let rows: Vec<&str> = text.lines().skip(30).collect();
+    std::fs::write(&late, rows.join("\n")).unwrap();
+    let late_arg = format!("BTCUSDT={}", late.display());
+    // The server is 2 days past the day; REST keeps 36 hours here.
+    let sim = simulator(&[&late_arg], 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(Minute::containing("2023-01-23T00:00:00Z".parse().unwrap()));
+    })
+    .await;
+    let config = config_file(dir.path(), &sim, &["BTCUSDT"], "rest_history = \"36h\"");
+    let day = [
+        "--exchange",
+        "binance",
+        "--symbol",
+        "BTCUSDT",
+        "--from",
+        "2023-01-21",
+        "--to",
+        "2023-01-22",
+    ];
+
+    let (ok, out, err) = backfill(&config, &db.url, &[&day[..], &["--dry-run"]].concat());
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("dry run") && out.contains("2023-01-21T00:30Z → 2023-01-22T00:00Z"),
+        "{out}"
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await,
+        0
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM ops.unrecoverable_gaps").await,
+        0
+    );
+
+    let (ok, out, err) = backfill(&config, &db.url, &day);
+    assert!(ok, "{out}\n{err}");
+    // 2023-01-21 12:00 is the oldest minute REST still has (+2 min margin).
+    let fetched = count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await;
+    assert_eq!(fetched, 720 - 2, "{out}");
+    let unrecoverable: (i64, String) = sqlx::query_as(
+        "SELECT sum(extract(epoch FROM range_to - range_from) / 60)::bigint, min(reason) FROM ops.unrecoverable_gaps",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(unrecoverable.0, 720 - 30 + 2);
+    assert!(
+        unrecoverable.1.contains("REST history"),
+        "{}",
+        unrecoverable.1
+    );
+    let listed = count(
+        &db.pool,
+        "SELECT count(*) FROM ref.instruments WHERE listed_at = '2023-01-21T00:30:00Z'",
+    )
+    .await;
+    assert_eq!(listed, 1);
+    // Completeness: hour 0 expects 30 minutes (listing), the old hours are
+    // unrecoverable, the recent ones complete.
+    let rows: Vec<(i32, i32, i32, i32)> = sqlx::query_as(
+        "SELECT expected, present, missing, unrecoverable FROM silver.completeness_hourly ORDER BY hour_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 24);
+    assert_eq!(rows[0], (30, 0, 30, 30));
+    assert_eq!(rows[1], (60, 0, 60, 60));
+    assert_eq!(rows[12], (60, 58, 2, 2));
+    assert_eq!(rows[23], (60, 60, 0, 0));
+
+    // Nothing left to try: a second run requests no klines.
+    let before = klines_requests(&sim.state.rest_log(), "/api/v3/klines");
+    let (ok, out, err) = backfill(&config, &db.url, &day);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(
+        klines_requests(&sim.state.rest_log(), "/api/v3/klines"),
+        before
+    );
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+/// The day with the rows of `removed` minutes (index in the day) left out.
+fn day_without(dir: &Path, removed: &[usize]) -> String {
+    let text = std::fs::read_to_string(BTC_DAY).unwrap();
+    let rows: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| !removed.contains(i))
+        .map(|(_, l)| l)
+        .collect();
+    let path = dir.join("BTCUSDT-1m-holes.csv");
+    std::fs::write(&path, rows.join("\n")).unwrap();
+    format!("BTCUSDT={}", path.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_restores_a_day_with_dropped_finals_disconnects_and_quiet_minutes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_sched").await;
+    let dir = tempdir();
+    // Three minutes without trades: not in the WebSocket replay, not in REST.
+    let quiet = [100usize, 101, 700];
+    let data = day_without(dir.path(), &quiet);
+    let sim = simulator(&[&data], 40.0, |c| {
+        c.faults.drop_finals = 0.05;
+        c.faults.disconnect_every = Some(Duration::from_secs(7));
+        c.ping_interval = Duration::from_secs(2);
+    })
+    .await;
+    let mut cfg = config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "");
+    cfg.backfill.enabled = true;
+    cfg.backfill.tick = Duration::from_millis(100);
+    cfg.merge.enabled = false;
+    let metrics = std::sync::Arc::new(klines::telemetry::Metrics::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let service = tokio::spawn(klines::ingest::run(cfg, metrics.clone(), stop.clone()));
+
+    // The sweep of the day's last hour runs once the exchange's clock has
+    // passed midnight.
+    let swept = wait_until(Duration::from_secs(150), || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM ops.backfill_jobs WHERE requested_by = 'schedule:hourly'
+                AND range_to = '2023-01-22T00:00:00Z' AND status = 'succeeded'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    let snapshot = sim.state.snapshot();
+    assert!(swept, "the last hour was swept; simulator: {snapshot:?}");
+    stop.cancel();
+    service.await.unwrap().unwrap();
+    assert!(
+        snapshot.disconnects_injected > 0 && snapshot.dropped > 0,
+        "{snapshot:?}"
+    );
+    let reconnect_jobs = count(
+        &db.pool,
+        "SELECT count(*) FROM ops.backfill_jobs WHERE requested_by = 'schedule:reconnect'",
+    )
+    .await;
+    assert!(
+        reconnect_jobs > 0,
+        "outages were backfilled as they happened"
+    );
+
+    // The analysts' view: silver for the day, merged as `klines merge` does.
+    let day_from = "2023-01-21T00:00:00Z".parse().unwrap();
+    let day_to = "2023-01-22T00:00:00Z".parse().unwrap();
+    klines::merge::run_job(
+        &db.pool,
+        &klines::db::partitions::Partitions::new(),
+        "merge_cli",
+        day_from,
+        day_to,
+        false,
+        &[klines::domain::Pair::new(
+            klines::domain::ExchangeId::Binance,
+            "BTCUSDT",
+        )],
+    )
+    .await
+    .unwrap();
+    let csv = csv_rows(BTC_DAY);
+    let rows = sqlx::query(
+        "SELECT (extract(epoch FROM interval_start) * 1000)::bigint AS t, open::text, high::text,
+                low::text, close::text, volume::text, quote_volume::text AS q, trade_count, source
+           FROM silver.fact_ohlcv WHERE symbol = 'BTCUSDT' ORDER BY interval_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1440, "1440/1440 minutes in silver");
+    let quiet_ms: Vec<i64> = quiet.iter().map(|i| *csv.keys().nth(*i).unwrap()).collect();
+    let mut from_rest = 0;
+    let mut previous_close = String::new();
+    for r in &rows {
+        let t: i64 = r.get("t");
+        let source: String = r.get("source");
+        let close: String = r.get("close");
+        if quiet_ms.contains(&t) {
+            assert_eq!(source, "filled", "a minute without trades is filled");
+            let price: Decimal = close.parse().unwrap();
+            assert_eq!(
+                price,
+                previous_close.parse::<Decimal>().unwrap(),
+                "at the previous close"
+            );
+            assert_eq!(
+                r.get::<String, _>("volume").parse::<Decimal>().unwrap(),
+                Decimal::ZERO
+            );
+        } else {
+            let want = &csv[&t];
+            let got = Row12 {
+                open: r.get("open"),
+                high: r.get("high"),
+                low: r.get("low"),
+                close: close.clone(),
+                volume: r.get("volume"),
+                quote_volume: r.get("q"),
+                trades: r.get("trade_count"),
+            };
+            assert_eq!(&got, want, "minute {t}: decimal-exact");
+            assert!(source == "ws" || source == "rest", "{source}");
+            if source == "rest" {
+                from_rest += 1;
+            }
+        }
+        previous_close = close;
+    }
+    assert!(from_rest > 0, "dropped finals came from REST");
+    let completeness: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT sum(present)::bigint, sum(from_ws)::bigint, sum(from_rest)::bigint,
+                sum(filled)::bigint, sum(missing)::bigint
+           FROM silver.completeness_hourly WHERE symbol = 'BTCUSDT'
+            AND hour_start >= '2023-01-21' AND hour_start < '2023-01-22'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        completeness,
+        (1440, 1440 - 3 - from_rest, from_rest, 3, 0),
+        "completeness counts every source exactly"
+    );
+    assert!(metrics.sum("klines_backfill_candles_total", &[]) >= from_rest as f64);
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfiller_keeps_to_its_budget_and_honours_429s_without_a_ban() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_budget").await;
+    let files: Vec<String> = US_PAIRS.iter().map(|s| us_file(s)).collect();
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    // 40 weight per second on the IP; klines may use half; every 9th
+    // request is answered 429 (Retry-After: 1) whatever the load.
+    let sim = simulator(&refs, 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(Minute::containing("2023-03-25T00:00:00Z".parse().unwrap()));
+        c.speed = 1.0;
+        c.rest_weight_limit = 40;
+        c.rest_weight_window = Duration::from_secs(1);
+        c.faults.rest_429_every = Some(9);
+    })
+    .await;
+    let dir = tempdir();
+    let config = config_file(
+        dir.path(),
+        &sim,
+        &US_PAIRS,
+        "rest_weight_limit = 40\nrest_weight_window = \"1s\"\nrest_budget = 0.5",
+    );
+    // A neighbour on the same IP polls the server time 10 times a second.
+    let neighbour_stop = tokio_util::sync::CancellationToken::new();
+    let neighbour = {
+        let url = format!("{}/api/v3/time", sim.binance_rest_url());
+        let stop = neighbour_stop.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .user_agent("neighbour")
+                .build()
+                .unwrap();
+            while !stop.is_cancelled() {
+                // A well-behaved neighbour too: it waits out a 429.
+                let wait = match http.get(&url).send().await {
+                    Ok(r) if r.status().as_u16() == 429 => Duration::from_secs(
+                        r.headers()["retry-after"]
+                            .to_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap(),
+                    ),
+                    _ => Duration::from_millis(100),
+                };
+                tokio::time::sleep(wait).await;
+            }
+        })
+    };
+    let (ok, out, err) = backfill(
+        &config,
+        &db.url,
+        &[
+            "--exchange",
+            "binance",
+            "--all-pairs",
+            "--from",
+            "2023-03-01",
+            "--to",
+            "2023-03-08",
+        ],
+    );
+    neighbour_stop.cancel();
+    neighbour.await.unwrap();
+    assert!(ok, "{out}\n{err}");
+    let snapshot = sim.state.snapshot();
+    let log = sim.state.rest_log();
+    let ours = |status: u16| {
+        log.iter()
+            .filter(|e| e.client.starts_with("klines/") && e.status == status)
+            .count()
+    };
+    assert_eq!(snapshot.rest_418, 0, "nobody was banned: {snapshot:?}");
+    assert_eq!(ours(418), 0);
+    assert!(ours(429) > 0, "klines met the 429 fault: {snapshot:?}");
+    let mut per_window: BTreeMap<i64, u64> = BTreeMap::new();
+    for e in log.iter().filter(|e| e.client.starts_with("klines/")) {
+        *per_window.entry(e.at_ms / 1000).or_default() += e.weight;
+    }
+    let busiest = per_window.values().max().copied().unwrap_or(0);
+    assert!(
+        busiest <= 20,
+        "klines used {busiest} of its 20 per second: {per_window:?}"
+    );
+    assert!(per_window.len() >= 3, "the work was spread over seconds");
+    for symbol in US_PAIRS {
+        assert_eq!(silver(&db.pool, symbol).await.len(), 7 * 1440, "{symbol}");
+    }
+    let job: (String, i32) = sqlx::query_as(
+        "SELECT status, rate_limited FROM ops.backfill_jobs ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(job.0, "succeeded");
+    assert!(job.1 > 0, "the job counted its 429s");
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
