@@ -50,6 +50,10 @@ GRANT SELECT ON silver.fact_ohlcv TO klines_ingest;
 GRANT USAGE ON SCHEMA bronze, silver, gold, ops, ref TO klines_merge;
 GRANT SELECT ON ref.instruments, ops.unrecoverable_gaps TO klines_merge;
 GRANT SELECT ON ALL TABLES IN SCHEMA bronze TO klines_merge;
+-- The merge reads and writes each hour's partition by name, so partitions
+-- created later (by ops.ensure_hourly_partitions, as the owner) need the
+-- grants too.
+ALTER DEFAULT PRIVILEGES IN SCHEMA bronze GRANT SELECT ON TABLES TO klines_merge;
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA silver, gold TO klines_merge;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ops.source_mismatch TO klines_merge;
 GRANT SELECT, INSERT, UPDATE ON ops.runs, ops.merge_watermark TO klines_merge;

@@ -145,6 +145,8 @@ shutdown_grace = "10s"
 [bronze]
 flush_interval = "10m"
 batch_rows = 1000000
+[backfill]
+enabled = false   # this test is about the sink's drain
 [exchanges.binance]
 ws_url = "{ws}"
 rest_url = "{rest}"
