@@ -58,6 +58,12 @@ summary() {
     psql "$DEMO_URL" -X -q -A -t -F ' ' -c \
       "SELECT symbol, count(*) FILTER (WHERE is_final), max(interval_start) FROM bronze.ohlcv_native GROUP BY symbol ORDER BY symbol" \
       | while read -r sym n last_date last_time; do echo "  $sym: $n final candles, latest $last_date $last_time"; done
+    psql "$DEMO_URL" -X -q -A -t -F ' ' -c \
+      "SELECT symbol, count(*), count(*) FILTER (WHERE source = 'rest') FROM silver.fact_ohlcv GROUP BY symbol ORDER BY symbol" \
+      | while read -r sym n rest; do echo "  silver $sym: $n minutes ($rest from REST backfill)"; done
+    psql "$DEMO_URL" -X -q -A -t -F ' ' -c \
+      "SELECT requested_by, count(*), coalesce(sum(candles_inserted), 0) FROM ops.backfill_jobs GROUP BY 1 ORDER BY 1" \
+      | while read -r by n c; do echo "  backfill $by: $n jobs, $c candles"; done
   fi
 }
 

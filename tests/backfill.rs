@@ -455,7 +455,7 @@ async fn the_service_restores_a_day_with_dropped_finals_disconnects_and_quiet_mi
     let mut cfg = config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "");
     cfg.backfill.enabled = true;
     cfg.backfill.tick = Duration::from_millis(100);
-    cfg.merge.enabled = false;
+    cfg.merge.every = Duration::from_millis(200);
     let metrics = std::sync::Arc::new(klines::telemetry::Metrics::new());
     let stop = tokio_util::sync::CancellationToken::new();
     let service = tokio::spawn(klines::ingest::run(cfg, metrics.clone(), stop.clone()));
@@ -474,6 +474,19 @@ async fn the_service_restores_a_day_with_dropped_finals_disconnects_and_quiet_mi
     .await;
     let snapshot = sim.state.snapshot();
     assert!(swept, "the last hour was swept; simulator: {snapshot:?}");
+    // The service's own merges (every 200 ms over the last 2 h of exchange
+    // time) bring silver to the whole day.
+    let merged = wait_until(Duration::from_secs(60), || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM silver.fact_ohlcv WHERE symbol = 'BTCUSDT'
+                AND interval_start >= '2023-01-21' AND interval_start < '2023-01-22'",
+        )
+        .await
+            == 1440
+    })
+    .await;
+    assert!(merged, "silver holds the day");
     stop.cancel();
     service.await.unwrap().unwrap();
     assert!(
@@ -490,23 +503,23 @@ async fn the_service_restores_a_day_with_dropped_finals_disconnects_and_quiet_mi
         "outages were backfilled as they happened"
     );
 
-    // The analysts' view: silver for the day, merged as `klines merge` does.
-    let day_from = "2023-01-21T00:00:00Z".parse().unwrap();
-    let day_to = "2023-01-22T00:00:00Z".parse().unwrap();
-    klines::merge::run_job(
-        &db.pool,
-        &klines::db::partitions::Partitions::new(),
-        "merge_cli",
-        day_from,
-        day_to,
-        false,
-        &[klines::domain::Pair::new(
-            klines::domain::ExchangeId::Binance,
-            "BTCUSDT",
-        )],
-    )
-    .await
-    .unwrap();
+    // A pair new to the database had its recent history filled once.
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM ops.backfill_pairs WHERE symbol = 'BTCUSDT'"
+        )
+        .await,
+        1
+    );
+    assert!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM ops.backfill_jobs WHERE requested_by = 'schedule:initial' AND status = 'succeeded'",
+        )
+        .await
+            == 1
+    );
     let csv = csv_rows(BTC_DAY);
     let rows = sqlx::query(
         "SELECT (extract(epoch FROM interval_start) * 1000)::bigint AS t, open::text, high::text,

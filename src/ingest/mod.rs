@@ -78,6 +78,14 @@ pub async fn run(
         upkeep_stop.clone(),
     ));
 
+    // One clock per exchange: what the exchange says its time is. The merge
+    // and backfill schedules follow it, so a replay at any speed behaves
+    // like the live market.
+    let clocks: std::collections::BTreeMap<_, _> = config
+        .enabled_pairs()
+        .into_iter()
+        .map(|(id, _)| (id, Arc::new(ExchangeClock::new())))
+        .collect();
     if config.merge.enabled {
         let pairs: Vec<crate::domain::Pair> = config
             .enabled_pairs()
@@ -89,6 +97,7 @@ pub async fn run(
             Arc::clone(&partitions),
             config.merge.clone(),
             pairs,
+            clocks.values().cloned().collect(),
             upkeep_stop.clone(),
         ));
     }
@@ -111,7 +120,7 @@ pub async fn run(
     for (id, pairs) in config.enabled_pairs() {
         let ex_config = &config.exchanges[&id];
         let exchange = exchange::build(id, ex_config)?;
-        let clock = Arc::new(ExchangeClock::new());
+        let clock = Arc::clone(&clocks[&id]);
         let (outage_tx, outage_rx) = mpsc::channel(1024);
         if config.backfill.enabled {
             let backfiller = backfill::for_exchange(
@@ -153,7 +162,7 @@ pub async fn run(
                 )
                 .with_feed_hooks(FeedHooks {
                     clock: Arc::clone(&clock),
-                    outages: outage_tx.clone(),
+                    outages: config.backfill.enabled.then(|| outage_tx.clone()),
                 }),
             );
             workers.spawn(slot.run(worker_stop.clone()));
@@ -252,13 +261,15 @@ async fn upkeep_once(
 }
 
 /// Merges the recent window every `every` and sweeps the late-data window
-/// every `sweep_every`, both incrementally from their own watermarks. Several
+/// every `sweep_every`, both incrementally from their own watermarks; the
+/// windows end at the exchanges' time. Several
 /// instances may run this: the per-hour advisory lock serialises them.
 async fn merge_scheduler(
     pool: sqlx::PgPool,
     partitions: Arc<Partitions>,
     config: crate::config::MergeConfig,
     pairs: Vec<crate::domain::Pair>,
+    clocks: Vec<Arc<ExchangeClock>>,
     stop: CancellationToken,
 ) {
     let mut recent = tokio::time::interval(config.every);
@@ -272,7 +283,12 @@ async fn merge_scheduler(
             _ = recent.tick() => ("merge_recent", window(config.recent_window), &[][..]),
             _ = sweep.tick() => ("merge_sweep", window(config.sweep_window), &pairs[..]),
         };
-        let now = chrono::Utc::now();
+        // The latest exchange time (the local clock when none has spoken).
+        let now = clocks
+            .iter()
+            .map(|c| c.now())
+            .max()
+            .unwrap_or_else(chrono::Utc::now);
         let to = now + chrono::Duration::minutes(1);
         if let Err(e) =
             crate::merge::run_job(&pool, &partitions, kind, now - back, to, true, sweep_pairs).await

@@ -102,7 +102,8 @@ pub struct Slot {
 /// time (event times of frames) and the minutes a connection missed.
 pub struct FeedHooks {
     pub clock: Arc<ExchangeClock>,
-    pub outages: mpsc::Sender<Outage>,
+    /// Where outages go; `None` when no backfiller listens.
+    pub outages: Option<mpsc::Sender<Outage>>,
 }
 
 #[derive(Debug, Default)]
@@ -552,9 +553,9 @@ impl Slot {
                     .unwrap_or(newest),
             })
         };
-        if let Some(outage) = report {
+        if let (Some(outage), Some(outages)) = (report, &hooks.outages) {
             info!(exchange = %self.exchange.id(), slot = self.index, from = %outage.from, to = %outage.to, "Feed is back; backfilling the minutes it missed");
-            if hooks.outages.try_send(outage).is_err() {
+            if outages.try_send(outage).is_err() {
                 warn!(exchange = %self.exchange.id(), "Backfill queue full; the hourly sweep will cover this outage");
             }
         }
