@@ -688,3 +688,80 @@ async fn the_backfiller_keeps_to_its_budget_and_honours_429s_without_a_ban() {
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_errors_are_clear_and_only_what_is_worth_it_is_retried() {
+    use klines::backfill::client::{RestClient, RestError, Tally};
+    use klines::backfill::clock::ExchangeClock;
+    use klines::backfill::limiter::RestLimiter;
+    use klines::exchange::{Exchange, RestRequest};
+    use std::sync::Arc;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = simulator(&[BTC_DAY], 1.0, |c| c.start_immediately = true).await;
+    let client_for = |rest: &str| {
+        let exchange: Arc<dyn Exchange> = Arc::new(klines::exchange::binance::Binance::new(
+            sim.binance_ws_url().parse().unwrap(),
+            rest.parse().unwrap(),
+        ));
+        RestClient::new(
+            exchange,
+            Arc::new(RestLimiter::new(6000, Duration::from_secs(60), 0.5)),
+            Arc::new(ExchangeClock::new()),
+            3,
+            Arc::new(klines::telemetry::Metrics::new()),
+        )
+        .unwrap()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let client = client_for(&sim.binance_rest_url());
+
+    // A 4xx that is not a rate limit: one request, the exchange's message.
+    let bad = RestRequest {
+        url: format!(
+            "{}/api/v3/klines?symbol=NOPEUSDT&interval=1m",
+            sim.binance_rest_url()
+        )
+        .parse()
+        .unwrap(),
+        weight: 2,
+    };
+    let mut tally = Tally::default();
+    let err = client.get(&bad, &mut tally, &cancel).await.unwrap_err();
+    assert!(
+        matches!(err, RestError::Rejected { status: 400, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("Invalid symbol"), "{err}");
+    assert_eq!(tally.requests, 1, "never retried");
+
+    // A body that is not klines: a decode error naming the problem.
+    let ok = RestRequest {
+        url: format!("{}/api/v3/time", sim.binance_rest_url())
+            .parse()
+            .unwrap(),
+        weight: 1,
+    };
+    let resp = client.get(&ok, &mut tally, &cancel).await.unwrap();
+    assert!(resp.date.is_some(), "the server's Date header is read");
+    let decoded = client
+        .exchange
+        .parse_rest_klines("BTCUSDT", &resp.body, chrono::Utc::now());
+    assert!(decoded.is_err(), "a time answer is not klines");
+
+    // Nobody listening: retried with backoff, then a clear error.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dead = client_for(&format!("http://{closed}/binance"));
+    let mut tally = Tally::default();
+    let req = dead.exchange.server_time_request().unwrap();
+    let err = dead.get(&req, &mut tally, &cancel).await.unwrap_err();
+    assert!(
+        matches!(err, RestError::Exhausted { attempts: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(tally.requests, 3);
+    sim.stop().await.unwrap();
+}

@@ -39,10 +39,12 @@ fn every_command_explains_itself() {
     let out = klines(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["ingest", "migrate", "simulate", "--config"] {
+    for word in [
+        "ingest", "migrate", "backfill", "merge", "simulate", "--config",
+    ] {
         assert!(text.contains(word), "--help mentions {word}:\n{text}");
     }
-    for cmd in ["ingest", "migrate", "simulate"] {
+    for cmd in ["ingest", "migrate", "backfill", "merge", "simulate"] {
         let out = klines(&[cmd, "--help"]);
         assert!(out.status.success(), "{cmd} --help");
         assert!(out.stdout.len() > 200, "{cmd} --help says something");

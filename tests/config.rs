@@ -293,3 +293,65 @@ fn missing_file_is_a_clear_error() {
         .to_string();
     assert!(err.contains("/nonexistent/klines.toml"), "{err}");
 }
+
+#[test]
+fn backfill_and_rest_budget_settings_are_checked() {
+    let ok = load(
+        &format!("{BASE}rest_budget = 0.25\nrest_weight_limit = 1200\nrest_history = \"12h\"\n[backfill]\nlookback = \"6h\"\n"),
+        &[],
+    )
+    .unwrap();
+    let binance = &ok.exchanges[&ExchangeId::Binance];
+    assert_eq!(binance.rest_budget, 0.25);
+    assert_eq!(binance.rest_weight_limit, Some(1200));
+    assert_eq!(
+        ok.backfill.lookback,
+        std::time::Duration::from_secs(6 * 3600)
+    );
+    let defaults = load(BASE, &[]).unwrap();
+    assert_eq!(defaults.exchanges[&ExchangeId::Binance].rest_budget, 0.5);
+    assert!(defaults.backfill.enabled);
+
+    rejected(
+        &format!("{BASE}rest_budget = 1.5\n"),
+        &[],
+        "exchanges.binance.rest_budget",
+        "share in (0, 1]",
+    );
+    rejected(
+        &format!("{BASE}rest_budget = 0\n"),
+        &[],
+        "exchanges.binance.rest_budget",
+        "share in (0, 1]",
+    );
+    rejected(
+        &format!("{BASE}rest_weight_limit = 0\n"),
+        &[],
+        "exchanges.binance.rest_weight_limit",
+        "positive",
+    );
+    rejected(
+        &format!("{BASE}rest_weight_window = \"0s\"\n"),
+        &[],
+        "exchanges.binance.rest_weight_window",
+        "longer than 0s",
+    );
+    rejected(
+        &format!("{BASE}[backfill]\ntick = \"0s\"\n"),
+        &[],
+        "backfill.tick",
+        "",
+    );
+    rejected(
+        &format!("{BASE}[backfill]\nlookbak = \"3h\"\n"),
+        &[],
+        "backfill.lookbak",
+        "unknown field",
+    );
+    rejected(
+        BASE,
+        &[("KLINES_BACKFILL__MAX_ATTEMPTS", "0")],
+        "backfill.max_attempts",
+        "",
+    );
+}
