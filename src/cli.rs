@@ -52,6 +52,10 @@ pub enum Command {
     /// rate limit, writes bronze, merges. Idempotent; `--dry-run` only lists
     /// the gaps. Recorded in ops.backfill_jobs.
     Backfill(BackfillArgs),
+    /// The raw lake: `klines lake load` rebuilds bronze's final candles from
+    /// it (disaster recovery); idempotent.
+    #[command(subcommand)]
+    Lake(LakeCommand),
     /// Run the bundled exchange simulator: Binance's WebSocket and REST
     /// protocol on localhost, replaying real candle files, with faults.
     Simulate(Box<SimulateArgs>),
@@ -67,6 +71,32 @@ pub struct MergeArgs {
     /// End of the range, exclusive.
     #[arg(long, value_parser = parse_time)]
     pub to: DateTime<Utc>,
+}
+
+/// `klines lake` commands.
+#[derive(Debug, Subcommand)]
+pub enum LakeCommand {
+    /// Read the lake's final candles for a range back into bronze with
+    /// source = 'lake', skipping those an earlier load wrote; then run
+    /// `klines merge` over the range.
+    Load(LakeLoadArgs),
+}
+
+/// `klines lake load` options.
+#[derive(Debug, Args)]
+pub struct LakeLoadArgs {
+    /// Start of the range (RFC 3339 or a date), inclusive.
+    #[arg(long, value_parser = parse_time)]
+    pub from: DateTime<Utc>,
+    /// End of the range, exclusive.
+    #[arg(long, value_parser = parse_time_or_now)]
+    pub to: DateTime<Utc>,
+    /// Only this exchange.
+    #[arg(long, value_parser = parse_exchange)]
+    pub exchange: Option<ExchangeId>,
+    /// Only this native symbol (with --exchange).
+    #[arg(long, requires = "exchange")]
+    pub symbol: Option<String>,
 }
 
 /// `klines backfill` options.

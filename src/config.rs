@@ -70,6 +70,8 @@ pub struct Config {
     pub merge: MergeConfig,
     #[serde(default)]
     pub backfill: BackfillConfig,
+    #[serde(default)]
+    pub lake: LakeConfig,
     /// One table per exchange: `[exchanges.binance]`.
     #[serde(default)]
     pub exchanges: BTreeMap<ExchangeId, ExchangeConfig>,
@@ -230,6 +232,44 @@ impl Default for MergeConfig {
 }
 
 /// `[exchanges.<id>]`
+/// `[lake]`: the raw lake of every observation (hive-partitioned JSONL.gz).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    pub enabled: bool,
+    /// The local directory the lake is written to (the default store).
+    pub dir: PathBuf,
+    /// Key prefix inside the store.
+    pub prefix: String,
+    /// The write-ahead spool; default `<ingest.spool_dir>/lake`.
+    pub spool_dir: Option<PathBuf>,
+    /// fsync the spool this often (what a crash can lose at most).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Seal a spool segment at this size…
+    pub segment_max_bytes: u64,
+    /// …or this age (and always on the hour).
+    #[serde(with = "humantime_serde")]
+    pub segment_max_age: Duration,
+    /// Capacity of the channel from the workers to the lake sink.
+    pub channel_capacity: usize,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig {
+            enabled: true,
+            dir: PathBuf::from("data/lake"),
+            prefix: String::new(),
+            spool_dir: None,
+            flush_interval: Duration::from_secs(1),
+            segment_max_bytes: 8 * 1024 * 1024,
+            segment_max_age: Duration::from_secs(300),
+            channel_capacity: 100_000,
+        }
+    }
+}
+
 /// `[backfill]`: the REST backfiller's schedules in the service and its
 /// manners towards the exchanges.
 #[derive(Debug, Clone, Deserialize)]
@@ -420,6 +460,16 @@ impl Config {
         nonzero("merge.sweep_every", self.merge.sweep_every)?;
         nonzero("merge.sweep_window", self.merge.sweep_window)?;
         nonzero("backfill.lookback", self.backfill.lookback)?;
+        nonzero("lake.flush_interval", self.lake.flush_interval)?;
+        nonzero("lake.segment_max_age", self.lake.segment_max_age)?;
+        positive(
+            "lake.segment_max_bytes",
+            self.lake.segment_max_bytes as usize,
+        )?;
+        positive("lake.channel_capacity", self.lake.channel_capacity)?;
+        if self.lake.dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("lake.dir", "must not be empty"));
+        }
         nonzero("backfill.tick", self.backfill.tick)?;
         positive("backfill.max_attempts", self.backfill.max_attempts as usize)?;
 

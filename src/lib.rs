@@ -23,6 +23,7 @@ pub mod db;
 pub mod domain;
 pub mod exchange;
 pub mod ingest;
+pub mod lake;
 pub mod merge;
 pub mod simulator;
 pub mod sink;

@@ -106,6 +106,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             klines::backfill::operator::run(&config, &args, cancel).await?;
             Ok(())
         }
+        Command::Lake(klines::cli::LakeCommand::Load(args)) => {
+            let config = Config::load(&cli.config)?;
+            if args.from >= args.to {
+                anyhow::bail!("--from ({}) must be before --to ({})", args.from, args.to);
+            }
+            let pool = klines::db::connect(&config.database)
+                .await
+                .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
+            klines::db::migrate(&pool)
+                .await
+                .context("cannot bring the schema up to date")?;
+            let store = klines::lake::store::Store::local(&config.lake.dir);
+            let spec = klines::lake::load::LoadSpec {
+                from: args.from,
+                to: args.to,
+                exchange: args.exchange,
+                symbol: args.symbol.map(|s| s.to_ascii_uppercase()),
+            };
+            let r = klines::lake::load::load(&pool, &store, &config.lake.prefix, &spec)
+                .await
+                .with_context(|| format!("lake load from {}", store.describe()))?;
+            println!(
+                "lake load {} .. {} from {}",
+                args.from,
+                args.to,
+                store.describe()
+            );
+            println!("  objects read     {:>10}", r.objects);
+            println!("  lines read       {:>10}", r.lines);
+            println!("  final candles    {:>10}", r.finals);
+            println!("  inserted         {:>10}", r.inserted);
+            println!("  already loaded   {:>10}", r.skipped);
+            if r.inserted > 0 {
+                println!(
+                    "next: klines merge --from {} --to {}",
+                    args.from.to_rfc3339(),
+                    args.to.to_rfc3339()
+                );
+            }
+            Ok(())
+        }
         Command::Simulate(args) => simulate(*args).await,
     }
 }

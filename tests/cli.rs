@@ -149,12 +149,15 @@ flush_interval = "10m"
 batch_rows = 1000000
 [backfill]
 enabled = false   # this test is about the sink's drain
+[lake]
+dir = "{lake}"
 [exchanges.binance]
 ws_url = "{ws}"
 rest_url = "{rest}"
 pairs = ["BTCUSDT"]
 "#,
         spool = dir.path().join("spool").display(),
+        lake = dir.path().join("lake").display(),
         ws = sim.binance_ws_url(),
         rest = sim.binance_rest_url(),
     );

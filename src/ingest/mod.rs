@@ -22,6 +22,7 @@ use crate::backfill::{self, clock::ExchangeClock};
 use crate::config::Config;
 use crate::db::{self, partitions::Partitions};
 use crate::exchange;
+use crate::lake::sink::{LakeReport, LakeSink};
 use crate::sink::bronze::{BronzeReport, BronzeSink};
 use crate::sink::spool::{Spool, SpoolError};
 use crate::telemetry::Metrics;
@@ -39,12 +40,15 @@ pub enum IngestError {
     Exchange(#[from] exchange::ExchangeError),
     #[error("backfill: {0}")]
     Backfill(#[from] backfill::BackfillError),
+    #[error("lake spool: {0}")]
+    Lake(std::io::Error),
 }
 
 /// What the service did, reported at exit.
 #[derive(Debug, Clone, Default)]
 pub struct IngestReport {
     pub bronze: BronzeReport,
+    pub lake: LakeReport,
 }
 
 /// Runs the service until `shutdown` is cancelled, then stops gracefully.
@@ -114,6 +118,20 @@ pub async fn run(
     // write what they handed over.
     let grace = config.ingest.shutdown_grace;
     let sink_task = tokio::spawn(sink.run(bronze_rx, grace / 2));
+    let (lake_tx, lake_rx) = mpsc::channel(config.lake.channel_capacity);
+    let lake_task = if config.lake.enabled {
+        let spool_dir = config
+            .lake
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| config.ingest.spool_dir.join("lake"));
+        let lake = LakeSink::new(&config.lake, spool_dir, Arc::clone(&metrics))
+            .map_err(IngestError::Lake)?;
+        Some(tokio::spawn(lake.run(lake_rx, grace / 2)))
+    } else {
+        drop(lake_rx);
+        None
+    };
 
     let mut workers = JoinSet::new();
     let worker_stop = shutdown.child_token();
@@ -150,27 +168,30 @@ pub async fn run(
             limits.connect_window,
         ));
         for (index, chunk) in pairs.chunks(per_conn).enumerate() {
-            let slot = Arc::new(
-                Slot::new(
-                    Arc::clone(&exchange),
-                    chunk.to_vec(),
-                    config.ingest.clone(),
-                    bronze_tx.clone(),
-                    Arc::clone(&metrics),
-                    Arc::clone(&limiter),
-                    index,
-                )
-                .with_feed_hooks(FeedHooks {
-                    clock: Arc::clone(&clock),
-                    outages: config.backfill.enabled.then(|| outage_tx.clone()),
-                }),
-            );
+            let mut slot = Slot::new(
+                Arc::clone(&exchange),
+                chunk.to_vec(),
+                config.ingest.clone(),
+                bronze_tx.clone(),
+                Arc::clone(&metrics),
+                Arc::clone(&limiter),
+                index,
+            )
+            .with_feed_hooks(FeedHooks {
+                clock: Arc::clone(&clock),
+                outages: config.backfill.enabled.then(|| outage_tx.clone()),
+            });
+            if config.lake.enabled {
+                slot = slot.with_lake(lake_tx.clone());
+            }
+            let slot = Arc::new(slot);
             workers.spawn(slot.run(worker_stop.clone()));
         }
         info!(exchange = %id, pairs = pairs.len(), connections = pairs.len().div_ceil(per_conn), "Exchange started");
     }
-    // The sink's channel closes when the last worker drops its sender.
+    // The sinks' channels close when the last worker drops its senders.
     drop(bronze_tx);
+    drop(lake_tx);
 
     shutdown.cancelled().await;
     info!(
@@ -199,9 +220,23 @@ pub async fn run(
             BronzeReport::default()
         }
     };
+    let lake = match lake_task {
+        Some(task) => match tokio::time::timeout(grace / 2 + Duration::from_secs(5), task).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => {
+                error!(error = %e, "Lake sink task failed");
+                LakeReport::default()
+            }
+            Err(_) => {
+                error!("Lake sink did not stop in time; its spool is uploaded at the next start");
+                LakeReport::default()
+            }
+        },
+        None => LakeReport::default(),
+    };
     tasks.wait().await;
     pool.close().await;
-    Ok(IngestReport { bronze })
+    Ok(IngestReport { bronze, lake })
 }
 
 /// Creates the hourly partitions from an hour ago to `ahead` from now, at

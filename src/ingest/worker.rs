@@ -38,6 +38,7 @@ use crate::backfill::scheduler::Outage;
 use crate::config::IngestConfig;
 use crate::domain::{CandleEvent, Minute, Pair};
 use crate::exchange::{Control, DecodeState, Decoded, Exchange};
+use crate::lake::LakeRecord;
 use crate::telemetry::metrics::{CandleLabels, ChannelLabels, ExchangeLabels, ReasonLabels};
 use crate::telemetry::Metrics;
 
@@ -96,6 +97,7 @@ pub struct Slot {
     next_conn: AtomicU64,
     feed: Option<FeedHooks>,
     outage: Mutex<OutageState>,
+    lake: Option<mpsc::Sender<LakeRecord>>,
 }
 
 /// What the backfiller wants to know from a slot's feed: the exchange's
@@ -146,6 +148,35 @@ impl Slot {
             next_conn: AtomicU64::new(1),
             feed: None,
             outage: Mutex::new(OutageState::default()),
+            lake: None,
+        }
+    }
+
+    /// Sends every observation and every undecodable frame, with the raw
+    /// message, to the lake sink.
+    pub fn with_lake(mut self, lake: mpsc::Sender<LakeRecord>) -> Self {
+        self.lake = Some(lake);
+        self
+    }
+
+    async fn send_lake(&self, record: LakeRecord) {
+        let Some(lake) = &self.lake else {
+            return;
+        };
+        match lake.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                self.metrics
+                    .channel_full
+                    .get_or_create(&ChannelLabels { channel: "lake" })
+                    .inc();
+                if lake.send(record).await.is_err() {
+                    warn!(exchange = %self.exchange.id(), "Lake sink is gone; observation not kept");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                warn!(exchange = %self.exchange.id(), "Lake sink is gone; observation not kept");
+            }
         }
     }
 
@@ -457,6 +488,16 @@ impl Slot {
                         live = true;
                         let _ = signals.try_send(Signal::Live);
                     }
+                    if self.lake.is_some() {
+                        let payload: Arc<str> = Arc::from(text.as_str());
+                        for event in &events {
+                            self.send_lake(LakeRecord::Candle {
+                                event: event.clone(),
+                                payload: Arc::clone(&payload),
+                            })
+                            .await;
+                        }
+                    }
                     self.take_events(events).await;
                 }
                 Ok(Decoded::Control(Control::ServerShutdown)) => {
@@ -472,6 +513,13 @@ impl Slot {
                     self.count_decode_error(e.kind());
                     let excerpt: String = text.as_str().chars().take(LOG_FRAME_CHARS).collect();
                     warn!(%exchange, conn = id, error = %e, frame = %excerpt, "Skipped a frame that does not decode");
+                    self.send_lake(LakeRecord::Reject {
+                        exchange,
+                        received_ts: received,
+                        error: e.to_string(),
+                        payload: Arc::from(text.as_str()),
+                    })
+                    .await;
                 }
             }
         }

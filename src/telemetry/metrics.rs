@@ -90,6 +90,16 @@ pub struct Metrics {
     pub backfill_empty_minutes: Family<ExchangeLabels, Counter>,
     /// Backfill jobs by final status.
     pub backfill_jobs: Family<StatusLabels, Counter>,
+    /// Lines appended to the lake spool.
+    pub lake_lines: Counter,
+    /// Lake objects written to the store.
+    pub lake_objects: Counter,
+    /// Failed lake spool writes or fsyncs (a full disk): data not in the lake.
+    pub lake_write_errors: Counter,
+    /// Failed uploads (retried; the spool keeps the segments).
+    pub lake_upload_errors: Counter,
+    /// Bytes waiting in the lake spool.
+    pub lake_spool_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -122,6 +132,11 @@ impl Metrics {
             backfill_candles: Family::default(),
             backfill_empty_minutes: Family::default(),
             backfill_jobs: Family::default(),
+            lake_lines: Counter::default(),
+            lake_objects: Counter::default(),
+            lake_write_errors: Counter::default(),
+            lake_upload_errors: Counter::default(),
+            lake_spool_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -219,6 +234,31 @@ impl Metrics {
             "backfill_jobs",
             "Backfill jobs by final status",
             m.backfill_jobs.clone(),
+        );
+        registry.register(
+            "lake_lines",
+            "Lines appended to the lake spool",
+            m.lake_lines.clone(),
+        );
+        registry.register(
+            "lake_objects",
+            "Lake objects written",
+            m.lake_objects.clone(),
+        );
+        registry.register(
+            "lake_write_errors",
+            "Failed lake spool writes (full disk): observations not in the lake",
+            m.lake_write_errors.clone(),
+        );
+        registry.register(
+            "lake_upload_errors",
+            "Failed lake uploads (retried)",
+            m.lake_upload_errors.clone(),
+        );
+        registry.register(
+            "lake_spool_bytes",
+            "Bytes waiting in the lake spool",
+            m.lake_spool_bytes.clone(),
         );
         Metrics { registry, ..m }
     }

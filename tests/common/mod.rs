@@ -181,12 +181,18 @@ retry_backoff_max = "500ms"
 [backfill]
 enabled = false
 
+[lake]
+dir = "{lake}"
+flush_interval = "200ms"
+segment_max_age = "2s"
+
 [exchanges.binance]
 ws_url = "{ws}"
 rest_url = "{rest}"
 pairs = [{pairs}]
 "#,
         spool = spool.display(),
+        lake = spool.with_file_name("lake").display(),
         ws = sim.binance_ws_url(),
         rest = sim.binance_rest_url(),
         pairs = pairs.join(", "),

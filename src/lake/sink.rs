@@ -1,0 +1,264 @@
+//! The lake sink: takes [`LakeRecord`]s from the workers through its own
+//! bounded channel, appends them to the spool, fsyncs every flush
+//! interval, seals segments when due, and has a background uploader put
+//! sealed segments into the store, split by partition and gzipped,
+//! retrying with backoff while the store is unreachable. Segments a crash
+//! left are uploaded at start. A spool write failure (a full disk) is
+//! counted and logged loudly; it never stops the workers.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use tokio::sync::{mpsc, Notify};
+use tracing::{error, info, warn};
+
+use super::spool::{sealed_segments, spool_bytes, LakeSpool, Sealed};
+use super::store::{Put, Store};
+use super::{object_key, LakeLine, LakeRecord, Partition};
+use crate::config::LakeConfig;
+use crate::telemetry::Metrics;
+
+/// What the lake sink did, reported at exit.
+#[derive(Debug, Clone, Default)]
+pub struct LakeReport {
+    pub lines: u64,
+    pub objects: u64,
+    /// Segments still waiting in the spool at exit (uploaded at next start).
+    pub segments_left: usize,
+}
+
+pub struct LakeSink {
+    spool: LakeSpool,
+    store: Store,
+    prefix: String,
+    flush_interval: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl LakeSink {
+    pub fn new(
+        config: &LakeConfig,
+        spool_dir: std::path::PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let writer = super::new_writer_id();
+        let spool = LakeSpool::open(
+            spool_dir,
+            writer,
+            config.segment_max_bytes,
+            config.segment_max_age,
+        )?;
+        Ok(LakeSink {
+            spool,
+            store: Store::local(&config.dir),
+            prefix: config.prefix.clone(),
+            flush_interval: config.flush_interval,
+            metrics,
+        })
+    }
+
+    /// Runs until the channel closes (every worker has stopped), then seals
+    /// and uploads what is left within `grace`.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<LakeRecord>, grace: Duration) -> LakeReport {
+        let mut report = LakeReport::default();
+        let wake = Arc::new(Notify::new());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let uploader = tokio::spawn(upload_loop(
+            self.store.clone(),
+            self.prefix.clone(),
+            self.spool.dir().to_owned(),
+            Arc::clone(&wake),
+            stop.clone(),
+            Arc::clone(&self.metrics),
+        ));
+        info!(store = %self.store.describe(), spool = %self.spool.dir().display(), "Lake sink started");
+        let mut tick = tokio::time::interval(self.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                record = rx.recv() => match record {
+                    Some(record) => {
+                        self.write(&record, &mut report);
+                        // Drain what is queued without waking the timer.
+                        while let Ok(record) = rx.try_recv() {
+                            self.write(&record, &mut report);
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = self.spool.sync() {
+                        self.metrics.lake_write_errors.inc();
+                        error!(error = %e, "Lake spool fsync failed");
+                    }
+                    if self.spool.due(Utc::now()) {
+                        self.seal(&wake);
+                    }
+                    self.metrics.lake_spool_bytes.set(spool_bytes(self.spool.dir()) as i64);
+                }
+            }
+        }
+        self.seal(&wake);
+        // The last upload pass, within the grace period.
+        stop.cancel();
+        wake.notify_one();
+        match tokio::time::timeout(grace, uploader).await {
+            Ok(Ok(objects)) => report.objects = objects,
+            _ => warn!("Lake upload did not finish within the grace period; the spool keeps the rest for the next start"),
+        }
+        report.segments_left = sealed_segments(self.spool.dir()).map_or(0, |s| s.len());
+        self.metrics
+            .lake_spool_bytes
+            .set(spool_bytes(self.spool.dir()) as i64);
+        report
+    }
+
+    fn write(&mut self, record: &LakeRecord, report: &mut LakeReport) {
+        let line = record.to_line();
+        let bytes = match serde_json::to_vec(&line) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(error = %e, "Cannot encode a lake line");
+                return;
+            }
+        };
+        match self.spool.append(&bytes) {
+            Ok(()) => {
+                report.lines += 1;
+                self.metrics.lake_lines.inc();
+            }
+            Err(e) => {
+                self.metrics.lake_write_errors.inc();
+                error!(error = %e, spool = %self.spool.dir().display(), "Lake spool write failed (disk full?); this observation is not in the lake");
+            }
+        }
+    }
+
+    fn seal(&mut self, wake: &Notify) {
+        match self.spool.seal() {
+            Ok(Some(_)) => wake.notify_one(),
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.lake_write_errors.inc();
+                error!(error = %e, "Cannot seal the lake spool segment");
+            }
+        }
+    }
+}
+
+/// Uploads sealed segments whenever woken (and every few seconds), until
+/// `stop`, then one last pass. Returns the objects written.
+async fn upload_loop(
+    store: Store,
+    prefix: String,
+    dir: std::path::PathBuf,
+    wake: Arc<Notify>,
+    stop: tokio_util::sync::CancellationToken,
+    metrics: Arc<Metrics>,
+) -> u64 {
+    let mut objects = 0;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let last = stop.is_cancelled();
+        match upload_pending(&store, &prefix, &dir, &metrics).await {
+            Ok(n) => {
+                objects += n;
+                backoff = Duration::from_millis(500);
+            }
+            Err(e) => {
+                metrics.lake_upload_errors.inc();
+                warn!(error = %e, retry_ms = backoff.as_millis() as u64, "Lake upload failed; segments stay in the spool");
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                if last {
+                    return objects;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => {}
+                }
+                continue;
+            }
+        }
+        if last {
+            return objects;
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Puts every sealed segment in `dir` into the store; removes each segment
+/// once all its partitions are there.
+pub async fn upload_pending(
+    store: &Store,
+    prefix: &str,
+    dir: &std::path::Path,
+    metrics: &Metrics,
+) -> Result<u64, String> {
+    let segments = sealed_segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut objects = 0;
+    for segment in segments {
+        objects += upload_segment(store, prefix, &segment, metrics).await?;
+        tokio::fs::remove_file(&segment.path)
+            .await
+            .map_err(|e| format!("{}: {e}", segment.path.display()))?;
+    }
+    Ok(objects)
+}
+
+async fn upload_segment(
+    store: &Store,
+    prefix: &str,
+    segment: &Sealed,
+    metrics: &Metrics,
+) -> Result<u64, String> {
+    let text = tokio::fs::read_to_string(&segment.path)
+        .await
+        .map_err(|e| format!("{}: {e}", segment.path.display()))?;
+    // Group lines by partition, keeping their order; a torn last line of a
+    // crashed segment is skipped.
+    let mut groups: BTreeMap<Partition, (i64, Vec<&str>)> = BTreeMap::new();
+    let mut torn = 0;
+    for raw in text.lines().filter(|l| !l.is_empty()) {
+        let Ok(line) = serde_json::from_str::<LakeLine>(raw) else {
+            torn += 1;
+            continue;
+        };
+        let group = groups
+            .entry(Partition::of(&line))
+            .or_insert_with(|| (line.received_ts.timestamp_millis(), Vec::new()));
+        group.1.push(raw);
+    }
+    if torn > 0 {
+        warn!(segment = %segment.path.display(), lines = torn, "Skipped unreadable lines of a spool segment (cut off by a crash)");
+    }
+    let mut written = 0;
+    for (partition, (first_ms, lines)) in groups {
+        let key = object_key(prefix, &partition, first_ms, &segment.writer, segment.seq);
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        for l in &lines {
+            gz.write_all(l.as_bytes()).map_err(|e| e.to_string())?;
+            gz.write_all(b"\n").map_err(|e| e.to_string())?;
+        }
+        let body = gz.finish().map_err(|e| e.to_string())?;
+        match store
+            .put_if_absent(&key, body)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Put::Created => {
+                written += 1;
+                metrics.lake_objects.inc();
+            }
+            Put::Exists => {}
+        }
+    }
+    Ok(written)
+}
