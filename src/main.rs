@@ -111,12 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if args.from >= args.to {
                 anyhow::bail!("--from ({}) must be before --to ({})", args.from, args.to);
             }
-            let pool = klines::db::connect(&config.database)
-                .await
-                .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
-            klines::db::migrate(&pool)
-                .await
-                .context("cannot bring the schema up to date")?;
+            let pool = klines::db::connect_migrated(&config.database).await?;
             let store = klines::lake::store::Store::local(&config.lake.dir);
             let spec = klines::lake::load::LoadSpec {
                 from: args.from,

@@ -71,12 +71,7 @@ pub async fn run(
         out
     };
 
-    let pool = crate::db::connect(&config.database)
-        .await
-        .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
-    crate::db::migrate(&pool)
-        .await
-        .context("cannot bring the schema up to date")?;
+    let pool = crate::db::connect_migrated(&config.database).await?;
     let metrics = Arc::new(Metrics::new());
     let backfiller = super::for_exchange(
         Arc::clone(&exchange),

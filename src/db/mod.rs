@@ -33,6 +33,19 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     pool_options(cfg).connect_with(options(cfg)?).await
 }
 
+/// The connection of a one-shot command: a pool that has connected, with the
+/// schema brought up to date. Errors say which setting to check.
+pub async fn connect_migrated(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    use anyhow::Context;
+    let pool = connect(cfg)
+        .await
+        .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
+    migrate(&pool)
+        .await
+        .context("cannot bring the schema up to date")?;
+    Ok(pool)
+}
+
 /// Creates the database named in `cfg.url` if it does not exist, by
 /// connecting to the server's `postgres` database. Returns true when it was
 /// created.

@@ -85,16 +85,15 @@ pub async fn run(
     // One clock per exchange: what the exchange says its time is. The merge
     // and backfill schedules follow it, so a replay at any speed behaves
     // like the live market.
-    let clocks: std::collections::BTreeMap<_, _> = config
-        .enabled_pairs()
-        .into_iter()
-        .map(|(id, _)| (id, Arc::new(ExchangeClock::new())))
+    let enabled = config.enabled_pairs();
+    let clocks: std::collections::BTreeMap<_, _> = enabled
+        .iter()
+        .map(|(id, _)| (*id, Arc::new(ExchangeClock::new())))
         .collect();
     if config.merge.enabled {
-        let pairs: Vec<crate::domain::Pair> = config
-            .enabled_pairs()
-            .into_iter()
-            .flat_map(|(_, pairs)| pairs)
+        let pairs: Vec<crate::domain::Pair> = enabled
+            .iter()
+            .flat_map(|(_, pairs)| pairs.iter().cloned())
             .collect();
         tasks.spawn(merge_scheduler(
             pool.clone(),
@@ -135,7 +134,7 @@ pub async fn run(
 
     let mut workers = JoinSet::new();
     let worker_stop = shutdown.child_token();
-    for (id, pairs) in config.enabled_pairs() {
+    for (id, pairs) in enabled {
         let ex_config = &config.exchanges[&id];
         let exchange = exchange::build(id, ex_config)?;
         let clock = Arc::clone(&clocks[&id]);
@@ -209,34 +208,35 @@ pub async fn run(
     }
     upkeep_stop.cancel();
     tasks.close();
-    let bronze = match tokio::time::timeout(grace / 2 + Duration::from_secs(5), sink_task).await {
-        Ok(Ok(report)) => report,
-        Ok(Err(e)) => {
-            error!(error = %e, "Bronze sink task failed");
-            BronzeReport::default()
-        }
-        Err(_) => {
-            error!("Bronze sink did not stop in time");
-            BronzeReport::default()
-        }
-    };
+    let within = grace / 2 + Duration::from_secs(5);
+    let bronze = join_sink("Bronze", sink_task, within).await;
     let lake = match lake_task {
-        Some(task) => match tokio::time::timeout(grace / 2 + Duration::from_secs(5), task).await {
-            Ok(Ok(report)) => report,
-            Ok(Err(e)) => {
-                error!(error = %e, "Lake sink task failed");
-                LakeReport::default()
-            }
-            Err(_) => {
-                error!("Lake sink did not stop in time; its spool is uploaded at the next start");
-                LakeReport::default()
-            }
-        },
+        Some(task) => join_sink("Lake", task, within).await,
         None => LakeReport::default(),
     };
     tasks.wait().await;
     pool.close().await;
     Ok(IngestReport { bronze, lake })
+}
+
+/// Waits up to `within` for a sink to drain and report; what it did not
+/// write stays in its spool for the next start.
+async fn join_sink<R: Default>(
+    name: &str,
+    task: tokio::task::JoinHandle<R>,
+    within: Duration,
+) -> R {
+    match tokio::time::timeout(within, task).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            error!(error = %e, "{name} sink task failed");
+            R::default()
+        }
+        Err(_) => {
+            error!("{name} sink did not stop in time; its spool is written at the next start");
+            R::default()
+        }
+    }
 }
 
 /// Creates the hourly partitions from an hour ago to `ahead` from now, at
