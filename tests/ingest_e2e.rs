@@ -310,15 +310,20 @@ async fn many_pairs_share_one_connection_and_split_across_connections() {
         .unwrap()
         .max_pairs_per_connection = Some(1);
     let ingest = start_ingest(cfg);
-    assert!(
-        wait_until(WAIT, || async { finals(&db).await >= 2880 }).await,
-        "both days arrive"
-    );
+    if !wait_until(WAIT, || async { finals(&db).await >= 2880 }).await {
+        panic!(
+            "both days arrive; got {}\nsimulator: {:?}\n{}",
+            finals(&db).await,
+            sim.state.snapshot(),
+            ingest.metrics.encode()
+        );
+    }
     let stats = sim.state.snapshot();
+    let metrics = ingest.metrics.encode();
     ingest.stop().await;
     assert_eq!(
         stats.connections, 2,
-        "one connection per pair when max_pairs_per_connection = 1"
+        "one connection per pair when max_pairs_per_connection = 1\n{stats:?}\n{metrics}"
     );
     let (btc, _) = bronze_finals(&db.pool, "BTCUSDT").await;
     let (eth, eth_counts) = bronze_finals(&db.pool, "ETHUSDT").await;

@@ -92,7 +92,16 @@ impl LakeSink {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    if let Err(e) = self.spool.sync() {
+                    // fsync on a blocking thread: a slow disk must not stall
+                    // the runtime the WebSocket workers share.
+                    let synced = match self.spool.flush_for_sync() {
+                        Ok(Some(file)) => tokio::task::spawn_blocking(move || file.sync_data())
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = synced {
                         self.metrics.lake_write_errors.inc();
                         error!(error = %e, "Lake spool fsync failed");
                     }

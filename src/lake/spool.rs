@@ -125,6 +125,18 @@ impl LakeSpool {
         Ok(())
     }
 
+    /// Writes what is buffered and returns a handle to fsync the segment
+    /// with, so the caller can do the slow part off its async thread.
+    pub fn flush_for_sync(&mut self) -> std::io::Result<Option<File>> {
+        match &mut self.active {
+            Some(a) => {
+                a.file.flush()?;
+                a.file.get_ref().try_clone().map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Whether the active segment is due to be sealed at `now`.
     pub fn due(&self, now: DateTime<Utc>) -> bool {
         self.active.as_ref().is_some_and(|a| {
