@@ -435,18 +435,26 @@ impl Slot {
         let mut ping_timer = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let labels = self.label();
 
+        // Set once the connection is told to stop: it says goodbye and keeps
+        // reading what the server already sent until the close completes,
+        // so a replaced connection's backlog is not thrown away.
+        let mut closing: Option<Instant> = None;
         loop {
             let frame = tokio::select! {
-                _ = token.cancelled() => {
+                _ = token.cancelled(), if closing.is_none() => {
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                    closing = Some(Instant::now() + CLOSE_TIMEOUT);
+                    continue;
+                }
+                _ = sleep_until(closing.unwrap_or(last_data)), if closing.is_some() => {
                     return ConnEnd::Cancelled;
                 }
-                _ = sleep_until(last_data + self.config.idle_timeout) => {
+                _ = sleep_until(last_data + self.config.idle_timeout), if closing.is_none() => {
                     warn!(%exchange, slot = self.index, conn = id, idle_s = self.config.idle_timeout.as_secs_f64(), "No data on an open connection: dead feed");
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
                     return ConnEnd::DeadFeed;
                 }
-                _ = ping_timer.tick(), if ping_msg.is_some() => {
+                _ = ping_timer.tick(), if ping_msg.is_some() && closing.is_none() => {
                     if let Some(msg) = &ping_msg {
                         if let Err(e) = ws.send(Message::text(msg.clone())).await {
                             return ConnEnd::Error(format!("ping failed: {e}"));
@@ -456,6 +464,15 @@ impl Slot {
                 }
                 msg = ws.next() => msg,
             };
+            if closing.is_some()
+                && !matches!(frame, Some(Ok(Message::Text(_) | Message::Binary(_))))
+            {
+                match frame {
+                    // Pings and pongs may still pass while closing.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    _ => return ConnEnd::Cancelled,
+                }
+            }
             let text = match frame {
                 None => return ConnEnd::Closed("stream ended".into()),
                 Some(Err(e)) => return ConnEnd::Error(e.to_string()),
