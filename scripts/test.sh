@@ -3,9 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg.sh
+. scripts/tools.sh
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 ensure_postgres
+ensure_s3s_fs     # the lake tests' S3-compatible server
+ensure_duckdb     # the lake's analyst snippet is run by the tests
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

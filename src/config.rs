@@ -19,7 +19,6 @@ use crate::domain::{ExchangeId, Pair};
 use crate::exchange;
 
 /// Environment variables that are read elsewhere, never as config keys.
-const ENV_NOT_CONFIG: &[&str] = &["KLINES_CONFIG", "KLINES_API_KEY", "KLINES_LOG"];
 const ENV_PREFIX: &str = "KLINES_";
 
 /// A config that cannot be used, with the key it is about.
@@ -237,8 +236,23 @@ impl Default for MergeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LakeConfig {
     pub enabled: bool,
-    /// The local directory the lake is written to (the default store).
+    /// The local directory the lake is written to when no `bucket` is set.
     pub dir: PathBuf,
+    /// An S3 bucket: when set, the lake goes there instead of `dir`.
+    /// Credentials come from the standard AWS chain (environment, profile,
+    /// web identity, ECS, EC2 instance role); never from this file.
+    pub bucket: Option<String>,
+    /// The bucket's region (default: the AWS chain's, else us-east-1).
+    pub region: Option<String>,
+    /// A custom endpoint for S3-compatible stores (MinIO, s3s-fs, …).
+    pub endpoint: Option<url::Url>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most
+    /// S3-compatible stores need.
+    pub path_style: bool,
+    /// Per-request timeout towards the store; a store that is down fails
+    /// fast and the uploader retries with backoff.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Key prefix inside the store.
     pub prefix: String,
     /// The write-ahead spool; default `<ingest.spool_dir>/lake`.
@@ -260,6 +274,11 @@ impl Default for LakeConfig {
         LakeConfig {
             enabled: true,
             dir: PathBuf::from("data/lake"),
+            bucket: None,
+            region: None,
+            endpoint: None,
+            path_style: false,
+            request_timeout: Duration::from_secs(30),
             prefix: String::new(),
             spool_dir: None,
             flush_interval: Duration::from_secs(1),
@@ -470,6 +489,35 @@ impl Config {
         if self.lake.dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid("lake.dir", "must not be empty"));
         }
+        nonzero("lake.request_timeout", self.lake.request_timeout)?;
+        if let Some(bucket) = &self.lake.bucket {
+            if !valid_bucket_name(bucket) {
+                return Err(ConfigError::invalid(
+                    "lake.bucket",
+                    format!("{bucket:?} is not an S3 bucket name (3-63 characters: lowercase letters, digits, '.', '-'; starting and ending with a letter or digit)"),
+                ));
+            }
+        }
+        if let Some(endpoint) = &self.lake.endpoint {
+            if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host().is_none() {
+                return Err(ConfigError::invalid(
+                    "lake.endpoint",
+                    format!("{endpoint} is not an http(s) URL with a host"),
+                ));
+            }
+            if self.lake.bucket.is_none() {
+                return Err(ConfigError::invalid(
+                    "lake.endpoint",
+                    "is set but lake.bucket is not; set the bucket to write the lake to S3",
+                ));
+            }
+        }
+        if self.lake.prefix.starts_with('/') || self.lake.prefix.contains("//") {
+            return Err(ConfigError::invalid(
+                "lake.prefix",
+                format!("{:?} must be a relative key prefix without empty segments (e.g. \"raw/klines\")", self.lake.prefix),
+            ));
+        }
         nonzero("backfill.tick", self.backfill.tick)?;
         positive("backfill.max_attempts", self.backfill.max_attempts as usize)?;
 
@@ -609,7 +657,10 @@ fn apply_env(
         if name == "DATABASE_URL" {
             overrides.push((vec!["database".into(), "url".into()], value));
         } else if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-            if ENV_NOT_CONFIG.contains(&name.as_str()) || rest.is_empty() {
+            // Overrides name a section and a key (`KLINES_BRONZE__BATCH_ROWS`);
+            // other KLINES_* variables (KLINES_CONFIG, KLINES_API_KEY,
+            // KLINES_LOG, the test tools' …) are not config.
+            if !rest.contains("__") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
@@ -666,4 +717,18 @@ fn positive(key: &str, n: usize) -> Result<(), ConfigError> {
     } else {
         Ok(())
     }
+}
+
+/// S3's bucket naming rules (the common subset every region accepts).
+fn valid_bucket_name(name: &str) -> bool {
+    let ok_len = (3..=63).contains(&name.len());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let ends = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    ok_len
+        && ok_chars
+        && ends(name.bytes().next())
+        && ends(name.bytes().last())
+        && !name.contains("..")
 }

@@ -112,7 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--from ({}) must be before --to ({})", args.from, args.to);
             }
             let pool = klines::db::connect_migrated(&config.database).await?;
-            let store = klines::lake::store::Store::local(&config.lake.dir);
+            let store = klines::lake::store::Store::from_config(&config.lake).await;
             let spec = klines::lake::load::LoadSpec {
                 from: args.from,
                 to: args.to,

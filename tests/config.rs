@@ -68,6 +68,7 @@ fn environment_overrides_nested_keys_and_database_url() {
             ("DATABASE_URL", "postgres://u:secret@db.example:5432/prod"),
             ("KLINES_CONFIG", "ignored.toml"),
             ("KLINES_API_KEY", "not-a-config-key"),
+            ("KLINES_PYTHON", "/usr/bin/python3"),
             ("UNRELATED", "x"),
         ],
     )
@@ -353,5 +354,57 @@ fn backfill_and_rest_budget_settings_are_checked() {
         &[("KLINES_BACKFILL__MAX_ATTEMPTS", "0")],
         "backfill.max_attempts",
         "",
+    );
+}
+
+#[test]
+fn lake_store_settings_are_checked() {
+    let s3 = load(
+        &format!(
+            "{BASE}[lake]\nbucket = \"my-lake.prod\"\nprefix = \"raw/klines\"\nendpoint = \"http://127.0.0.1:9000\"\npath_style = true\nregion = \"eu-west-1\"\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s3.lake.bucket.as_deref(), Some("my-lake.prod"));
+    assert_eq!(s3.lake.region.as_deref(), Some("eu-west-1"));
+    assert!(s3.lake.path_style);
+    // The bucket from the environment, like every key.
+    let env = load(BASE, &[("KLINES_LAKE__BUCKET", "from-env")]).unwrap();
+    assert_eq!(env.lake.bucket.as_deref(), Some("from-env"));
+    // No bucket: the local directory.
+    assert!(load(BASE, &[]).unwrap().lake.bucket.is_none());
+
+    for bad in ["My_Bucket", "ab", "-lead", "trail-", "a..b"] {
+        rejected(
+            &format!("{BASE}[lake]\nbucket = \"{bad}\"\n"),
+            &[],
+            "lake.bucket",
+            "is not an S3 bucket name",
+        );
+    }
+    rejected(
+        &format!("{BASE}[lake]\nendpoint = \"http://127.0.0.1:9000\"\n"),
+        &[],
+        "lake.endpoint",
+        "lake.bucket is not",
+    );
+    rejected(
+        &format!("{BASE}[lake]\nbucket = \"b-1\"\nendpoint = \"ftp://127.0.0.1:9000\"\n"),
+        &[],
+        "lake.endpoint",
+        "not an http(s) URL",
+    );
+    rejected(
+        &format!("{BASE}[lake]\nprefix = \"/abs\"\n"),
+        &[],
+        "lake.prefix",
+        "relative key prefix",
+    );
+    rejected(
+        &format!("{BASE}[lake]\nrequest_timeout = \"0s\"\n"),
+        &[],
+        "lake.request_timeout",
+        "longer than 0s",
     );
 }

@@ -124,7 +124,8 @@ pub async fn run(
             .spool_dir
             .clone()
             .unwrap_or_else(|| config.ingest.spool_dir.join("lake"));
-        let lake = LakeSink::new(&config.lake, spool_dir, Arc::clone(&metrics))
+        let store = crate::lake::store::Store::from_config(&config.lake).await;
+        let lake = LakeSink::new(&config.lake, spool_dir, store, Arc::clone(&metrics))
             .map_err(IngestError::Lake)?;
         Some(tokio::spawn(lake.run(lake_rx, grace / 2)))
     } else {

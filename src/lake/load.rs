@@ -80,6 +80,75 @@ fn wanted(key: &str, spec: &LoadSpec) -> bool {
     start < spec.to && start + chrono::Duration::hours(1) > spec.from
 }
 
+/// `a` + `/` + `b`, without empty segments.
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_owned()
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+/// The objects that can hold candles of `spec`, found by walking the
+/// layout down to one listing per pair and day, so a load of one day of
+/// a lake holding years lists one day, not years.
+async fn candidate_keys(
+    store: &Store,
+    prefix: &str,
+    spec: &LoadSpec,
+) -> Result<Vec<String>, StoreError> {
+    let root = prefix.trim_matches('/').to_owned();
+    let dirs = |parent: String, name: &'static str| async move {
+        let found = store.list_dirs(&parent).await?;
+        Ok::<_, StoreError>(
+            found
+                .into_iter()
+                .filter(|d| d.starts_with(name) && d[name.len()..].starts_with('='))
+                .map(|d| join(&parent, &d))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let exchanges = match spec.exchange {
+        Some(e) => vec![join(&root, &format!("exchange={e}"))],
+        None => dirs(root.clone(), "exchange").await?,
+    };
+    let mut symbols = Vec::new();
+    for e in exchanges {
+        match &spec.symbol {
+            Some(s) => symbols.push(join(&e, &format!("symbol={s}"))),
+            None => symbols.extend(dirs(e, "symbol").await?),
+        }
+    }
+    let mut days = Vec::new();
+    let (first, last) = (
+        spec.from.date_naive(),
+        (spec.to - chrono::Duration::nanoseconds(1)).date_naive(),
+    );
+    for s in symbols {
+        for interval in dirs(s, "interval").await? {
+            let mut day = first;
+            while day <= last {
+                days.push(join(&interval, &format!("date={day}")));
+                match day.succ_opt() {
+                    Some(next) => day = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    for day in days {
+        keys.extend(
+            store
+                .list(&day)
+                .await?
+                .into_iter()
+                .filter(|k| wanted(k, spec)),
+        );
+    }
+    Ok(keys)
+}
+
 fn event(line: &LakeLine) -> Option<CandleEvent> {
     let dec = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<Decimal>().ok());
     let exchange: ExchangeId = line.exchange.parse().ok()?;
@@ -112,20 +181,7 @@ pub async fn load(
     spec: &LoadSpec,
 ) -> Result<LoadReport, LoadError> {
     let mut report = LoadReport::default();
-    let mut root = prefix.trim_matches('/').to_owned();
-    if let Some(e) = spec.exchange {
-        root = if root.is_empty() {
-            format!("exchange={e}")
-        } else {
-            format!("{root}/exchange={e}")
-        };
-    }
-    let keys: Vec<String> = store
-        .list(&root)
-        .await?
-        .into_iter()
-        .filter(|k| wanted(k, spec))
-        .collect();
+    let keys = candidate_keys(store, prefix, spec).await?;
     // The newest observation of each final key.
     let mut finals: BTreeMap<(String, String, i32, DateTime<Utc>), CandleEvent> = BTreeMap::new();
     for key in &keys {

@@ -15,6 +15,7 @@
 //! `klines lake load` ([`load`]) reads the lake back into bronze.
 
 pub mod load;
+mod s3;
 pub mod sink;
 pub mod spool;
 pub mod store;

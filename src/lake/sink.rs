@@ -44,6 +44,7 @@ impl LakeSink {
     pub fn new(
         config: &LakeConfig,
         spool_dir: std::path::PathBuf,
+        store: Store,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let writer = super::new_writer_id();
@@ -55,7 +56,7 @@ impl LakeSink {
         )?;
         Ok(LakeSink {
             spool,
-            store: Store::local(&config.dir),
+            store,
             prefix: config.prefix.clone(),
             flush_interval: config.flush_interval,
             metrics,

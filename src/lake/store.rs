@@ -1,10 +1,14 @@
-//! Where lake objects go. A local directory with the same layout is the
-//! default (no bucket needed for `make demo`); an S3 bucket is the
-//! production target (next slice: `aws-sdk-s3` behind the same methods).
+//! Where lake objects go: an S3 bucket (any S3-compatible store through a
+//! custom endpoint and path-style addressing), or a local directory with
+//! the same layout, the default when no bucket is configured (so `make
+//! demo` needs no S3).
 
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+pub use super::s3::S3Store;
+use crate::config::LakeConfig;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -12,6 +16,13 @@ pub enum StoreError {
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("lake store s3://{bucket}/{key}: {op} failed: {detail}")]
+    S3 {
+        bucket: String,
+        key: String,
+        op: &'static str,
+        detail: String,
     },
 }
 
@@ -27,11 +38,21 @@ pub enum Put {
 #[derive(Debug, Clone)]
 pub enum Store {
     Local(LocalStore),
+    S3(S3Store),
 }
 
 impl Store {
     pub fn local(dir: impl Into<PathBuf>) -> Store {
         Store::Local(LocalStore { root: dir.into() })
+    }
+
+    /// The store `[lake]` names: the bucket when one is set, else the
+    /// directory.
+    pub async fn from_config(config: &LakeConfig) -> Store {
+        match &config.bucket {
+            Some(bucket) => Store::S3(S3Store::connect(config, bucket).await),
+            None => Store::local(&config.dir),
+        }
     }
 
     /// Writes `key` unless it exists (`If-None-Match: *` on S3).
@@ -49,6 +70,7 @@ impl Store {
                         })
                     })
             }
+            Store::S3(s) => s.put_if_absent(key, body).await,
         }
     }
 
@@ -67,6 +89,32 @@ impl Store {
                         })
                     })
             }
+            Store::S3(s) => s.list(prefix).await,
+        }
+    }
+
+    /// The names of the "directories" right under `prefix` (S3's common
+    /// prefixes with delimiter `/`), without the trailing slash, sorted:
+    /// `list_dirs("exchange=binance")` gives `["symbol=BTCUSDT", …]`.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Local(s) => {
+                let dir = s.root.join(prefix.trim_matches('/'));
+                let mut out = Vec::new();
+                let mut entries = match tokio::fs::read_dir(&dir).await {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) => return Err(io(&dir)(e)),
+                };
+                while let Some(entry) = entries.next_entry().await.map_err(io(&dir))? {
+                    if entry.file_type().await.map_err(io(&dir))?.is_dir() {
+                        out.push(entry.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                out.sort();
+                Ok(out)
+            }
+            Store::S3(s) => s.list_dirs(prefix).await,
         }
     }
 
@@ -78,6 +126,7 @@ impl Store {
                     .await
                     .map_err(|source| StoreError::Io { path, source })
             }
+            Store::S3(s) => s.get(key).await,
         }
     }
 
@@ -85,6 +134,7 @@ impl Store {
     pub fn describe(&self) -> String {
         match self {
             Store::Local(s) => format!("directory {}", s.root.display()),
+            Store::S3(s) => s.describe(),
         }
     }
 }

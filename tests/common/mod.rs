@@ -16,6 +16,10 @@ use klines::simulator::{self, SimConfig, SimHandle};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
+mod s3;
+#[allow(unused_imports)]
+pub use s3::*;
+
 pub const BTC_DAY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/binance_vision/BTCUSDT-1m-2023-01-21.csv"
@@ -155,8 +159,26 @@ pub fn config(
     ingest_extra: &str,
     bronze_extra: &str,
 ) -> Config {
+    let toml = config_toml(sim, db_url, spool, pairs, ingest_extra, bronze_extra, "");
+    Config::from_toml_with_env(&toml, Path::new("test.toml"), std::iter::empty()).unwrap()
+}
+
+pub fn parse_config(toml: &str) -> Config {
+    Config::from_toml_with_env(toml, Path::new("test.toml"), std::iter::empty()).unwrap()
+}
+
+/// The TOML of [`config`], with `lake_extra` added to `[lake]`.
+pub fn config_toml(
+    sim: &SimHandle,
+    db_url: &str,
+    spool: &Path,
+    pairs: &[&str],
+    ingest_extra: &str,
+    bronze_extra: &str,
+    lake_extra: &str,
+) -> String {
     let pairs: Vec<String> = pairs.iter().map(|p| format!("\"{p}\"")).collect();
-    let toml = format!(
+    format!(
         r#"
 [database]
 url = "{db_url}"
@@ -188,6 +210,7 @@ enabled = false
 dir = "{lake}"
 flush_interval = "200ms"
 segment_max_age = "2s"
+{lake_extra}
 
 [exchanges.binance]
 ws_url = "{ws}"
@@ -199,8 +222,7 @@ pairs = [{pairs}]
         ws = sim.binance_ws_url(),
         rest = sim.binance_rest_url(),
         pairs = pairs.join(", "),
-    );
-    Config::from_toml_with_env(&toml, Path::new("test.toml"), std::iter::empty()).unwrap()
+    )
 }
 
 /// The CSV rows as strings, exactly as Binance wrote them.
