@@ -47,6 +47,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             info!(
                 bronze_rows_written = report.bronze.rows_written,
                 bronze_rows_left_in_spool = report.bronze.rows_left_in_spool,
+                lake_lines = report.lake.lines,
+                lake_objects = report.lake.objects,
+                lake_refused = report.lake.refused,
+                lake_segments_left = report.lake.segments_left,
                 "Stopped"
             );
             Ok(())

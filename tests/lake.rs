@@ -24,9 +24,15 @@ use tokio_util::sync::CancellationToken;
 /// the views of `sql/lake/duckdb.sql` over the lake at `lake`; the rows as
 /// JSON arrays.
 fn duckdb(lake: &std::path::Path, query: &str) -> serde_json::Value {
-    let python = std::env::var("KLINES_PYTHON").unwrap_or_else(|_| {
-        panic!("KLINES_PYTHON is not set: run `make test` (it installs DuckDB in a venv)")
-    });
+    let python = std::env::var("KLINES_PYTHON")
+        .ok()
+        .or_else(|| {
+            let venv = tools_dir()?.join("venv/bin/python");
+            venv.is_file().then(|| venv.display().to_string())
+        })
+        .unwrap_or_else(|| {
+            panic!("no Python with DuckDB: run `make test` (it installs DuckDB in a venv) or set KLINES_PYTHON")
+        });
     let script = r#"
 import duckdb, json, sys
 sql = open(sys.argv[1]).read().replace("{lake}", sys.argv[2])
@@ -354,7 +360,9 @@ async fn an_ingester_killed_mid_run_loses_nothing_it_had_spooled() {
             .arg(&cfg_path)
             .arg("ingest")
             .envs(s3_env())
-            .env("RUST_LOG", "info")
+            // The database is the config's (make test exports another).
+            .env_remove("DATABASE_URL")
+            .env("KLINES_LOG", "info,sqlx=warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
             .spawn()
@@ -613,4 +621,129 @@ async fn uploads_fail_clearly_keep_the_segment_and_never_overwrite() {
         store.list_dirs("raw/exchange=binance").await.unwrap(),
         ["symbol=BTCUSDT"]
     );
+}
+
+/// The lake spool on a full disk (a 256 KiB tmpfs, mounted in a private
+/// mount namespace of the ingester's own, while S3 is down so nothing
+/// drains it): writes are refused, counted and logged, never a crash; the
+/// WebSocket workers carry on (bronze gets every final of the day), and
+/// once S3 is back the spool drains and the lake takes observations again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_disk_is_an_alert_not_a_crash() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("lake_full").await;
+    let sim = simulator(&[BTC_DAY], 48.0, |_| {}).await;
+    let mut s3 = S3Server::start().await;
+    let dir = tempdir();
+    let lake_spool = dir.path().join("lake-spool");
+    std::fs::create_dir_all(&lake_spool).unwrap();
+    let toml = config_toml(
+        &sim,
+        &db.url,
+        &spool_dir(&dir),
+        &["BTCUSDT"],
+        "",
+        "",
+        &format!(
+            "{}spool_dir = \"{}\"\n",
+            s3.lake_toml(),
+            lake_spool.display()
+        ),
+    );
+    let cfg_path = dir.path().join("klines.toml");
+    std::fs::write(&cfg_path, toml).unwrap();
+    let log_path = dir.path().join("ingest.log");
+    // `unshare -rm`: a user and mount namespace of its own (no root
+    // needed where unprivileged user namespaces are on), so the tmpfs
+    // vanishes with the process.
+    let mut child = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=256k klines-full "$0" && exec "$1" --config "$2" ingest"#)
+        .arg(&lake_spool)
+        .arg(env!("CARGO_BIN_EXE_klines"))
+        .arg(&cfg_path)
+        .envs(s3_env())
+        .env_remove("DATABASE_URL")
+        .env("KLINES_LOG", "info,sqlx=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("unshare (util-linux) runs");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let finals = || async {
+        count(
+            &db.pool,
+            "SELECT count(DISTINCT interval_start) FROM bronze.ohlcv_native WHERE is_final",
+        )
+        .await
+    };
+    let store = s3.store().await;
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            finals().await >= 150 && !store.list("").await.unwrap_or_default().is_empty()
+        })
+        .await,
+        "ingest and uploads run; log:\n{}",
+        log()
+    );
+    let before_outage = read_lake(&store).await.len();
+    s3.stop();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            log().contains("Lake spool write failed")
+        })
+        .await,
+        "the full spool is reported; log:\n{}",
+        log()
+    );
+    s3.resume().await;
+    assert!(
+        wait_until(Duration::from_secs(90), || async { finals().await >= 1440 }).await,
+        "the workers carried on: every final of the day in bronze; log:\n{}",
+        log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    let text = log();
+    assert!(status.success(), "a clean exit: {status}; log:\n{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    let stopped: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "Stopped" || v["message"] == "Stopped")
+        .unwrap_or_else(|| panic!("a Stopped line with the figures; log:\n{text}"));
+    let field = |name: &str| {
+        stopped["fields"][name]
+            .as_u64()
+            .or_else(|| stopped[name].as_u64())
+            .unwrap_or_else(|| panic!("{name} in {stopped}"))
+    };
+    let refused = field("lake_refused");
+    assert!(refused > 0, "writes were refused: {stopped}");
+    assert_eq!(
+        field("lake_segments_left"),
+        0,
+        "the spool drained: {stopped}"
+    );
+
+    let objects = read_lake(&store).await;
+    assert!(
+        objects.len() > before_outage,
+        "the lake took observations again after the outage"
+    );
+    let lines = line_counts(&objects);
+    assert!(lines.values().all(|n| *n == 1), "no observation twice");
+    let sent = sim.state.snapshot().frames_sent;
+    assert!(
+        (lines.len() as u64) < sent && lines.len() as u64 + refused <= sent,
+        "{} lines in the lake, {refused} refused, {sent} sent",
+        lines.len()
+    );
+    sim.stop().await.unwrap();
+    db.drop().await;
 }

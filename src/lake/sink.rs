@@ -28,6 +28,9 @@ use crate::telemetry::Metrics;
 pub struct LakeReport {
     pub lines: u64,
     pub objects: u64,
+    /// Observations the spool refused (a write failed: a full disk); they
+    /// are not in the lake (bronze has the finals among them).
+    pub refused: u64,
     /// Segments still waiting in the spool at exit (uploaded at next start).
     pub segments_left: usize,
 }
@@ -38,6 +41,33 @@ pub struct LakeSink {
     prefix: String,
     flush_interval: Duration,
     metrics: Arc<Metrics>,
+    /// A full disk fails every write: log the first failure, then a count
+    /// at most every [`Throttle::EVERY`], not a line per observation.
+    refusals: Throttle,
+    sync_errors: Throttle,
+}
+
+/// Counts failures and says when one should be logged.
+#[derive(Debug, Default)]
+struct Throttle {
+    unlogged: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts a failure; true when it is time to log.
+    fn due(&mut self) -> bool {
+        self.unlogged += 1;
+        self.logged_at.is_none_or(|t| t.elapsed() >= Self::EVERY)
+    }
+
+    /// The failures since the last log line, restarting the period.
+    fn take(&mut self) -> u64 {
+        self.logged_at = Some(std::time::Instant::now());
+        std::mem::take(&mut self.unlogged)
+    }
 }
 
 impl LakeSink {
@@ -60,6 +90,8 @@ impl LakeSink {
             prefix: config.prefix.clone(),
             flush_interval: config.flush_interval,
             metrics,
+            refusals: Throttle::default(),
+            sync_errors: Throttle::default(),
         })
     }
 
@@ -104,7 +136,9 @@ impl LakeSink {
                     };
                     if let Err(e) = synced {
                         self.metrics.lake_write_errors.inc();
-                        error!(error = %e, "Lake spool fsync failed");
+                        if self.sync_errors.due() {
+                            error!(error = %e, failures = self.sync_errors.take(), "Lake spool flush/fsync failing (disk full?); lines wait in memory (up to 256 KiB) and further ones are refused");
+                        }
                     }
                     if self.spool.due(Utc::now()) {
                         self.seal(&wake);
@@ -143,8 +177,16 @@ impl LakeSink {
                 self.metrics.lake_lines.inc();
             }
             Err(e) => {
+                report.refused += 1;
                 self.metrics.lake_write_errors.inc();
-                error!(error = %e, spool = %self.spool.dir().display(), "Lake spool write failed (disk full?); this observation is not in the lake");
+                if self.refusals.due() {
+                    error!(
+                        error = %e,
+                        spool = %self.spool.dir().display(),
+                        refused = self.refusals.take(),
+                        "Lake spool write failed (disk full?): the observations refused since the last report are not in the lake; the workers carry on"
+                    );
+                }
             }
         }
     }
@@ -154,8 +196,10 @@ impl LakeSink {
             Ok(Some(_)) => wake.notify_one(),
             Ok(None) => {}
             Err(e) => {
+                // Sealed anyway when the disk is full (see LakeSpool::seal).
                 self.metrics.lake_write_errors.inc();
-                error!(error = %e, "Cannot seal the lake spool segment");
+                error!(error = %e, "Lake spool segment sealed with an error");
+                wake.notify_one();
             }
         }
     }
@@ -271,4 +315,22 @@ async fn upload_segment(
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_disk_logs_the_first_failure_then_a_count_per_period() {
+        let mut t = Throttle::default();
+        assert!(t.due());
+        assert_eq!(t.take(), 1);
+        for _ in 0..5 {
+            assert!(!t.due(), "quiet within the period");
+        }
+        t.logged_at = Some(std::time::Instant::now() - Throttle::EVERY);
+        assert!(t.due());
+        assert_eq!(t.take(), 6, "the summary counts every failure since");
+    }
 }

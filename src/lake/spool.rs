@@ -149,17 +149,32 @@ impl LakeSpool {
         self.active.as_ref().map_or(0, |a| a.bytes)
     }
 
-    /// Syncs and seals the active segment, if any.
+    /// Syncs and seals the active segment, if any. When the sync fails (a
+    /// full disk), the segment is sealed anyway with what reached the disk
+    /// (a torn last line is skipped at upload) and the error says how many
+    /// buffered bytes were dropped: a segment that can never be flushed
+    /// must not keep the spool from draining.
     pub fn seal(&mut self) -> std::io::Result<Option<Sealed>> {
-        self.sync()?;
-        let Some(a) = self.active.take() else {
+        let Some(mut a) = self.active.take() else {
             return Ok(None);
         };
-        drop(a.file);
+        let synced = a.file.flush().and_then(|()| a.file.get_ref().sync_data());
+        let dropped = a.file.buffer().len();
+        let (file, _unwritten) = a.file.into_parts();
+        drop(file);
         let sealed = self.dir.join(name(&self.writer, a.seq, SEALED_SUFFIX));
         std::fs::rename(&a.path, &sealed)?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
+        }
+        if let Err(e) = synced {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}; sealed {} without its last {dropped} buffered bytes",
+                    sealed.display()
+                ),
+            ));
         }
         Ok(Some(Sealed {
             path: sealed,

@@ -19,13 +19,14 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. `KLINES_LOG` (or `RUST_LOG`) sets the
-/// filter; the default is `info`.
+/// filter; the default is `info` without PostgreSQL's notices (`relation
+/// … already exists, skipping` from every merge's temp tables).
 pub fn init(format: LogFormat) {
     let filter = std::env::var("KLINES_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {

@@ -27,14 +27,29 @@ pub fn s3_env() -> [(&'static str, &'static str); 3] {
     ]
 }
 
+/// Where scripts/tools.sh installs the test tools (`KLINES_TOOLS`).
+pub fn tools_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("KLINES_TOOLS") {
+        return Some(PathBuf::from(d));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(cache.join("klines-tools"))
+}
+
 fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("KLINES_S3S_FS") {
         return PathBuf::from(p);
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
+    let on_path = tools_dir()
+        .map(|d| d.join("bin"))
         .into_iter()
+        .chain(
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        )
         .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
         .map(|d| d.join("s3s-fs"))
         .find(|p| p.is_file());
