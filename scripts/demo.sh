@@ -49,6 +49,8 @@ klines demo is running.
   simulator stats:  curl http://$SIM_ADDR/sim/stats
   logs:             data/demo/ingest.log, data/demo/simulator.log
   bronze:           psql "$DEMO_URL" -f sql/bronze_summary.sql
+  API:              curl http://127.0.0.1:9180/readyz
+                    curl 'http://127.0.0.1:9180/v1/candles?exchange=binance&symbol=BTCUSDT&start=2023-01-21&limit=5'
 Ctrl-C to stop.
 
 TXT
@@ -74,7 +76,13 @@ while :; do
   echo "bronze after $((SECONDS - start)) s:"; summary
   if [ -n "${DEMO_SECONDS:-}" ] && [ $((SECONDS - start)) -ge "$DEMO_SECONDS" ]; then
     n=$(psql "$DEMO_URL" -X -A -t -c "SELECT count(*) FROM bronze.ohlcv_native WHERE is_final")
-    if [ "$n" -gt 0 ]; then echo "demo OK: $n final candles in bronze"; exit 0; fi
+    if [ "$n" -gt 0 ]; then
+      if command -v curl >/dev/null; then
+        echo "API /readyz: $(curl -s http://127.0.0.1:9180/readyz)"
+        echo "API /v1/symbols: $(curl -s http://127.0.0.1:9180/v1/symbols)"
+      fi
+      echo "demo OK: $n final candles in bronze"; exit 0
+    fi
     echo "demo FAILED: bronze is empty" >&2; tail -30 data/demo/ingest.log >&2; exit 1
   fi
 done

@@ -71,6 +71,8 @@ pub struct Config {
     pub backfill: BackfillConfig,
     #[serde(default)]
     pub lake: LakeConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
     /// One table per exchange: `[exchanges.binance]`.
     #[serde(default)]
     pub exchanges: BTreeMap<ExchangeId, ExchangeConfig>,
@@ -285,6 +287,34 @@ impl Default for LakeConfig {
             segment_max_bytes: 8 * 1024 * 1024,
             segment_max_age: Duration::from_secs(300),
             channel_capacity: 100_000,
+        }
+    }
+}
+
+/// `[api]`: the HTTP server inside `klines ingest` (health, readiness,
+/// metrics, read API).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    /// Address to listen on; `127.0.0.1:0` picks a free port (tests).
+    pub listen: std::net::SocketAddr,
+    /// `/readyz` tolerates an exchange without an open connection this long
+    /// after start.
+    #[serde(with = "humantime_serde")]
+    pub connect_grace: Duration,
+    /// `/readyz` fails while the bronze disk spool holds more rows than
+    /// this (the database is not keeping up).
+    pub max_spool_rows: i64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            connect_grace: Duration::from_secs(60),
+            max_spool_rows: 100_000,
         }
     }
 }
@@ -519,6 +549,10 @@ impl Config {
             ));
         }
         nonzero("backfill.tick", self.backfill.tick)?;
+        positive(
+            "api.max_spool_rows",
+            self.api.max_spool_rows.max(0) as usize,
+        )?;
         positive("backfill.max_attempts", self.backfill.max_attempts as usize)?;
 
         if self.exchanges.values().all(|e| !e.enabled) {

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod backfill;
 pub mod cli;
 pub mod config;

@@ -408,3 +408,29 @@ fn lake_store_settings_are_checked() {
         "longer than 0s",
     );
 }
+
+#[test]
+fn api_settings_are_checked() {
+    let ok = load(
+        &format!("{BASE}[api]\nlisten = \"0.0.0.0:9100\"\nconnect_grace = \"2m\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.api.listen.port(), 9100);
+    assert_eq!(ok.api.connect_grace.as_secs(), 120);
+    let defaults = load(BASE, &[]).unwrap();
+    assert!(defaults.api.enabled);
+    assert_eq!(defaults.api.listen.to_string(), "127.0.0.1:8080");
+    rejected(
+        &format!("{BASE}[api]\nlisten = \"localhost\"\n"),
+        &[],
+        "api.listen",
+        "socket address",
+    );
+    rejected(
+        &format!("{BASE}[api]\nmax_spool_rows = 0\n"),
+        &[],
+        "api.max_spool_rows",
+        "at least 1",
+    );
+}

@@ -42,6 +42,11 @@ pub enum IngestError {
     Backfill(#[from] backfill::BackfillError),
     #[error("lake spool: {0}")]
     Lake(std::io::Error),
+    #[error("api: cannot listen on {addr}: {source} (set [api] listen, or enabled = false)")]
+    Api {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What the service did, reported at exit.
@@ -70,6 +75,18 @@ pub async fn run(
     };
     let partitions = Arc::new(Partitions::new());
     let spool = Spool::open(config.ingest.spool_dir.join("bronze"))?;
+    // Bind first: a taken port is a start-up error, not a silent gap in
+    // monitoring.
+    let api_listener = if config.api.enabled {
+        let addr = config.api.listen;
+        Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| IngestError::Api { addr, source })?,
+        )
+    } else {
+        None
+    };
 
     let tasks = TaskTracker::new();
     let upkeep_stop = CancellationToken::new();
@@ -103,6 +120,24 @@ pub async fn run(
             clocks.values().cloned().collect(),
             upkeep_stop.clone(),
         ));
+    }
+
+    let api_stop = CancellationToken::new();
+    if let Some(listener) = api_listener {
+        let state = crate::api::ApiState {
+            pool: pool.clone(),
+            metrics: Arc::clone(&metrics),
+            exchanges: enabled.iter().map(|(id, _)| *id).collect(),
+            started: std::time::Instant::now(),
+            connect_grace: config.api.connect_grace,
+            max_spool_rows: config.api.max_spool_rows,
+        };
+        let stop = api_stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::api::serve(listener, state, stop).await {
+                error!(error = %e, "HTTP API stopped");
+            }
+        });
     }
 
     let (bronze_tx, bronze_rx) = mpsc::channel(config.ingest.channel_capacity);
@@ -208,6 +243,7 @@ pub async fn run(
         while workers.join_next().await.is_some() {}
     }
     upkeep_stop.cancel();
+    api_stop.cancel();
     tasks.close();
     let within = grace / 2 + Duration::from_secs(5);
     let bronze = join_sink("Bronze", sink_task, within).await;

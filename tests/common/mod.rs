@@ -206,6 +206,9 @@ retry_backoff_max = "500ms"
 [backfill]
 enabled = false
 
+[api]
+listen = "127.0.0.1:0"
+
 [lake]
 dir = "{lake}"
 flush_interval = "200ms"

@@ -1,0 +1,491 @@
+//! The HTTP API against a real server on a random port over a real
+//! PostgreSQL holding the real BTCUSDT day (bronze → merge → silver, gold,
+//! completeness): every endpoint, every error code, pagination across
+//! pages, CSV, readiness and metrics.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use klines::api::{self, ApiState};
+use klines::db::partitions::Partitions;
+use klines::domain::{ExchangeId, Pair, Source};
+use klines::telemetry::Metrics;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+const DAY_START: &str = "2023-01-21T00:00:00Z";
+const DAY_END: &str = "2023-01-22T00:00:00Z";
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+struct Server {
+    base: String,
+    stop: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+async fn serve(pool: PgPool, connect_grace: Duration) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let state = ApiState {
+        pool,
+        metrics: Arc::clone(&metrics),
+        exchanges: vec![ExchangeId::Binance],
+        started: std::time::Instant::now(),
+        connect_grace,
+        max_spool_rows: 1000,
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(api::serve(listener, state, stop.clone()));
+    Server {
+        base,
+        stop,
+        metrics,
+    }
+}
+
+/// The day in bronze, merged into silver, completeness and gold.
+async fn day_db() -> TestDb {
+    let db = TestDb::new("api").await;
+    let events: Vec<_> = csv_rows(BTC_DAY)
+        .iter()
+        .map(|(ms, r)| csv_event("BTCUSDT", *ms, r, Source::Ws))
+        .collect();
+    let parts = Partitions::new();
+    klines::sink::bronze::write_batch(&db.pool, &parts, &events)
+        .await
+        .unwrap();
+    let pairs = [Pair {
+        exchange: ExchangeId::Binance,
+        symbol: "BTCUSDT".into(),
+    }];
+    klines::merge::run_job(
+        &db.pool,
+        &parts,
+        "test",
+        t(DAY_START),
+        t(DAY_END),
+        false,
+        &pairs,
+    )
+    .await
+    .unwrap();
+    db
+}
+
+async fn get(base: &str, path: &str) -> (u16, Value) {
+    let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = r.text().await.unwrap();
+    assert!(
+        ct.starts_with("application/json"),
+        "{path}: JSON, not {ct}: {text}"
+    );
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// Asserts an error answer: status, code, and words of the detail; no SQL.
+async fn error(base: &str, path: &str, status: u16, code: &str, words: &[&str]) {
+    let (s, body) = get(base, path).await;
+    assert_eq!(s, status, "{path}: {body}");
+    assert_eq!(body["error"], code, "{path}: {body}");
+    let detail = body["detail"].as_str().unwrap();
+    for w in words {
+        assert!(detail.contains(w), "{path}: `{w}` in {detail:?}");
+    }
+    for leak in ["SELECT", "relation", "sqlx", "panicked", "at src/"] {
+        assert!(!detail.contains(leak), "{path}: internals leak: {detail}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_page_through_the_day_exactly_in_json_and_csv() {
+    let db = day_db().await;
+    let s = serve(db.pool.clone(), Duration::from_secs(60)).await;
+    let csv = csv_rows(BTC_DAY);
+
+    // 1m from silver, 500 per page: 500 + 500 + 440, keyset cursors.
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut path = format!(
+            "/v1/candles?exchange=binance&symbol=btcusdt&interval=1m&start={DAY_START}&end=1674345600000&limit=500"
+        );
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = get(&s.base, &path).await;
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        let candles = body["candles"].as_array().unwrap().clone();
+        assert_eq!(body["count"], candles.len());
+        got.extend(candles);
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(got.len(), 1440, "every minute once across pages");
+    for (c, (ms, row)) in got.iter().zip(csv.iter()) {
+        assert_eq!(
+            t(c["interval_start"].as_str().unwrap()).timestamp_millis(),
+            *ms
+        );
+        assert_eq!(c["open"], row.open.as_str());
+        assert_eq!(c["high"], row.high.as_str());
+        assert_eq!(c["low"], row.low.as_str());
+        assert_eq!(c["close"], row.close.as_str());
+        assert_eq!(c["volume"], row.volume.as_str());
+        assert_eq!(c["quote_volume"], row.quote_volume.as_str());
+        assert_eq!(c["trade_count"], row.trades);
+        assert_eq!(c["source"], "ws");
+    }
+
+    // CSV through Accept, one page; the cursor header on a partial page.
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!(
+            "{}/v1/candles?exchange=binance&symbol=BTCUSDT&start=2023-01-21&end=2023-01-22&limit=10000",
+            s.base
+        ))
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    assert!(r.headers().get("x-next-cursor").is_none());
+    let text = r.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "interval_start,interval_end,open,high,low,close,volume,quote_volume,trade_count,vwap,source"
+    );
+    assert_eq!(lines.len(), 1441);
+    let (ms0, r0) = csv.iter().next().unwrap();
+    assert_eq!(
+        lines[1],
+        format!(
+            "2023-01-21T00:00:00Z,2023-01-21T00:01:00Z,{},{},{},{},{},{},{},,ws",
+            r0.open, r0.high, r0.low, r0.close, r0.volume, r0.quote_volume, r0.trades
+        )
+    );
+    assert_eq!(*ms0, t(DAY_START).timestamp_millis());
+    let r = client
+        .get(format!(
+            "{}/v1/candles?exchange=binance&symbol=BTCUSDT&start=2023-01-21&end=2023-01-22&limit=10",
+            s.base
+        ))
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("x-next-cursor").is_some());
+
+    // Gold: the hour and the day from silver.
+    let (status, body) = get(
+        &s.base,
+        &format!("/v1/candles?exchange=binance&symbol=BTCUSDT&interval=1h&start={DAY_START}&end={DAY_END}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let hours = body["candles"].as_array().unwrap();
+    assert_eq!(hours.len(), 24);
+    assert!(hours.iter().all(|h| h["minutes_present"] == 60));
+    assert_eq!(hours[0]["open"], r0.open.as_str());
+    let (_, body) = get(
+        &s.base,
+        &format!("/v1/candles?exchange=binance&symbol=BTCUSDT&interval=1d&start={DAY_START}&end={DAY_END}"),
+    )
+    .await;
+    let day = &body["candles"][0];
+    assert_eq!(day["minutes_present"], 1440);
+    assert_eq!(
+        day["close"],
+        csv.values().last().unwrap().close.as_str(),
+        "the day closes at the last minute's close"
+    );
+
+    // Symbols and completeness.
+    let (status, body) = get(&s.base, "/v1/symbols").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["symbols"][0]["symbol"], "BTCUSDT");
+    assert_eq!(body["symbols"][0]["minutes_present"], 1440);
+    let (status, body) = get(
+        &s.base,
+        &format!("/v1/completeness?exchange=binance&symbol=BTCUSDT&from={DAY_START}&to={DAY_END}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let hours = body["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 24);
+    assert!(hours
+        .iter()
+        .all(|h| h["present"] == 60 && h["from_ws"] == 60 && h["ratio"] == "1.000000"));
+
+    s.stop.cancel();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_request_gets_its_code_and_a_reason() {
+    let db = day_db().await;
+    let s = serve(db.pool.clone(), Duration::from_secs(60)).await;
+    let b = s.base.as_str();
+    let c = "/v1/candles?exchange=binance&symbol=BTCUSDT&start=2023-01-21";
+    error(
+        b,
+        "/v1/candles?symbol=BTCUSDT&start=2023-01-21",
+        400,
+        "bad_request",
+        &["exchange: required"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/candles?exchange=ftx&symbol=BTCUSDT&start=2023-01-21",
+        400,
+        "bad_request",
+        &["exchange:", "unknown exchange `ftx`"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/candles?exchange=binance&start=2023-01-21",
+        400,
+        "bad_request",
+        &["symbol: required"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/candles?exchange=binance&symbol=BTC%27USDT&start=2023-01-21",
+        400,
+        "bad_request",
+        &["symbol:"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/candles?exchange=binance&symbol=BTCUSDT",
+        400,
+        "bad_request",
+        &["start: required"],
+    )
+    .await;
+    error(
+        b,
+        &format!("{c}&interval=2m"),
+        400,
+        "bad_request",
+        &["interval:", "1m, 5m"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/candles?exchange=binance&symbol=BTCUSDT&start=yesterday",
+        400,
+        "bad_request",
+        &["start:", "epoch milliseconds"],
+    )
+    .await;
+    error(b, &format!("{c}&end=soon"), 400, "bad_request", &["end:"]).await;
+    error(
+        b,
+        &format!("{c}&limit=0"),
+        400,
+        "bad_request",
+        &["limit:", "1..=10000"],
+    )
+    .await;
+    error(
+        b,
+        &format!("{c}&limit=10001"),
+        400,
+        "bad_request",
+        &["limit:"],
+    )
+    .await;
+    error(
+        b,
+        &format!("{c}&limit=ten"),
+        400,
+        "bad_request",
+        &["limit:"],
+    )
+    .await;
+    error(
+        b,
+        &format!("{c}&cursor=bogus"),
+        400,
+        "bad_request",
+        &["cursor:"],
+    )
+    .await;
+    error(
+        b,
+        &format!("{c}&end=2023-01-22&cursor=c1"),
+        400,
+        "bad_request",
+        &["cursor:", "another range"],
+    )
+    .await;
+    error(
+        b,
+        &format!("{c}&colour=red"),
+        400,
+        "bad_request",
+        &["unknown parameter `colour`"],
+    )
+    .await;
+    error(
+        b,
+        &format!("{c}&end=2023-01-20"),
+        422,
+        "invalid_range",
+        &["must be before"],
+    )
+    .await;
+    error(
+        b,
+        &format!("{c}&end=2023-01-21"),
+        422,
+        "invalid_range",
+        &["must be before"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/candles?exchange=binance&symbol=DOGEUSDT&start=2023-01-21",
+        404,
+        "not_found",
+        &["DOGEUSDT", "/v1/symbols"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/symbols?exchange=nope",
+        400,
+        "bad_request",
+        &["exchange:"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/completeness?exchange=binance",
+        400,
+        "bad_request",
+        &["from: required"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/completeness?exchange=binance&from=2023-01-01&to=2023-06-01",
+        422,
+        "invalid_range",
+        &["93 days"],
+    )
+    .await;
+    error(
+        b,
+        "/v1/completeness?exchange=binance&from=2023-01-02&to=2023-01-01",
+        422,
+        "invalid_range",
+        &[],
+    )
+    .await;
+    error(
+        b,
+        "/v1/completeness?exchange=binance&symbol=XRPUSDT&from=2023-01-21&to=2023-01-22",
+        404,
+        "not_found",
+        &["XRPUSDT"],
+    )
+    .await;
+    error(b, "/v2/everything", 404, "not_found", &["no such endpoint"]).await;
+    s.stop.cancel();
+
+    // The database gone: 503 with a generic reason, never SQL.
+    let gone = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&with_database(&admin_url(), "klines_no_such_database"))
+        .unwrap();
+    let s = serve(gone, Duration::from_secs(60)).await;
+    error(&s.base, "/v1/symbols", 503, "unavailable", &["retry later"]).await;
+    error(
+        &s.base,
+        &format!("/v1/candles?exchange=binance&symbol=BTCUSDT&start={DAY_START}"),
+        503,
+        "unavailable",
+        &[],
+    )
+    .await;
+    let (status, body) = get(&s.base, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["database"]["ok"], false);
+    s.stop.cancel();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let db = TestDb::new("api_ready").await;
+    // No grace: an exchange without a connection makes the service unready.
+    let s = serve(db.pool.clone(), Duration::ZERO).await;
+    let (status, body) = get(&s.base, "/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = get(&s.base, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["database"]["ok"], true);
+    assert_eq!(body["checks"]["exchanges"]["binance"]["ok"], false);
+    s.metrics
+        .connections
+        .get_or_create(&klines::telemetry::metrics::ExchangeLabels {
+            exchange: "binance",
+        })
+        .set(2);
+    let (status, body) = get(&s.base, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["checks"]["exchanges"]["binance"]["open_connections"],
+        2
+    );
+    // A backlogged bronze sink.
+    s.metrics.bronze_spool_rows.set(5000);
+    let (status, body) = get(&s.base, "/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["bronze_sink"]["ok"], false);
+
+    let r = reqwest::get(format!("{}/metrics", s.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("openmetrics-text"));
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("klines_ws_connections{exchange=\"binance\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("klines_bronze_spool_rows 5000"));
+    s.stop.cancel();
+    db.drop().await;
+}
