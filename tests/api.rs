@@ -42,6 +42,7 @@ async fn serve(pool: PgPool, connect_grace: Duration) -> Server {
         started: std::time::Instant::now(),
         connect_grace,
         max_spool_rows: 1000,
+        backfills: None,
     };
     let stop = CancellationToken::new();
     tokio::spawn(api::serve(listener, state, stop.clone()));
@@ -486,6 +487,172 @@ async fn health_readiness_and_metrics() {
         "{text}"
     );
     assert!(text.contains("klines_bronze_spool_rows 5000"));
+    s.stop.cancel();
+    db.drop().await;
+}
+
+/// `POST /v1/backfills` inside a running `klines ingest` (a subprocess with
+/// `KLINES_API_KEY`): the key is required and checked, a valid request is
+/// accepted at once (202 + Location) and the job fills the day from the
+/// simulator's REST into bronze and silver; the key never appears in the
+/// log or an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_backfill_over_the_api_with_a_key() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    const KEY: &str = "k-7f3a9c1e5b-operator-secret";
+    let db = TestDb::new("api_backfill").await;
+    let sim = simulator(&[BTC_DAY], 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(klines::domain::Minute::containing(t(
+            "2023-01-23T00:00:00Z",
+        )));
+    })
+    .await;
+    let dir = tempdir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = config_toml(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let cfg_path = dir.path().join("klines.toml");
+    std::fs::write(&cfg_path, toml).unwrap();
+    let log_path = dir.path().join("ingest.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_klines"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .arg("ingest")
+        .env_remove("DATABASE_URL")
+        .env("KLINES_API_KEY", KEY)
+        .env("KLINES_LOG", "debug,sqlx=warn,hyper=info,h2=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            client.get(format!("{base}/healthz")).send().await.is_ok()
+        })
+        .await,
+        "the API comes up: {}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let body = serde_json::json!({
+        "exchange": "binance", "symbol": "btcusdt",
+        "from": "2023-01-21T00:00:00Z", "to": "2023-01-22T00:00:00Z"
+    });
+    let post = |key: Option<&'static str>, body: serde_json::Value| {
+        let mut r = client.post(format!("{base}/v1/backfills")).json(&body);
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        r.send()
+    };
+    let r = post(None, body.clone()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"unauthorized\""), "{text}");
+    let r = post(Some("k-7f3a9c1e5b-operator-secreT"), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("\"forbidden\"") && !text.contains(KEY),
+        "{text}"
+    );
+    let r = client
+        .post(format!("{base}/v1/backfills"))
+        .header("x-api-key", KEY)
+        .json(&serde_json::json!({"exchange": "binance", "symbol": "DOGEUSDT", "from": "2023-01-21", "to": "2023-01-22"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a pair not ingested");
+
+    let r = post(Some(KEY), body).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["status"], "queued");
+    assert_eq!(location, format!("/v1/backfills/{}", job["id"]));
+    let done = || async {
+        let (_, j) = get(&base, &location).await;
+        (j["status"] == "succeeded" || j["status"] == "failed").then_some(j)
+    };
+    let mut finished = None;
+    for _ in 0..300 {
+        if let Some(j) = done().await {
+            finished = Some(j);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let job = finished.expect("the job finishes within a minute");
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["requested_by"], "api");
+    assert_eq!(job["candles_inserted"], 1440, "{job}");
+    assert_eq!(job["still_missing"], 0);
+    let (_, list) = get(&base, "/v1/backfills").await;
+    assert_eq!(list["jobs"][0]["id"], job["id"]);
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM silver.fact_ohlcv WHERE source = 'rest'"
+        )
+        .await,
+        1440,
+        "the job merged what it fetched"
+    );
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("Backfill requested over the API"), "{log}");
+    assert!(!log.contains(KEY), "the API key is never logged");
+    assert!(!log.contains("operator-secre"), "not even in part");
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn backfill_requests_are_validated() {
+    let db = TestDb::new("api_bf_bad").await;
+    let s = serve(db.pool.clone(), Duration::from_secs(60)).await;
+    // This server has no backfillers: POST is refused, GETs work.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/backfills", s.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    error(
+        &s.base,
+        "/v1/backfills/abc",
+        400,
+        "bad_request",
+        &["id:", "positive integer"],
+    )
+    .await;
+    error(&s.base, "/v1/backfills/0", 400, "bad_request", &["id:"]).await;
+    error(
+        &s.base,
+        "/v1/backfills/424242",
+        404,
+        "not_found",
+        &["424242"],
+    )
+    .await;
+    let (status, body) = get(&s.base, "/v1/backfills").await;
+    assert_eq!((status, body["jobs"].as_array().unwrap().len()), (200, 0));
     s.stop.cancel();
     db.drop().await;
 }

@@ -1,13 +1,15 @@
 //! The HTTP API inside `klines ingest`: health and readiness for the
 //! operator's load balancer and systemd, Prometheus metrics, and read
 //! access to silver and gold for tools (`/v1/symbols`, `/v1/candles`,
-//! `/v1/completeness`).
+//! `/v1/completeness`), and operators' gap backfills (`/v1/backfills`,
+//! POST guarded by `KLINES_API_KEY`).
 //!
 //! Errors are JSON `{error, detail}`: 400 for a malformed parameter (named,
 //! with why), 404 for an unknown symbol, 422 for a range that cannot be
 //! served; never a stack trace or SQL text (database errors are logged and
 //! answered with a generic 500/503).
 
+mod backfills;
 mod query;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use tracing::{error, info};
 
 use crate::domain::ExchangeId;
 use crate::telemetry::Metrics;
+pub use backfills::Backfills;
 pub use query::{CandleQuery, Interval, MAX_LIMIT};
 
 /// What the handlers share.
@@ -42,6 +45,8 @@ pub struct ApiState {
     /// Bronze rows waiting in the disk spool above which the sink counts
     /// as backlogged.
     pub max_spool_rows: i64,
+    /// `POST /v1/backfills`; `None` where this process cannot run them.
+    pub backfills: Option<Arc<Backfills>>,
 }
 
 /// An API error: status, a stable code and a human detail.
@@ -110,6 +115,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/symbols", get(query::symbols))
         .route("/v1/candles", get(query::candles))
         .route("/v1/completeness", get(query::completeness))
+        .route(
+            "/v1/backfills",
+            get(backfills::list).post(backfills::create),
+        )
+        .route("/v1/backfills/{id}", get(backfills::get_one))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see /v1/symbols, /v1/candles, /v1/completeness")
         })

@@ -171,6 +171,14 @@ impl Backfiller {
         progress: &dyn Progress,
         cancel: &CancellationToken,
     ) -> Result<JobReport, BackfillError> {
+        let job_id = self.create_job(spec).await?;
+        self.execute(job_id, spec, progress, cancel).await
+    }
+
+    /// Records the job (`queued`) and returns its id;
+    /// [`execute`](Self::execute) runs it. The API answers with the id at once and
+    /// runs the job in the background.
+    pub async fn create_job(&self, spec: &JobSpec) -> Result<i64, BackfillError> {
         if spec.from >= spec.to {
             return Err(BackfillError::Invalid(format!(
                 "`from` ({}) must be before `to` ({})",
@@ -180,7 +188,6 @@ impl Backfiller {
         if spec.symbols.is_empty() {
             return Err(BackfillError::Invalid("no symbols to backfill".into()));
         }
-        let started = Instant::now();
         let job_id: i64 = sqlx::query_scalar(
             "INSERT INTO ops.backfill_jobs (requested_by, exchange, symbols, range_from, range_to, dry_run)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -193,6 +200,18 @@ impl Backfiller {
         .bind(spec.dry_run)
         .fetch_one(&self.pool)
         .await?;
+        Ok(job_id)
+    }
+
+    /// Runs a job [`create_job`](Self::create_job) recorded.
+    pub async fn execute(
+        &self,
+        job_id: i64,
+        spec: &JobSpec,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<JobReport, BackfillError> {
+        let started = Instant::now();
         let mut tally = Tally::default();
         let result = self
             .locked(job_id, spec, progress, &mut tally, cancel)

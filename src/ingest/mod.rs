@@ -123,22 +123,9 @@ pub async fn run(
     }
 
     let api_stop = CancellationToken::new();
-    if let Some(listener) = api_listener {
-        let state = crate::api::ApiState {
-            pool: pool.clone(),
-            metrics: Arc::clone(&metrics),
-            exchanges: enabled.iter().map(|(id, _)| *id).collect(),
-            started: std::time::Instant::now(),
-            connect_grace: config.api.connect_grace,
-            max_spool_rows: config.api.max_spool_rows,
-        };
-        let stop = api_stop.clone();
-        tasks.spawn(async move {
-            if let Err(e) = crate::api::serve(listener, state, stop).await {
-                error!(error = %e, "HTTP API stopped");
-            }
-        });
-    }
+    let api_exchanges: Vec<crate::domain::ExchangeId> = enabled.iter().map(|(id, _)| *id).collect();
+    let mut api_backfillers = std::collections::BTreeMap::new();
+    let mut api_pairs = std::collections::BTreeMap::new();
 
     let (bronze_tx, bronze_rx) = mpsc::channel(config.ingest.channel_capacity);
     let sink = BronzeSink::new(
@@ -175,18 +162,25 @@ pub async fn run(
         let exchange = exchange::build(id, ex_config)?;
         let clock = Arc::clone(&clocks[&id]);
         let (outage_tx, outage_rx) = mpsc::channel(1024);
+        // One backfiller per exchange (one REST budget) for the schedules
+        // and the API's operator requests alike.
+        let backfiller = Arc::new(backfill::for_exchange(
+            Arc::clone(&exchange),
+            ex_config,
+            &config.backfill,
+            pool.clone(),
+            Arc::clone(&partitions),
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+        )?);
+        api_backfillers.insert(id, Arc::clone(&backfiller));
+        api_pairs.insert(
+            id,
+            pairs.iter().map(|p| p.symbol.clone()).collect::<Vec<_>>(),
+        );
         if config.backfill.enabled {
-            let backfiller = backfill::for_exchange(
-                Arc::clone(&exchange),
-                ex_config,
-                &config.backfill,
-                pool.clone(),
-                Arc::clone(&partitions),
-                Arc::clone(&clock),
-                Arc::clone(&metrics),
-            )?;
             tasks.spawn(backfill::scheduler::run(
-                Arc::new(backfiller),
+                backfiller,
                 pairs.iter().map(|p| p.symbol.clone()).collect(),
                 config.backfill.clone(),
                 outage_rx,
@@ -223,6 +217,28 @@ pub async fn run(
             workers.spawn(slot.run(worker_stop.clone()));
         }
         info!(exchange = %id, pairs = pairs.len(), connections = pairs.len().div_ceil(per_conn), "Exchange started");
+    }
+    if let Some(listener) = api_listener {
+        let state = crate::api::ApiState {
+            pool: pool.clone(),
+            metrics: Arc::clone(&metrics),
+            exchanges: api_exchanges,
+            started: std::time::Instant::now(),
+            connect_grace: config.api.connect_grace,
+            max_spool_rows: config.api.max_spool_rows,
+            backfills: Some(Arc::new(crate::api::Backfills {
+                api_key: std::env::var("KLINES_API_KEY").ok(),
+                backfillers: api_backfillers,
+                pairs: api_pairs,
+                cancel: upkeep_stop.clone(),
+            })),
+        };
+        let stop = api_stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::api::serve(listener, state, stop).await {
+                error!(error = %e, "HTTP API stopped");
+            }
+        });
     }
     // The sinks' channels close when the last worker drops its senders.
     drop(bronze_tx);
