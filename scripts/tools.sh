@@ -1,6 +1,6 @@
-# Sourced by scripts/test.sh and scripts/chaos-like scripts: the tools the
-# tests need beside cargo, installed once per machine from the package
-# registries and cached outside the checkout (clean clones reuse them).
+# Sourced by scripts/test.sh: the tools the tests need beside cargo,
+# installed once per machine from the package registries and cached outside
+# the checkout (clean clones reuse them).
 #   s3s-fs   a real S3-compatible server (crates.io), for the lake tests
 #   duckdb   (PyPI, in a venv) to read the lake the way analysts do
 

@@ -521,15 +521,10 @@ async fn operators_backfill_over_the_api_with_a_key() {
     let cfg_path = dir.path().join("klines.toml");
     std::fs::write(&cfg_path, toml).unwrap();
     let log_path = dir.path().join("ingest.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_klines"))
-        .arg("--config")
-        .arg(&cfg_path)
-        .arg("ingest")
-        .env_remove("DATABASE_URL")
+    let mut child = ingester(&cfg_path, &log_path)
         .env("KLINES_API_KEY", KEY)
+        // Debug: the key must not show up even there.
         .env("KLINES_LOG", "debug,sqlx=warn,hyper=info,h2=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -610,10 +605,7 @@ async fn operators_backfill_over_the_api_with_a_key() {
         "the job merged what it fetched"
     );
 
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    assert!(sigterm(&mut child).success());
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("Backfill requested over the API"), "{log}");
     assert!(!log.contains(KEY), "the API key is never logged");

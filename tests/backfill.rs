@@ -456,9 +456,8 @@ async fn the_service_restores_a_day_with_dropped_finals_disconnects_and_quiet_mi
     cfg.backfill.enabled = true;
     cfg.backfill.tick = Duration::from_millis(100);
     cfg.merge.every = Duration::from_millis(200);
-    let metrics = std::sync::Arc::new(klines::telemetry::Metrics::new());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let service = tokio::spawn(klines::ingest::run(cfg, metrics.clone(), stop.clone()));
+    let service = start_ingest(cfg);
+    let metrics = std::sync::Arc::clone(&service.metrics);
 
     // The sweep of the day's last hour runs once the exchange's clock has
     // passed midnight.
@@ -487,8 +486,7 @@ async fn the_service_restores_a_day_with_dropped_finals_disconnects_and_quiet_mi
     })
     .await;
     assert!(merged, "silver holds the day");
-    stop.cancel();
-    service.await.unwrap().unwrap();
+    service.stop().await;
     assert!(
         snapshot.disconnects_injected > 0 && snapshot.dropped > 0,
         "{snapshot:?}"

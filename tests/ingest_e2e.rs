@@ -9,39 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use klines::telemetry::Metrics;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-struct Running {
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-    task:
-        tokio::task::JoinHandle<Result<klines::ingest::IngestReport, klines::ingest::IngestError>>,
-}
-
-fn start_ingest(config: klines::config::Config) -> Running {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let metrics = Arc::new(Metrics::new());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(klines::ingest::run(
-        config,
-        Arc::clone(&metrics),
-        stop.clone(),
-    ));
-    Running {
-        metrics,
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) -> klines::ingest::IngestReport {
-        self.stop.cancel();
-        self.task.await.unwrap().unwrap()
-    }
-}
 
 async fn finals(db: &TestDb) -> i64 {
     count(

@@ -18,7 +18,6 @@ use common::*;
 use klines::lake::load::{load, LoadSpec};
 use klines::lake::store::Store;
 use klines::lake::LakeLine;
-use tokio_util::sync::CancellationToken;
 
 /// Runs `query` in DuckDB (PyPI, in the venv `make test` prepares) after
 /// the views of `sql/lake/duckdb.sql` over the lake at `lake`; the rows as
@@ -95,25 +94,16 @@ async fn a_replayed_day_lands_in_the_lake_and_loads_back_exactly() {
         "",
         &s3.lake_toml(),
     );
-    let cfg = parse_config(&toml);
-    let metrics = Arc::new(klines::telemetry::Metrics::new());
-    let stop = CancellationToken::new();
-    let service = tokio::spawn(klines::ingest::run(cfg, metrics.clone(), stop.clone()));
-    let finals = || async {
-        count(
-            &db.pool,
-            "SELECT count(DISTINCT interval_start) FROM bronze.ohlcv_native WHERE is_final",
-        )
-        .await
-    };
+    let service = start_ingest(parse_config(&toml));
+    let metrics = Arc::clone(&service.metrics);
+    let finals = || bronze_final_minutes(&db.pool);
     assert!(
         wait_until(Duration::from_secs(90), || async { finals().await >= 1440 }).await,
         "the day arrives"
     );
     // The simulator has sent its last frame; give the socket a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let report = service.await.unwrap().unwrap();
+    let report = service.stop().await;
     assert_eq!(
         report.lake.segments_left, 0,
         "everything was uploaded at shutdown"
@@ -355,26 +345,12 @@ async fn an_ingester_killed_mid_run_loses_nothing_it_had_spooled() {
     let cfg_path = dir.path().join("klines.toml");
     std::fs::write(&cfg_path, toml).unwrap();
     let spawn = |log: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_klines"))
-            .arg("--config")
-            .arg(&cfg_path)
-            .arg("ingest")
+        ingester(&cfg_path, &dir.path().join(log))
             .envs(s3_env())
-            // The database is the config's (make test exports another).
-            .env_remove("DATABASE_URL")
-            .env("KLINES_LOG", "info,sqlx=warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
             .spawn()
             .expect("klines starts")
     };
-    let finals = || async {
-        count(
-            &db.pool,
-            "SELECT count(DISTINCT interval_start) FROM bronze.ohlcv_native WHERE is_final",
-        )
-        .await
-    };
+    let finals = || bronze_final_minutes(&db.pool);
     let store = s3.store().await;
     let lake_spool = spool.join("lake");
 
@@ -426,12 +402,7 @@ async fn an_ingester_killed_mid_run_loses_nothing_it_had_spooled() {
         "the replay ends"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = second.wait().unwrap();
+    let status = sigterm(&mut second);
     let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default();
     assert!(status.success(), "a clean shutdown: {status}; log:\n{log}");
     assert!(
@@ -489,17 +460,9 @@ async fn an_s3_outage_loses_nothing_and_never_stalls_the_workers() {
         "",
         &s3.lake_toml(),
     );
-    let cfg = parse_config(&toml);
-    let metrics = Arc::new(klines::telemetry::Metrics::new());
-    let stop = CancellationToken::new();
-    let service = tokio::spawn(klines::ingest::run(cfg, metrics.clone(), stop.clone()));
-    let finals = || async {
-        count(
-            &db.pool,
-            "SELECT count(DISTINCT interval_start) FROM bronze.ohlcv_native WHERE is_final",
-        )
-        .await
-    };
+    let service = start_ingest(parse_config(&toml));
+    let metrics = Arc::clone(&service.metrics);
+    let finals = || bronze_final_minutes(&db.pool);
     assert!(
         wait_until(Duration::from_secs(60), || async {
             finals().await >= 200 && metrics.sum("klines_lake_objects_total", &[]) > 0.0
@@ -525,8 +488,7 @@ async fn an_s3_outage_loses_nothing_and_never_stalls_the_workers() {
         "the day arrives"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let report = service.await.unwrap().unwrap();
+    let report = service.stop().await;
     assert_eq!(
         report.lake.segments_left, 0,
         "the spool drained once S3 was back"
@@ -670,13 +632,7 @@ async fn a_full_spool_disk_is_an_alert_not_a_crash() {
         .spawn()
         .expect("unshare (util-linux) runs");
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let finals = || async {
-        count(
-            &db.pool,
-            "SELECT count(DISTINCT interval_start) FROM bronze.ohlcv_native WHERE is_final",
-        )
-        .await
-    };
+    let finals = || bronze_final_minutes(&db.pool);
     let store = s3.store().await;
     assert!(
         wait_until(Duration::from_secs(60), || async {
@@ -703,12 +659,7 @@ async fn a_full_spool_disk_is_an_alert_not_a_crash() {
         log()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = child.wait().unwrap();
+    let status = sigterm(&mut child);
     let text = log();
     assert!(status.success(), "a clean exit: {status}; log:\n{text}");
     assert!(!text.contains("panicked"), "{text}");

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::domain::ExchangeId;
+use crate::telemetry::metrics::ExchangeLabels;
 use crate::telemetry::Metrics;
 pub use backfills::Backfills;
 pub use query::{CandleQuery, Interval, MAX_LIMIT};
@@ -162,18 +163,21 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     let mut exchanges = serde_json::Map::new();
     let mut feeds_ok = true;
     for e in &s.exchanges {
-        let open = s.metrics.sum(
-            "klines_ws_connections",
-            &[&format!("exchange=\"{}\"", e.as_str())],
-        );
-        let ok = open > 0.0 || in_grace;
+        let open = s
+            .metrics
+            .connections
+            .get_or_create(&ExchangeLabels {
+                exchange: e.as_str(),
+            })
+            .get();
+        let ok = open > 0 || in_grace;
         feeds_ok &= ok;
         exchanges.insert(
             e.as_str().to_owned(),
-            json!({"ok": ok, "open_connections": open as i64}),
+            json!({"ok": ok, "open_connections": open}),
         );
     }
-    let spool_rows = s.metrics.sum("klines_bronze_spool_rows", &[]) as i64;
+    let spool_rows = s.metrics.bronze_spool_rows.get();
     let sink_ok = spool_rows <= s.max_spool_rows;
     let ready = db_ok && feeds_ok && sink_ok;
     let body = json!({

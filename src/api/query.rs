@@ -313,7 +313,8 @@ pub async fn candles(
           ORDER BY {start_col}
           LIMIT $5"
     );
-    let from = q.after.unwrap_or(q.start).max(q.start);
+    // A cursor was checked to lie in [start, end).
+    let from = q.after.unwrap_or(q.start);
     let mut rows = sqlx::query(&sql)
         .bind(q.exchange.as_str())
         .bind(&q.symbol)
@@ -328,11 +329,6 @@ pub async fn candles(
     } else {
         None
     };
-    let last_name = if q.interval == Interval::M1 {
-        "source"
-    } else {
-        "minutes_present"
-    };
     let mut response_headers = HeaderMap::new();
     if let Some(c) = &next {
         if let Ok(v) = HeaderValue::from_str(c) {
@@ -341,7 +337,7 @@ pub async fn candles(
     }
     if wants_csv(&headers) {
         let mut out = format!(
-            "interval_start,interval_end,open,high,low,close,volume,quote_volume,trade_count,vwap,{last_name}\n"
+            "interval_start,interval_end,open,high,low,close,volume,quote_volume,trade_count,vwap,{last_col}\n"
         );
         for r in &rows {
             let opt = |name: &str| r.get::<Option<String>, _>(name).unwrap_or_default();
@@ -391,7 +387,7 @@ pub async fn candles(
                 "quote_volume": r.get::<Option<String>, _>("quote_volume"),
                 "trade_count": r.get::<Option<i64>, _>("trade_count"),
                 "vwap": r.get::<Option<String>, _>("vwap"),
-                last_name: last,
+                last_col: last,
             })
         })
         .collect();

@@ -378,3 +378,67 @@ pub fn sim_candle_matches(row: &Row12, c: &SimCandle) -> bool {
         && row.close == c.close.to_string()
         && row.volume == c.volume.to_string()
 }
+
+/// Distinct minutes with a final candle in bronze.
+pub async fn bronze_final_minutes(pool: &PgPool) -> i64 {
+    count(
+        pool,
+        "SELECT count(DISTINCT interval_start) FROM bronze.ohlcv_native WHERE is_final",
+    )
+    .await
+}
+
+/// `klines --config CFG ingest` as a subprocess, logging to `log`; the
+/// database is the config's (`make test` exports another DATABASE_URL).
+pub fn ingester(cfg: &Path, log: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_klines"));
+    c.arg("--config")
+        .arg(cfg)
+        .arg("ingest")
+        .env_remove("DATABASE_URL")
+        .env("KLINES_LOG", "info,sqlx=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    c
+}
+
+/// Sends SIGTERM (a graceful stop) and waits for the exit.
+pub fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {}", child.id());
+    child.wait().unwrap()
+}
+
+/// `klines ingest` running in-process.
+pub struct Running {
+    pub metrics: std::sync::Arc<klines::telemetry::Metrics>,
+    pub stop: tokio_util::sync::CancellationToken,
+    pub task:
+        tokio::task::JoinHandle<Result<klines::ingest::IngestReport, klines::ingest::IngestError>>,
+}
+
+pub fn start_ingest(config: klines::config::Config) -> Running {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = std::sync::Arc::new(klines::telemetry::Metrics::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(klines::ingest::run(
+        config,
+        std::sync::Arc::clone(&metrics),
+        stop.clone(),
+    ));
+    Running {
+        metrics,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    pub async fn stop(self) -> klines::ingest::IngestReport {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap()
+    }
+}
