@@ -49,6 +49,7 @@ klines demo is running.
   simulator stats:  curl http://$SIM_ADDR/sim/stats
   logs:             data/demo/ingest.log, data/demo/simulator.log
   bronze:           psql "$DEMO_URL" -f sql/bronze_summary.sql
+  status page:      http://127.0.0.1:9180/
   API:              curl http://127.0.0.1:9180/readyz
                     curl 'http://127.0.0.1:9180/v1/candles?exchange=binance&symbol=BTCUSDT&start=2023-01-21&limit=5'
 Ctrl-C to stop.
@@ -80,6 +81,8 @@ while :; do
       if command -v curl >/dev/null; then
         echo "API /readyz: $(curl -s http://127.0.0.1:9180/readyz)"
         echo "API /v1/symbols: $(curl -s http://127.0.0.1:9180/v1/symbols)"
+        rows=$(curl -s http://127.0.0.1:9180/ | grep -c 'data-pair=' || true)
+        echo "status page http://127.0.0.1:9180/: $rows pairs in the heatmap"
       fi
       echo "demo OK: $n final candles in bronze"; exit 0
     fi

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 ensure_postgres
 ensure_s3s_fs     # the lake tests' S3-compatible server
-ensure_duckdb     # the lake's analyst snippet is run by the tests
+ensure_duckdb     # the lake's analyst snippet, the OpenAPI and compose checks
+ensure_debian_packages  # chromium (status page test), promtool (/metrics)
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

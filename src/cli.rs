@@ -39,7 +39,7 @@ pub enum Command {
     /// Run the service: WebSocket workers for every configured exchange and
     /// pair, the bronze sink (COPY, with a disk spool while PostgreSQL is
     /// away) and hourly partition upkeep. Stops gracefully on SIGTERM/SIGINT.
-    Ingest,
+    Ingest(IngestArgs),
     /// Create or upgrade the database schema (schemas ref, bronze, silver,
     /// gold, ops). Safe to run any number of times.
     Migrate(MigrateArgs),
@@ -59,6 +59,21 @@ pub enum Command {
     /// Run the bundled exchange simulator: Binance's WebSocket and REST
     /// protocol on localhost, replaying real candle files, with faults.
     Simulate(Box<SimulateArgs>),
+}
+
+/// `klines ingest` options.
+#[derive(Debug, Args, Default)]
+pub struct IngestArgs {
+    /// Ingest only shard i of N (e.g. 0/2): the pairs whose stable hash of
+    /// exchange and symbol falls in it. Run N instances with 0/N … N-1/N on
+    /// one database and bucket; one of them (an advisory lock decides) runs
+    /// the scheduled merges and backfill sweeps. Overrides ingest.shard.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<crate::ingest::shard::Shard>,
+}
+
+fn parse_shard(s: &str) -> Result<crate::ingest::shard::Shard, String> {
+    s.parse()
 }
 
 /// `klines merge` options.

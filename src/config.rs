@@ -79,7 +79,7 @@ pub struct Config {
 }
 
 /// `[database]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `postgres://user[:password]@host[:port]/db`; `DATABASE_URL` overrides.
@@ -87,6 +87,31 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+/// Never prints the password: the config may be logged or shown in errors.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// `url` with any password replaced by `***` (and the whole value hidden
+/// when it does not parse as a URL, since it may still hold one).
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(not shown)".to_owned(),
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -133,6 +158,10 @@ pub struct IngestConfig {
     pub shutdown_grace: Duration,
     /// Capacity of the channel from the workers to the bronze sink.
     pub channel_capacity: usize,
+    /// `"i/N"`: ingest only the pairs of shard i of N (stable hash of
+    /// exchange and symbol), so N instances share the configured pairs.
+    /// `klines ingest --shard i/N` overrides it. Unset: every pair.
+    pub shard: Option<crate::ingest::shard::Shard>,
 }
 
 impl Default for IngestConfig {
@@ -148,6 +177,7 @@ impl Default for IngestConfig {
             handover_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
             channel_capacity: 10_000,
+            shard: None,
         }
     }
 }

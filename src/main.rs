@@ -38,8 +38,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ingest => {
-            let config = Config::load(&cli.config)?;
+        Command::Ingest(args) => {
+            let mut config = Config::load(&cli.config)?;
+            if args.shard.is_some() {
+                config.ingest.shard = args.shard;
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let metrics = Arc::new(Metrics::new());

@@ -43,6 +43,7 @@ async fn serve(pool: PgPool, connect_grace: Duration) -> Server {
         connect_grace,
         max_spool_rows: 1000,
         backfills: None,
+        status: Default::default(),
     };
     let stop = CancellationToken::new();
     tokio::spawn(api::serve(listener, state, stop.clone()));
@@ -475,13 +476,34 @@ async fn health_readiness_and_metrics() {
     assert_eq!(status, 503);
     assert_eq!(body["checks"]["bronze_sink"]["ok"], false);
 
-    let r = reqwest::get(format!("{}/metrics", s.base)).await.unwrap();
+    // Prometheus asks for OpenMetrics; anything else gets the classic text.
+    let r = reqwest::Client::new()
+        .get(format!("{}/metrics", s.base))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
         .to_str()
         .unwrap()
         .contains("openmetrics-text"));
+    let om = r.text().await.unwrap();
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE klines_bronze_rows counter"), "{om}");
+    let r = reqwest::get(format!("{}/metrics", s.base)).await.unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let text = r.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE klines_bronze_rows_total counter"),
+        "{text}"
+    );
     assert!(
         text.contains("klines_ws_connections{exchange=\"binance\"} 2"),
         "{text}"

@@ -77,6 +77,13 @@ fn bad_arguments_and_config_stop_with_a_message() {
         "{stderr}"
     );
 
+    for bad in ["2/2", "0", "x/3", "0/0"] {
+        let out = klines(&["ingest", "--shard", bad]);
+        assert_eq!(out.status.code(), Some(2), "--shard {bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("expected i/N"), "{stderr}");
+    }
+
     let out = klines(&[
         "simulate",
         "--data",
@@ -86,6 +93,74 @@ fn bad_arguments_and_config_stop_with_a_message() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/BTCUSDT-1m-2023-01-21.csv"));
+}
+
+/// No secret reaches the terminal or the log, whatever goes wrong: a bad
+/// database URL, an unreachable database, a bad setting next to the
+/// password, the config printed at debug level.
+#[test]
+fn secrets_never_appear_in_errors_or_logs() {
+    const PW: &str = "s3cr3t-pw-6e1f";
+    const KEY: &str = "api-key-0a9d";
+    let dir = tempdir();
+    let cases = [
+        // Not a postgres URL.
+        format!("mysql://u:{PW}@127.0.0.1/db"),
+        // A port that does not parse.
+        format!("postgres://u:{PW}@127.0.0.1:99999/db"),
+        // Nothing listens there.
+        format!("postgres://u:{PW}@127.0.0.1:1/db"),
+    ];
+    for (i, url) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[database]\nurl = \"{url}\"\nconnect_timeout = \"1s\"\n\
+                 [exchanges.binance]\nws_url = \"wss://x\"\nrest_url = \"https://x\"\npairs = [\"BTCUSDT\"]\n"
+            ),
+        )
+        .unwrap();
+        for cmd in [
+            &["migrate"][..],
+            &["merge", "--from", "2023-01-21", "--to", "2023-01-22"],
+        ] {
+            let out = Command::new(BIN)
+                .arg("--config")
+                .arg(&path)
+                .args(cmd)
+                .env_remove("DATABASE_URL")
+                .env("KLINES_API_KEY", KEY)
+                .env("KLINES_LOG", "trace")
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{url} {cmd:?}");
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                all.contains("database"),
+                "the error names the setting: {all}"
+            );
+            assert!(!all.contains(PW), "{cmd:?} printed the password: {all}");
+            assert!(!all.contains(KEY), "{cmd:?} printed the API key: {all}");
+        }
+    }
+    // Via DATABASE_URL too, and as the config's Debug form.
+    let out = klines_on(&format!("postgres://u:{PW}@127.0.0.1:1/db"), &["migrate"]);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(PW));
+    let cfg = klines::config::DatabaseConfig {
+        url: format!("postgres://u:{PW}@db:5432/k"),
+        ..Default::default()
+    };
+    let shown = format!("{cfg:?}");
+    assert!(
+        !shown.contains(PW) && shown.contains("postgres://u:***@db:5432/k"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]

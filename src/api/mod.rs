@@ -11,6 +11,7 @@
 
 mod backfills;
 mod query;
+mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,10 @@ use crate::telemetry::metrics::ExchangeLabels;
 use crate::telemetry::Metrics;
 pub use backfills::Backfills;
 pub use query::{CandleQuery, Interval, MAX_LIMIT};
+pub use status::StatusInfo;
+
+/// The OpenAPI 3.1 document of this API, served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -48,6 +53,8 @@ pub struct ApiState {
     pub max_spool_rows: i64,
     /// `POST /v1/backfills`; `None` where this process cannot run them.
     pub backfills: Option<Arc<Backfills>>,
+    /// The status page's sources (instance, pairs, clocks, leadership).
+    pub status: Arc<StatusInfo>,
 }
 
 /// An API error: status, a stable code and a human detail.
@@ -110,6 +117,8 @@ impl IntoResponse for ApiError {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(status::page))
+        .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -121,9 +130,7 @@ pub fn router(state: ApiState) -> Router {
             get(backfills::list).post(backfills::create),
         )
         .route("/v1/backfills/{id}", get(backfills::get_one))
-        .fallback(|| async {
-            ApiError::not_found("no such endpoint; see /v1/symbols, /v1/candles, /v1/completeness")
-        })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .with_state(state)
 }
 
@@ -136,9 +143,21 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "HTTP API listening");
     }
+    tokio::spawn(status::sampler(state.clone(), cancel.clone()));
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -196,13 +215,28 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(s): State<ApiState>) -> Response {
+/// OpenMetrics for clients that ask for it (Prometheus does), the classic
+/// text format otherwise.
+async fn metrics(State(s): State<ApiState>, request: HeaderMap) -> Response {
+    let openmetrics = request
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    (headers, s.metrics.encode()).into_response()
+    let body = if openmetrics {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        s.metrics.encode()
+    } else {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        s.metrics.encode_prometheus()
+    };
+    (headers, body).into_response()
 }
 
 /// The parameters of a request, for handlers that parse them themselves

@@ -7,6 +7,10 @@
 //! - after a WebSocket reconnect, the minutes the connection was down, as
 //!   soon as they have closed on the exchange.
 //!
+//! The initial fill and the hourly sweep cover every configured pair and
+//! run only in the scheduler leader (one instance of N shards); a shard's
+//! reconnect fills run where the outage happened.
+//!
 //! Jobs of one exchange run one after another (and, across processes, under
 //! the backfiller's advisory lock), all through the exchange's one request
 //! budget.
@@ -23,6 +27,7 @@ use super::client::Tally;
 use super::{Backfiller, JobSpec, Quiet};
 use crate::config::BackfillConfig;
 use crate::domain::Minute;
+use crate::ingest::leader::Leader;
 
 /// Minutes a WebSocket connection of `symbols` missed: `[from, to)`, where
 /// `from` is the last minute seen before the loss and `to` the first seen
@@ -43,12 +48,14 @@ fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or_default()
 }
 
-/// Runs the schedules of one exchange until `stop`.
+/// Runs the schedules of one exchange until `stop`. `symbols` are every
+/// configured pair of the exchange (all shards).
 pub async fn run(
     backfiller: Arc<Backfiller>,
     symbols: Vec<String>,
     config: BackfillConfig,
     mut outages: mpsc::Receiver<Outage>,
+    mut leader: Leader,
     stop: CancellationToken,
 ) {
     let exchange = backfiller.exchange();
@@ -57,9 +64,8 @@ pub async fn run(
     if let Err(e) = backfiller.client.sync_clock(&mut tally, &stop).await {
         warn!(exchange, error = %e, "Could not read the exchange's clock at start");
     }
-    if !config.initial_history.is_zero() {
-        initial_history(&backfiller, &symbols, &config, &stop).await;
-    }
+    leader.decided(&stop).await;
+    let mut initial_due = !config.initial_history.is_zero();
     // The first sweep runs at once: it covers a restart's downtime.
     let mut last_sweep: Option<DateTime<Utc>> = None;
     let mut pending: Vec<Outage> = Vec::new();
@@ -87,7 +93,12 @@ pub async fn run(
         }
         let now = backfiller.client.clock.now();
         let hour = hour_floor(now - settle);
-        if last_sweep.is_none_or(|h| hour > h) {
+        let leads = leader.is_leader();
+        if leads && initial_due {
+            initial_history(&backfiller, &symbols, &config, &stop).await;
+            initial_due = false;
+        }
+        if leads && last_sweep.is_none_or(|h| hour > h) {
             let spec = JobSpec {
                 requested_by: "schedule:hourly".into(),
                 symbols: symbols.clone(),

@@ -28,6 +28,12 @@ pub fn connect_lazy(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     Ok(pool_options(cfg).connect_lazy_with(options(cfg)?))
 }
 
+/// [`connect_lazy`] whose sessions carry `name` as their `application_name`
+/// (seen in `pg_stat_activity` and recorded in `ops.runs.instance`).
+pub fn connect_lazy_as(cfg: &DatabaseConfig, name: &str) -> Result<PgPool, sqlx::Error> {
+    Ok(pool_options(cfg).connect_lazy_with(options(cfg)?.application_name(name)))
+}
+
 /// A pool that has proven it can connect.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     pool_options(cfg).connect_with(options(cfg)?).await

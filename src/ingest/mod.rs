@@ -6,6 +6,8 @@
 
 pub mod backoff;
 pub mod finality;
+pub mod leader;
+pub mod shard;
 pub mod worker;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use crate::exchange;
 use crate::lake::sink::{LakeReport, LakeSink};
 use crate::sink::bronze::{BronzeReport, BronzeSink};
 use crate::sink::spool::{Spool, SpoolError};
+use crate::telemetry::metrics::{ActionLabels, PairLabels, StatusOnly};
 use crate::telemetry::Metrics;
 use backoff::ConnectLimiter;
 use worker::{FeedHooks, Slot};
@@ -62,7 +65,10 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<IngestReport, IngestError> {
-    let pool = db::connect_lazy(&config.database)?;
+    let shard = config.ingest.shard.unwrap_or_default();
+    let instance = instance_name(shard);
+    let pool = db::connect_lazy_as(&config.database, &instance)?;
+    info!(instance, shard = %shard, "Starting");
     let migrated = match db::migrate(&pool).await {
         Ok(()) => {
             info!("Database schema is up to date");
@@ -102,22 +108,46 @@ pub async fn run(
     // One clock per exchange: what the exchange says its time is. The merge
     // and backfill schedules follow it, so a replay at any speed behaves
     // like the live market.
-    let enabled = config.enabled_pairs();
+    // Every configured pair (the leader's schedules cover them all) and
+    // this shard's (its WebSocket workers).
+    let configured = config.enabled_pairs();
+    let enabled: Vec<_> = configured
+        .iter()
+        .map(|(id, pairs)| {
+            let mine: Vec<_> = pairs.iter().filter(|p| shard.owns(p)).cloned().collect();
+            (*id, mine)
+        })
+        .collect();
     let clocks: std::collections::BTreeMap<_, _> = enabled
         .iter()
         .map(|(id, _)| (*id, Arc::new(ExchangeClock::new())))
         .collect();
+    let leader = if config.merge.enabled || config.backfill.enabled {
+        leader::spawn(
+            pool.clone(),
+            LEADER_RETRY,
+            Arc::clone(&metrics),
+            upkeep_stop.clone(),
+            &tasks,
+        )
+    } else {
+        leader::Leader::always()
+    };
     if config.merge.enabled {
-        let pairs: Vec<crate::domain::Pair> = enabled
+        let pairs: Vec<crate::domain::Pair> = configured
             .iter()
             .flat_map(|(_, pairs)| pairs.iter().cloned())
             .collect();
         tasks.spawn(merge_scheduler(
-            pool.clone(),
-            Arc::clone(&partitions),
-            config.merge.clone(),
-            pairs,
-            clocks.values().cloned().collect(),
+            MergeSchedule {
+                pool: pool.clone(),
+                partitions: Arc::clone(&partitions),
+                config: config.merge.clone(),
+                pairs,
+                clocks: clocks.values().cloned().collect(),
+                metrics: Arc::clone(&metrics),
+                leader: leader.clone(),
+            },
             upkeep_stop.clone(),
         ));
     }
@@ -158,6 +188,11 @@ pub async fn run(
     let mut workers = JoinSet::new();
     let worker_stop = shutdown.child_token();
     for (id, pairs) in enabled {
+        let all_symbols: Vec<String> = configured
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, ps)| ps.iter().map(|p| p.symbol.clone()).collect())
+            .unwrap_or_default();
         let ex_config = &config.exchanges[&id];
         let exchange = exchange::build(id, ex_config)?;
         let clock = Arc::clone(&clocks[&id]);
@@ -181,9 +216,10 @@ pub async fn run(
         if config.backfill.enabled {
             tasks.spawn(backfill::scheduler::run(
                 backfiller,
-                pairs.iter().map(|p| p.symbol.clone()).collect(),
+                all_symbols,
                 config.backfill.clone(),
                 outage_rx,
+                leader.clone(),
                 upkeep_stop.clone(),
             ));
         }
@@ -226,6 +262,15 @@ pub async fn run(
             started: std::time::Instant::now(),
             connect_grace: config.api.connect_grace,
             max_spool_rows: config.api.max_spool_rows,
+            status: Arc::new(crate::api::StatusInfo::new(
+                instance.clone(),
+                configured
+                    .iter()
+                    .flat_map(|(_, pairs)| pairs.iter().cloned())
+                    .collect(),
+                clocks.values().cloned().collect(),
+                leader.clone(),
+            )),
             backfills: Some(Arc::new(crate::api::Backfills {
                 api_key: std::env::var("KLINES_API_KEY").ok(),
                 backfillers: api_backfillers,
@@ -348,40 +393,158 @@ async fn upkeep_once(
     Ok(())
 }
 
-/// Merges the recent window every `every` and sweeps the late-data window
-/// every `sweep_every`, both incrementally from their own watermarks; the
-/// windows end at the exchanges' time. Several
-/// instances may run this: the per-hour advisory lock serialises them.
-async fn merge_scheduler(
+/// How often a follower asks for the scheduler lock (and the leader checks
+/// its lock's connection).
+const LEADER_RETRY: Duration = Duration::from_secs(5);
+
+/// This process as PostgreSQL and `ops.runs` see it.
+fn instance_name(shard: shard::Shard) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let name = format!("klines {host} pid {} shard {shard}", std::process::id());
+    // PostgreSQL truncates application_name at 63 bytes.
+    name.chars().take(63).collect()
+}
+
+/// What the merge schedule works with.
+struct MergeSchedule {
     pool: sqlx::PgPool,
     partitions: Arc<Partitions>,
     config: crate::config::MergeConfig,
+    /// Every configured pair (all shards): the sweep writes completeness
+    /// rows for each, and the completeness gauge covers each.
     pairs: Vec<crate::domain::Pair>,
     clocks: Vec<Arc<ExchangeClock>>,
-    stop: CancellationToken,
-) {
-    let mut recent = tokio::time::interval(config.every);
+    metrics: Arc<Metrics>,
+    leader: leader::Leader,
+}
+
+/// How long the schedule waits for any exchange to tell its time before it
+/// falls back to the local clock (a replay's exchanges live in another year:
+/// merging the local clock's hours would write empty completeness rows for
+/// them).
+const CLOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// Merges the recent window every `every` and sweeps the late-data window
+/// every `sweep_every`, both incrementally from their own watermarks; the
+/// windows end at the exchanges' time. Runs only while this instance leads;
+/// the per-hour advisory lock keeps even concurrent merges exact.
+async fn merge_scheduler(mut s: MergeSchedule, stop: CancellationToken) {
+    let started = std::time::Instant::now();
+    let mut recent = tokio::time::interval(s.config.every);
     recent.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sweep = tokio::time::interval(config.sweep_every);
+    let mut sweep = tokio::time::interval(s.config.sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let window = |d: Duration| chrono::Duration::from_std(d).unwrap_or_default();
+    // A sweep skipped (follower, no clock yet) runs at the next recent tick.
+    let mut sweep_due = false;
+    s.leader.decided(&stop).await;
     loop {
-        let (kind, back, sweep_pairs) = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return,
-            _ = recent.tick() => ("merge_recent", window(config.recent_window), &[][..]),
-            _ = sweep.tick() => ("merge_sweep", window(config.sweep_window), &pairs[..]),
+            _ = recent.tick() => {}
+            _ = sweep.tick() => sweep_due = true,
         };
-        // The latest exchange time (the local clock when none has spoken).
-        let now = clocks
+        if !s.leader.is_leader() {
+            s.metrics.completeness_ratio.clear();
+            continue;
+        }
+        // The latest exchange time; the local clock only when no exchange
+        // has told its time for a while.
+        let heard = s
+            .clocks
             .iter()
+            .filter(|c| c.since_observed().is_some())
             .map(|c| c.now())
-            .max()
-            .unwrap_or_else(chrono::Utc::now);
+            .max();
+        let now = match heard {
+            Some(t) => t,
+            None if started.elapsed() >= CLOCK_WAIT => chrono::Utc::now(),
+            None => continue,
+        };
         let to = now + chrono::Duration::minutes(1);
-        if let Err(e) =
-            crate::merge::run_job(&pool, &partitions, kind, now - back, to, true, sweep_pairs).await
-        {
-            warn!(kind, error = %e, "Scheduled merge failed; the next run retries");
+        let (kind, back, sweep_pairs) = if std::mem::take(&mut sweep_due) {
+            ("merge_sweep", window(s.config.sweep_window), &s.pairs[..])
+        } else {
+            ("merge_recent", window(s.config.recent_window), &[][..])
+        };
+        let began = std::time::Instant::now();
+        let result = crate::merge::run_job(
+            &s.pool,
+            &s.partitions,
+            kind,
+            now - back,
+            to,
+            true,
+            sweep_pairs,
+        )
+        .await;
+        s.metrics
+            .merge_seconds
+            .observe(began.elapsed().as_secs_f64());
+        match result {
+            Ok(r) => {
+                s.metrics
+                    .merge_runs
+                    .get_or_create(&StatusOnly { status: "ok" })
+                    .inc();
+                for (action, n) in [
+                    ("inserted", r.inserted),
+                    ("updated", r.updated),
+                    ("unchanged", r.unchanged),
+                    ("filled", r.filled),
+                ] {
+                    s.metrics
+                        .merge_rows
+                        .get_or_create(&ActionLabels { action })
+                        .inc_by(n);
+                }
+            }
+            Err(e) => {
+                s.metrics
+                    .merge_runs
+                    .get_or_create(&StatusOnly { status: "failed" })
+                    .inc();
+                warn!(kind, error = %e, "Scheduled merge failed; the next run retries");
+            }
+        }
+        if let Err(e) = export_completeness(&s.pool, &s.metrics, &s.pairs, now).await {
+            warn!(error = %e, "Cannot read completeness for the metrics");
         }
     }
+}
+
+/// Sets `klines_completeness_ratio` per configured pair from the last
+/// closed hour's `silver.completeness_hourly` row (0 for a pair without
+/// one: nothing of that hour reached silver).
+async fn export_completeness(
+    pool: &sqlx::PgPool,
+    metrics: &Metrics,
+    pairs: &[crate::domain::Pair],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    let hour = chrono::DateTime::from_timestamp((now.timestamp().div_euclid(3600) - 1) * 3600, 0)
+        .unwrap_or(now);
+    let rows: Vec<(String, String, f64)> = sqlx::query_as(
+        "SELECT exchange, symbol, ratio::float8 FROM silver.completeness_hourly WHERE hour_start = $1",
+    )
+    .bind(hour)
+    .fetch_all(pool)
+    .await?;
+    let found: std::collections::HashMap<(String, String), f64> =
+        rows.into_iter().map(|(e, s, r)| ((e, s), r)).collect();
+    metrics.completeness_hour.set(hour.timestamp());
+    for p in pairs {
+        let key = (p.exchange.as_str().to_owned(), p.symbol.clone());
+        let ratio = found.get(&key).copied().unwrap_or(0.0);
+        metrics
+            .completeness_ratio
+            .get_or_create(&PairLabels {
+                exchange: key.0,
+                symbol: key.1,
+            })
+            .set(ratio);
+    }
+    Ok(())
 }

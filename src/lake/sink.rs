@@ -302,11 +302,15 @@ async fn upload_segment(
             gz.write_all(b"\n").map_err(|e| e.to_string())?;
         }
         let body = gz.finish().map_err(|e| e.to_string())?;
-        match store
+        let began = std::time::Instant::now();
+        let put = store
             .put_if_absent(&key, body)
             .await
-            .map_err(|e| e.to_string())?
-        {
+            .map_err(|e| e.to_string())?;
+        metrics
+            .lake_upload_seconds
+            .observe(began.elapsed().as_secs_f64());
+        match put {
             Put::Created => {
                 written += 1;
                 metrics.lake_objects.inc();

@@ -599,12 +599,35 @@ impl FaultDice {
 /// The whole simulator's HTTP and WebSocket surface.
 pub fn router(state: Arc<SimState>) -> Router {
     Router::new()
-        .nest("/binance", binance::routes())
+        .nest(
+            "/binance",
+            binance::routes().layer(axum::middleware::map_response_with_state(
+                Arc::clone(&state),
+                stamp_date,
+            )),
+        )
         .route("/sim/stats", get(stats))
         .route("/sim/rest-log", get(rest_log))
         .route("/sim/pause", post(pause))
         .route("/sim/resume", post(resume))
         .with_state(state)
+}
+
+/// Every exchange response carries a `Date` of the simulated clock, as a
+/// real server's says its own time (errors and 429s included: otherwise the
+/// HTTP stack would add the machine's date, years away from the replay).
+async fn stamp_date(
+    State(sim): State<Arc<SimState>>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    let date = chrono::DateTime::from_timestamp_millis(sim.clock.now_ms())
+        .unwrap_or_default()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&date) {
+        response.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    response
 }
 
 async fn rest_log(State(sim): State<Arc<SimState>>) -> Json<Vec<RestLogEntry>> {

@@ -35,6 +35,18 @@ pub struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// `inserted`, `updated`, `unchanged`, `filled`.
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairLabels {
+    pub exchange: String,
+    pub symbol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChannelLabels {
     pub channel: &'static str,
 }
@@ -100,6 +112,27 @@ pub struct Metrics {
     pub lake_upload_errors: Counter,
     /// Bytes waiting in the lake spool.
     pub lake_spool_bytes: Gauge,
+    /// Seconds per lake object put (sink latency to the store).
+    pub lake_upload_seconds: Histogram,
+    /// Silver rows by what the merge did with them.
+    pub merge_rows: Family<ActionLabels, Counter>,
+    /// Scheduled merge runs by outcome (`ok`, `failed`).
+    pub merge_runs: Family<StatusOnly, Counter>,
+    /// Seconds per scheduled merge run.
+    pub merge_seconds: Histogram,
+    /// 1 in the instance that holds the scheduler lock (runs the scheduled
+    /// merges and backfill sweeps), 0 elsewhere.
+    pub leader: Gauge,
+    /// Completeness ratio (present / expected minutes) of the last closed
+    /// hour of the exchange's clock, per configured pair.
+    pub completeness_ratio: Family<PairLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Start of that hour, Unix seconds.
+    pub completeness_hour: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusOnly {
+    pub status: &'static str,
 }
 
 impl Default for Metrics {
@@ -137,6 +170,13 @@ impl Metrics {
             lake_write_errors: Counter::default(),
             lake_upload_errors: Counter::default(),
             lake_spool_bytes: Gauge::default(),
+            lake_upload_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            merge_rows: Family::default(),
+            merge_runs: Family::default(),
+            merge_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            leader: Gauge::default(),
+            completeness_ratio: Family::default(),
+            completeness_hour: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -226,7 +266,7 @@ impl Metrics {
             m.backfill_candles.clone(),
         );
         registry.register(
-            "backfill_empty_minutes",
+            "backfill_confirmed_empty",
             "Minutes REST confirmed had no candle",
             m.backfill_empty_minutes.clone(),
         );
@@ -260,10 +300,53 @@ impl Metrics {
             "Bytes waiting in the lake spool",
             m.lake_spool_bytes.clone(),
         );
+        registry.register(
+            "lake_upload_seconds",
+            "Duration of a lake object put",
+            m.lake_upload_seconds.clone(),
+        );
+        registry.register(
+            "merge_rows",
+            "Silver rows by merge action (inserted, updated, unchanged, filled)",
+            m.merge_rows.clone(),
+        );
+        registry.register(
+            "merge_runs",
+            "Scheduled merge runs by outcome",
+            m.merge_runs.clone(),
+        );
+        registry.register(
+            "merge_seconds",
+            "Duration of a scheduled merge run",
+            m.merge_seconds.clone(),
+        );
+        registry.register(
+            "scheduler_leader",
+            "Whether this instance holds the scheduler lock (runs the scheduled merges and backfill sweeps)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "completeness_ratio",
+            "Present over expected minutes of the last closed hour, per pair",
+            m.completeness_ratio.clone(),
+        );
+        registry.register(
+            "completeness_hour_start",
+            "Start (Unix seconds) of the hour completeness_ratio describes",
+            m.completeness_hour.clone(),
+        );
         Metrics { registry, ..m }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The classic Prometheus text format (0.0.4) of every metric, for
+    /// scrapers and tools that do not ask for OpenMetrics (`promtool check
+    /// metrics`, older agents): counters' HELP and TYPE name the `_total`
+    /// series, and there is no `# EOF`.
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+
+    /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -289,9 +372,50 @@ impl Metrics {
     }
 }
 
+/// OpenMetrics text → Prometheus text 0.0.4.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_total() {
+        let m = Metrics::new();
+        m.bronze_rows.inc_by(3);
+        let text = m.encode_prometheus();
+        assert!(text.contains("# HELP klines_bronze_rows_total Rows committed to bronze.\n"));
+        assert!(
+            text.contains("# TYPE klines_bronze_rows_total counter\nklines_bronze_rows_total 3\n")
+        );
+        assert!(text.contains("# TYPE klines_bronze_spool_rows gauge\n"));
+        assert!(!text.contains("# EOF"));
+    }
 
     #[test]
     fn counters_are_exported_with_prefix_and_labels() {
