@@ -336,6 +336,11 @@ pub struct ApiConfig {
     /// `/readyz` fails while the bronze disk spool holds more rows than
     /// this (the database is not keeping up).
     pub max_spool_rows: i64,
+    /// Require `KLINES_API_KEY` for the data endpoints (`/v1/symbols`,
+    /// `/v1/candles`, `/v1/completeness`, `GET /v1/backfills`) and the status
+    /// page too; health, readiness, metrics and the OpenAPI document stay
+    /// open. Browsers send the key as the password of HTTP Basic auth.
+    pub protect_reads: bool,
 }
 
 impl Default for ApiConfig {
@@ -345,6 +350,7 @@ impl Default for ApiConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             connect_grace: Duration::from_secs(60),
             max_spool_rows: 100_000,
+            protect_reads: false,
         }
     }
 }

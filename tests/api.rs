@@ -32,6 +32,10 @@ struct Server {
 }
 
 async fn serve(pool: PgPool, connect_grace: Duration) -> Server {
+    serve_with(pool, connect_grace, None).await
+}
+
+async fn serve_with(pool: PgPool, connect_grace: Duration, read_key: Option<&str>) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let metrics = Arc::new(Metrics::new());
@@ -44,6 +48,7 @@ async fn serve(pool: PgPool, connect_grace: Duration) -> Server {
         max_spool_rows: 1000,
         backfills: None,
         status: Default::default(),
+        read_key: read_key.map(str::to_owned),
     };
     let stop = CancellationToken::new();
     tokio::spawn(api::serve(listener, state, stop.clone()));
@@ -669,4 +674,106 @@ async fn backfill_requests_are_validated() {
     assert_eq!((status, body["jobs"].as_array().unwrap().len()), (200, 0));
     s.stop.cancel();
     db.drop().await;
+}
+
+/// `[api] protect_reads`: the data and the status page need the key (as
+/// Bearer, X-API-Key, or a browser's Basic password); health, readiness,
+/// metrics and the OpenAPI document stay open for probes and scrapers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_can_require_the_key() {
+    const KEY: &str = "reader-key-31c7";
+    let db = day_db().await;
+    let s = serve_with(db.pool.clone(), Duration::from_secs(60), Some(KEY)).await;
+    let client = reqwest::Client::new();
+    let symbols = format!("{}/v1/symbols", s.base);
+    for path in [
+        "/",
+        "/v1/symbols",
+        "/v1/candles?exchange=binance&symbol=BTCUSDT&start=2023-01-21",
+        "/v1/completeness?exchange=binance&from=2023-01-21",
+        "/v1/backfills",
+        "/v1/backfills/1",
+    ] {
+        let r = client
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic realm=\"klines\""));
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized", "{path}");
+    }
+    let r = client
+        .get(&symbols)
+        .header("x-api-key", "reader-key-31c8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client.get(&symbols).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["symbols"][0]["symbol"], "BTCUSDT");
+    let r = client
+        .get(format!("{}/", s.base))
+        .basic_auth("operator", Some(KEY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("data-pair=\"binance:BTCUSDT\""));
+    let r = client
+        .get(&symbols)
+        .basic_auth("operator", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    for open in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
+        let r = client
+            .get(format!("{}{open}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 401, "{open} stays open");
+        assert_ne!(r.status(), 403, "{open} stays open");
+    }
+    s.stop.cancel();
+    db.drop().await;
+}
+
+/// A database that does not answer: 503 `unavailable` on the data
+/// endpoints and the status page, never the driver's message; /healthz
+/// still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_503_without_internals() {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/nothing")
+        .unwrap();
+    let s = serve(pool, Duration::from_secs(60)).await;
+    for path in [
+        "/v1/symbols",
+        "/v1/candles?exchange=binance&symbol=BTCUSDT&start=2023-01-21",
+        "/v1/completeness?exchange=binance&from=2023-01-21&to=2023-01-22",
+        "/v1/backfills",
+        "/v1/backfills/7",
+        "/",
+    ] {
+        error(&s.base, path, 503, "unavailable", &["retry"]).await;
+    }
+    let (status, body) = get(&s.base, "/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = get(&s.base, "/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["database"]["ok"], false);
+    s.stop.cancel();
 }

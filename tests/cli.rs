@@ -29,6 +29,7 @@ fn klines(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
         .env_remove("DATABASE_URL")
+        .env_remove("KLINES_API_KEY")
         .env("KLINES_LOG", "warn")
         .output()
         .unwrap()
@@ -74,6 +75,25 @@ fn bad_arguments_and_config_stop_with_a_message() {
     assert!(
         stderr.contains("exchanges.binance.pairs is empty")
             || stderr.contains("exchanges.binance.pairs: is empty"),
+        "{stderr}"
+    );
+
+    // Protected reads without a key: refused at start, naming both.
+    let path = dir.path().join("protect.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[ingest]\nspool_dir = \"{}\"\n[api]\nprotect_reads = true\n\
+             [exchanges.binance]\nws_url = \"wss://x\"\nrest_url = \"https://x\"\npairs = [\"BTCUSDT\"]\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let out = klines(&["--config", path.to_str().unwrap(), "ingest"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("api.protect_reads") && stderr.contains("KLINES_API_KEY"),
         "{stderr}"
     );
 

@@ -477,6 +477,17 @@ async fn two_shards_ingest_each_pair_once_under_one_scheduler_leader() {
     }
 
     // Scheduled merges ran in the leader only, never two at once.
+    let merged_often = wait_until(Duration::from_secs(60), || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM ops.runs WHERE kind IN ('merge_recent', 'merge_sweep')
+                AND finished_at IS NOT NULL",
+        )
+        .await
+            >= 6
+    })
+    .await;
+    assert!(merged_often, "the leader merges every 500 ms");
     let runs: Vec<(
         String,
         chrono::DateTime<chrono::Utc>,
@@ -500,12 +511,16 @@ async fn two_shards_ingest_each_pair_once_under_one_scheduler_leader() {
     for w in runs.windows(2) {
         assert!(w[0].2 <= w[1].1, "merges overlapped: {w:?}");
     }
-    let sweeps = count(
-        &db.pool,
-        "SELECT count(*) FROM ops.backfill_jobs WHERE requested_by = 'schedule:hourly'",
-    )
+    let swept = wait_until(Duration::from_secs(60), || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM ops.backfill_jobs WHERE requested_by = 'schedule:hourly'",
+        )
+        .await
+            > 0
+    })
     .await;
-    assert!(sweeps > 0, "the leader ran the backfill sweep");
+    assert!(swept, "the leader ran the backfill sweep");
 
     // The leader stops: the follower takes over the schedules.
     let status = sigterm(&mut children[leader]);

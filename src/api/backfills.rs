@@ -65,16 +65,39 @@ fn authorize(b: &Backfills, headers: &HeaderMap) -> Result<(), ApiError> {
             "backfills over the API are disabled: start klines with KLINES_API_KEY set",
         ));
     };
-    let given = headers
+    check_key(key, headers)
+}
+
+/// The key a request carries: `Authorization: Bearer <key>`, `X-API-Key:
+/// <key>`, or the password of `Authorization: Basic` (browsers).
+fn given_key(headers: &HeaderMap) -> Option<String> {
+    let auth = headers
         .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(k) = auth.and_then(|v| v.strip_prefix("Bearer ")) {
+        return Some(k.trim().to_owned());
+    }
+    if let Some(b64) = auth.and_then(|v| v.strip_prefix("Basic ")) {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        return text.split_once(':').map(|(_, pw)| pw.to_owned());
+    }
+    headers
+        .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    match given {
+        .map(|k| k.trim().to_owned())
+}
+
+/// 401 without a key, 403 with a wrong one; compared in constant time.
+pub(super) fn check_key(key: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+    match given_key(headers) {
         None => Err(unauthorized(
             "an API key is required: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
         )),
-        Some(g) if constant_time_eq(g.trim().as_bytes(), key.as_bytes()) => Ok(()),
+        Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => Ok(()),
         Some(_) => Err(forbidden("the API key is not valid")),
     }
 }

@@ -55,6 +55,9 @@ pub struct ApiState {
     pub backfills: Option<Arc<Backfills>>,
     /// The status page's sources (instance, pairs, clocks, leadership).
     pub status: Arc<StatusInfo>,
+    /// `Some(key)`: the data endpoints and the status page need it too
+    /// (`[api] protect_reads`).
+    pub read_key: Option<String>,
 }
 
 /// An API error: status, a stable code and a human detail.
@@ -116,20 +119,27 @@ impl IntoResponse for ApiError {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    // The data and the status page: open, or behind the key.
+    let mut reads = Router::new()
         .route("/", get(status::page))
+        .route("/v1/symbols", get(query::symbols))
+        .route("/v1/candles", get(query::candles))
+        .route("/v1/completeness", get(query::completeness))
+        .route("/v1/backfills", get(backfills::list))
+        .route("/v1/backfills/{id}", get(backfills::get_one));
+    if state.read_key.is_some() {
+        reads = reads.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_read_key,
+        ));
+    }
+    Router::new()
+        .merge(reads)
+        .route("/v1/backfills", axum::routing::post(backfills::create))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/symbols", get(query::symbols))
-        .route("/v1/candles", get(query::candles))
-        .route("/v1/completeness", get(query::completeness))
-        .route(
-            "/v1/backfills",
-            get(backfills::list).post(backfills::create),
-        )
-        .route("/v1/backfills/{id}", get(backfills::get_one))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .with_state(state)
 }
@@ -147,6 +157,28 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
+}
+
+async fn require_read_key(
+    State(s): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(key) = s.read_key.as_deref() else {
+        return next.run(request).await;
+    };
+    match backfills::check_key(key, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => {
+            let mut r = e.into_response();
+            // Lets a browser ask for the key (as the Basic password).
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"klines\", charset=\"UTF-8\""),
+            );
+            r
+        }
+    }
 }
 
 async fn openapi() -> Response {

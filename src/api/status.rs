@@ -224,7 +224,17 @@ struct Hour {
 }
 
 pub async fn page(State(s): State<ApiState>) -> Result<Response, ApiError> {
-    let now = s.status.exchange_now().unwrap_or_else(Utc::now);
+    // The exchanges' time; before any has spoken (or in a process without
+    // feeds), the latest hour silver has.
+    let now = match s.status.exchange_now() {
+        Some(t) => t,
+        None => sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+            "SELECT max(hour_start) FROM silver.completeness_hourly WHERE hour_start <= now()",
+        )
+        .fetch_one(&s.pool)
+        .await?
+        .unwrap_or_else(Utc::now),
+    };
     let end_hour = now.timestamp().div_euclid(3600) * 3600 + 3600;
     let end = DateTime::from_timestamp(end_hour, 0).unwrap_or(now);
     let start = end - chrono::Duration::hours(24);

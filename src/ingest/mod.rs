@@ -45,6 +45,8 @@ pub enum IngestError {
     Backfill(#[from] backfill::BackfillError),
     #[error("lake spool: {0}")]
     Lake(std::io::Error),
+    #[error("api.protect_reads is set but KLINES_API_KEY is not: set the key in the environment, or protect_reads = false")]
+    ApiKeyMissing,
     #[error("api: cannot listen on {addr}: {source} (set [api] listen, or enabled = false)")]
     Api {
         addr: std::net::SocketAddr,
@@ -65,6 +67,12 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<IngestReport, IngestError> {
+    let api_key = std::env::var("KLINES_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    if config.api.enabled && config.api.protect_reads && api_key.is_none() {
+        return Err(IngestError::ApiKeyMissing);
+    }
     let shard = config.ingest.shard.unwrap_or_default();
     let instance = instance_name(shard);
     let pool = db::connect_lazy_as(&config.database, &instance)?;
@@ -271,8 +279,9 @@ pub async fn run(
                 clocks.values().cloned().collect(),
                 leader.clone(),
             )),
+            read_key: config.api.protect_reads.then(|| api_key.clone()).flatten(),
             backfills: Some(Arc::new(crate::api::Backfills {
-                api_key: std::env::var("KLINES_API_KEY").ok(),
+                api_key: api_key.clone(),
                 backfillers: api_backfillers,
                 pairs: api_pairs,
                 cancel: upkeep_stop.clone(),
