@@ -434,3 +434,47 @@ fn api_settings_are_checked() {
         "at least 1",
     );
 }
+
+/// The variables the Dockerfile, docker-compose.yml and the systemd unit
+/// set, as the service reads them.
+#[test]
+fn deployment_environment_is_understood() {
+    let config = load(
+        BASE,
+        &[
+            ("KLINES_API__LISTEN", "0.0.0.0:8080"),
+            ("KLINES_API__PROTECT_READS", "true"),
+            ("KLINES_INGEST__SPOOL_DIR", "/var/lib/klines/spool"),
+            ("KLINES_INGEST__SHARD", "1/3"),
+            ("KLINES_LAKE__BUCKET", "klines-lake"),
+            ("KLINES_LAKE__ENDPOINT", "http://minio:9000"),
+            ("KLINES_LAKE__PATH_STYLE", "true"),
+            ("KLINES_LAKE__REGION", "us-east-1"),
+            ("DATABASE_URL", "postgres://klines:pw@postgres:5432/klines"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.api.listen.to_string(), "0.0.0.0:8080");
+    assert!(config.api.protect_reads);
+    assert_eq!(
+        config.ingest.spool_dir,
+        std::path::PathBuf::from("/var/lib/klines/spool")
+    );
+    assert_eq!(
+        config.ingest.shard,
+        Some(klines::ingest::shard::Shard { index: 1, count: 3 })
+    );
+    assert_eq!(config.lake.bucket.as_deref(), Some("klines-lake"));
+    assert_eq!(
+        config.lake.endpoint.as_ref().map(|u| u.as_str()),
+        Some("http://minio:9000/")
+    );
+    assert!(config.lake.path_style);
+    assert_eq!(config.database.url, "postgres://klines:pw@postgres:5432/klines");
+    rejected(
+        BASE,
+        &[("KLINES_INGEST__SHARD", "3/3")],
+        "ingest.shard",
+        "expected i/N",
+    );
+}
