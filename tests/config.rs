@@ -470,7 +470,10 @@ fn deployment_environment_is_understood() {
         Some("http://minio:9000/")
     );
     assert!(config.lake.path_style);
-    assert_eq!(config.database.url, "postgres://klines:pw@postgres:5432/klines");
+    assert_eq!(
+        config.database.url,
+        "postgres://klines:pw@postgres:5432/klines"
+    );
     rejected(
         BASE,
         &[("KLINES_INGEST__SHARD", "3/3")],

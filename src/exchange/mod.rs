@@ -232,11 +232,52 @@ pub(crate) fn parse_decimal(
     field: &'static str,
     text: &str,
 ) -> Result<rust_decimal::Decimal, DecodeError> {
+    if let Some(d) = parse_plain_decimal(text) {
+        return Ok(d);
+    }
     text.parse::<rust_decimal::Decimal>()
         .map_err(|e| DecodeError::Field {
             field,
             reason: format!("`{text}` is not a decimal number ({e})"),
         })
+}
+
+/// The exchanges' usual number shape, `digits[.digits]` with at most 19
+/// digits, read straight into mantissa and scale: the same `Decimal` (value
+/// and scale, so the same text back) as `str::parse`, several times faster.
+/// `None` for anything else (signs, exponents, long numbers), which the
+/// general parser then handles or rejects.
+fn parse_plain_decimal(text: &str) -> Option<rust_decimal::Decimal> {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() || bytes.len() > 40 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    // Significant digits: leading zeros add nothing to the mantissa.
+    let mut digits = 0u32;
+    let mut scale: Option<u32> = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                if mantissa != 0 || b != b'0' {
+                    digits += 1;
+                    // 19 digits always fit in a u64 (< 10^19 < 2^64).
+                    if digits > 19 {
+                        return None;
+                    }
+                }
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                if let Some(s) = scale.as_mut() {
+                    *s += 1;
+                }
+            }
+            // One point, between digits.
+            b'.' if scale.is_none() && i > 0 && i + 1 < bytes.len() => scale = Some(0),
+            _ => return None,
+        }
+    }
+    let scale = scale.unwrap_or(0);
+    (scale <= 28).then(|| rust_decimal::Decimal::from_i128_with_scale(i128::from(mantissa), scale))
 }
 
 /// Like [`parse_decimal`], and rejects negative values (no price or volume is
@@ -258,6 +299,70 @@ pub(crate) fn parse_non_negative(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_decimal_fast_path_equals_the_general_parser() {
+        let mut cases: Vec<String> = [
+            "0",
+            "00",
+            "0.0",
+            "0.35270000",
+            "29038.46000000",
+            "25877.00000000",
+            "1",
+            "123456789.123456789",
+            "9999999999999999999",
+            "0.0000000000000000001",
+            "0000000000000000001",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every split of a long digit string, with and without leading zeros.
+        let digits = "9081726354453627189";
+        for len in 1..=digits.len() {
+            for point in 0..=len {
+                let d = &digits[..len];
+                cases.push(if point == 0 || point == len {
+                    d.to_owned()
+                } else {
+                    format!("{}.{}", &d[..point], &d[point..])
+                });
+                cases.push(format!("0.{d}"));
+            }
+        }
+        for s in &cases {
+            let general: rust_decimal::Decimal = s.parse().unwrap();
+            let fast = parse_plain_decimal(s).unwrap_or_else(|| panic!("{s} takes the fast path"));
+            assert_eq!(fast, general, "{s}");
+            assert_eq!(fast.scale(), general.scale(), "{s}");
+            assert_eq!(fast.to_string(), general.to_string(), "{s}");
+        }
+        // Not plain: left to the general parser (which accepts or rejects).
+        for s in [
+            "",
+            ".",
+            "1.",
+            ".5",
+            "1..2",
+            "1.2.3",
+            "-1",
+            "+1",
+            "1e5",
+            " 1",
+            "1 ",
+            "0x10",
+            "１",
+            "12345678901234567890",
+            "1.2345678901234567890",
+            "1.0000000000000000000",
+        ] {
+            assert_eq!(parse_plain_decimal(s), None, "{s:?}");
+        }
+        assert_eq!(parse_decimal("k.o", "-1.5").unwrap().to_string(), "-1.5");
+        let e = parse_decimal("k.o", "abc").unwrap_err();
+        assert!(e.to_string().contains("k.o"), "{e}");
+    }
 
     #[test]
     fn join_path_keeps_the_base_path() {
