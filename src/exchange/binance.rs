@@ -76,7 +76,7 @@ struct Combined<'a> {
 
 /// A kline event, e.g.
 /// `{"e":"kline","E":1784125921018,"s":"BTCUSDT","k":{"t":1784125860000,…,"x":true,…}}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug, PartialEq, Eq)]
 struct KlineEvent<'a> {
     #[serde(rename = "e")]
     event_type: &'a str,
@@ -88,7 +88,7 @@ struct KlineEvent<'a> {
 
 /// The `k` object of a kline event. Fields klines does not store (`f`, `L`,
 /// `V`, `Q`, `B`, `T`) are left to the raw payload in the lake.
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug, PartialEq, Eq)]
 struct WireKline<'a> {
     #[serde(rename = "t")]
     open_time: i64,
@@ -145,6 +145,193 @@ struct ExchangeInfoSymbol {
     status: String,
     base_asset: String,
     quote_asset: String,
+}
+
+/// A scanner for the JSON Binance writes in kline frames: compact (no
+/// whitespace), strings without escapes, integers, booleans, the two nested
+/// objects. It accepts a subset of what serde_json accepts and reads it the
+/// same way (a differential test checks it against serde on the recordings
+/// and on every truncation and byte change of them); on anything outside the
+/// subset, a duplicate or a missing field it gives up and serde_json reads
+/// the frame. It exists for speed: the worker's decode is most of its CPU.
+mod scan {
+    use super::{KlineEvent, WireKline};
+
+    struct P<'a> {
+        s: &'a str,
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl<'a> P<'a> {
+        fn peek(&self) -> Option<u8> {
+            self.b.get(self.i).copied()
+        }
+
+        fn byte(&mut self, c: u8) -> Option<()> {
+            (self.peek()? == c).then(|| self.i += 1)
+        }
+
+        fn string(&mut self) -> Option<&'a str> {
+            self.byte(b'"')?;
+            let start = self.i;
+            let rest = self.b.get(start..)?;
+            let len = rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            if rest[len] != b'"' {
+                return None;
+            }
+            self.i = start + len + 1;
+            // '"' is ASCII: both ends are char boundaries.
+            self.s.get(start..start + len)
+        }
+
+        fn int(&mut self) -> Option<i64> {
+            let neg = self.peek()? == b'-';
+            if neg {
+                self.i += 1;
+            }
+            let start = self.i;
+            let mut v: i64 = 0;
+            while let Some(c @ b'0'..=b'9') = self.peek() {
+                let d = i64::from(c - b'0');
+                v = v.checked_mul(10)?.checked_add(d)?;
+                self.i += 1;
+            }
+            let digits = self.i - start;
+            // JSON: at least one digit, no leading zero; floats are not ours.
+            // (`-0` too: serde_json reads it as a float.)
+            if digits == 0
+                || (digits > 1 && self.b[start] == b'0')
+                || (neg && v == 0)
+                || matches!(self.peek(), Some(b'.' | b'e' | b'E'))
+            {
+                return None;
+            }
+            Some(if neg { -v } else { v })
+        }
+
+        fn boolean(&mut self) -> Option<bool> {
+            let rest = self.b.get(self.i..)?;
+            if rest.starts_with(b"true") {
+                self.i += 4;
+                Some(true)
+            } else if rest.starts_with(b"false") {
+                self.i += 5;
+                Some(false)
+            } else {
+                None
+            }
+        }
+
+        /// A string, integer or boolean the caller does not keep.
+        fn skip_scalar(&mut self) -> Option<()> {
+            match self.peek()? {
+                b'"' => self.string().map(drop),
+                b't' | b'f' => self.boolean().map(drop),
+                _ => self.int().map(drop),
+            }
+        }
+
+        /// `{"key":value,…}`, calling `field` after each `key:`; `field`
+        /// consumes the value.
+        fn object(
+            &mut self,
+            mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+        ) -> Option<()> {
+            self.byte(b'{')?;
+            if self.byte(b'}').is_some() {
+                return Some(());
+            }
+            loop {
+                let key = self.string()?;
+                self.byte(b':')?;
+                field(self, key)?;
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b'}' => {
+                        self.i += 1;
+                        return Some(());
+                    }
+                    _ => return None,
+                }
+            }
+        }
+    }
+
+    /// Sets a field once: a second value is a duplicate, which serde rejects.
+    fn once<T>(slot: &mut Option<T>, v: Option<T>) -> Option<()> {
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(v?);
+        Some(())
+    }
+
+    fn kline<'a>(p: &mut P<'a>) -> Option<WireKline<'a>> {
+        let (mut t, mut s, mut i, mut o, mut h, mut l, mut c, mut v, mut q, mut n, mut x) = (
+            None, None, None, None, None, None, None, None, None, None, None,
+        );
+        p.object(|p, key| match key {
+            "t" => once(&mut t, p.int()),
+            "s" => once(&mut s, p.string()),
+            "i" => once(&mut i, p.string()),
+            "o" => once(&mut o, p.string()),
+            "h" => once(&mut h, p.string()),
+            "l" => once(&mut l, p.string()),
+            "c" => once(&mut c, p.string()),
+            "v" => once(&mut v, p.string()),
+            "q" => once(&mut q, p.string()),
+            "n" => once(&mut n, p.int()),
+            "x" => once(&mut x, p.boolean()),
+            _ => p.skip_scalar(),
+        })?;
+        Some(WireKline {
+            open_time: t?,
+            symbol: s?,
+            interval: i?,
+            open: o?,
+            high: h?,
+            low: l?,
+            close: c?,
+            volume: v?,
+            quote_volume: q?,
+            trades: n?,
+            closed: x?,
+        })
+    }
+
+    fn event<'a>(p: &mut P<'a>) -> Option<KlineEvent<'a>> {
+        let (mut e, mut big_e, mut k) = (None, None, None);
+        p.object(|p, key| match key {
+            "e" => once(&mut e, p.string()),
+            "E" => once(&mut big_e, p.int()),
+            "k" => once(&mut k, kline(p)),
+            _ => p.skip_scalar(),
+        })?;
+        Some(KlineEvent {
+            event_type: e?,
+            event_time: big_e?,
+            kline: k?,
+        })
+    }
+
+    /// `{"stream":…,"data":{kline event}}`, exactly and compactly.
+    pub(super) fn combined_kline(frame: &str) -> Option<KlineEvent<'_>> {
+        let mut p = P {
+            s: frame,
+            b: frame.as_bytes(),
+            i: 0,
+        };
+        let mut data = None;
+        p.object(|p, key| match key {
+            "data" => once(&mut data, event(p)),
+            _ => p.skip_scalar(),
+        })?;
+        (p.i == p.b.len()).then_some(())?;
+        data
+    }
 }
 
 fn candle_from_wire(k: &WireKline<'_>) -> Result<Candle, DecodeError> {
@@ -314,6 +501,11 @@ impl Exchange for Binance {
         received: DateTime<Utc>,
         _state: &mut DecodeState,
     ) -> Result<Decoded, DecodeError> {
+        // The exchange's own compact shape is read by a scanner; anything
+        // else (whitespace, escapes, other layouts) by serde_json.
+        if let Some(event) = scan::combined_kline(frame) {
+            return event_from_wire(&event, received);
+        }
         match serde_json::from_str::<Combined<'_>>(frame) {
             Ok(env) => event_from_wire(&env.data, received),
             Err(_) => decode_slow(frame, received),
@@ -486,6 +678,67 @@ mod tests {
             Decoded::Candles(mut v) if v.len() == 1 => v.remove(0),
             other => panic!("expected one candle, got {other:?}"),
         }
+    }
+
+    /// The scanner reads a frame exactly as serde_json does, or leaves it to
+    /// serde_json: on every recorded frame and on every truncation and
+    /// single-byte change of the kline frames.
+    #[test]
+    fn the_kline_scanner_agrees_with_serde() {
+        let mut frames = Vec::new();
+        for f in [
+            "binance_spot_kline_1m_aggTrade_2021-10-12.jsonl",
+            "binance_us_kline_1m_aggTrade_2021-10-12.jsonl",
+            "binance_usdm_futures_kline_1m_aggTrade_2021-07-22.jsonl",
+        ] {
+            frames.extend(recorded_frames(f));
+        }
+        let klines: Vec<String> = frames
+            .iter()
+            .filter(|f| f.contains("\"e\":\"kline\""))
+            .cloned()
+            .collect();
+        assert!(klines.len() > 50, "{}", klines.len());
+        let check = |frame: &str| -> bool {
+            let scanned = scan::combined_kline(frame);
+            let serde = serde_json::from_str::<Combined<'_>>(frame)
+                .ok()
+                .map(|c| c.data);
+            if let Some(ev) = &scanned {
+                assert_eq!(Some(ev), serde.as_ref(), "{frame}");
+            }
+            scanned.is_some()
+        };
+        let mut accepted = 0;
+        for f in &frames {
+            accepted += usize::from(check(f));
+        }
+        // Every compact kline frame takes the fast path.
+        assert_eq!(accepted, klines.len());
+        let replacements = [
+            b'"', b'\\', b'{', b'}', b',', b':', b'0', b'9', b'-', b'.', b'e', b' ', b'x', 0x01,
+        ];
+        for f in klines.iter().take(12) {
+            for cut in 0..f.len() {
+                check(&f[..cut]);
+            }
+            let bytes = f.as_bytes();
+            for pos in 0..bytes.len() {
+                for &r in &replacements {
+                    let mut b = bytes.to_vec();
+                    b[pos] = r;
+                    if let Ok(m) = String::from_utf8(b) {
+                        check(&m);
+                    }
+                }
+            }
+        }
+        // Shapes it leaves to serde_json, which reads them.
+        let spaced = klines[0].replace("\"data\":", "\"data\": ");
+        assert!(scan::combined_kline(&spaced).is_none());
+        assert!(serde_json::from_str::<Combined<'_>>(&spaced).is_ok());
+        let dup = klines[0].replacen("\"x\":", "\"x\":true,\"x\":", 1);
+        assert!(scan::combined_kline(&dup).is_none());
     }
 
     #[test]
