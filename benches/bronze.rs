@@ -16,7 +16,8 @@ use klines::db::partitions::Partitions;
 use klines::domain::{Candle, CandleEvent, ExchangeId, Minute, Source};
 use klines::sink::bronze::{encode_copy_rows, write_batch, COPY_STATEMENT};
 use rust_decimal::Decimal;
-use sqlx::postgres::PgPoolOptions;
+
+mod common;
 
 const DB: &str = "klines_bench_bronze";
 const PAIRS: usize = 1_000;
@@ -60,15 +61,8 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let admin_url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).execute(&admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {DB}")).execute(&admin).await.unwrap();
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&format!("/{DB}"));
-        let pool = PgPoolOptions::new().max_connections(2).connect(url.as_str()).await.unwrap();
-        klines::db::migrate(&pool).await.unwrap();
+        let db = common::bench_database(DB, 2).await;
+        let pool = db.pool.clone();
         let parts = Partitions::new();
 
         let events = events();
@@ -108,7 +102,7 @@ fn main() {
         sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
         let t = Instant::now();
         let status = Command::new("psql")
-            .arg(url.as_str())
+            .arg(db.url.as_str())
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
             .arg(format!("\\copy bronze.ohlcv_native ({columns}) FROM '{}'", file.display()))
             .status()
@@ -123,7 +117,6 @@ fn main() {
             rows as f64 / s
         );
 
-        pool.close().await;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).execute(&admin).await.unwrap();
+        db.drop().await;
     });
 }

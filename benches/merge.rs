@@ -16,10 +16,11 @@ use klines::domain::{Candle, CandleEvent, ExchangeId, Minute, Source};
 use klines::merge;
 use klines::sink::bronze::write_batch;
 use rust_decimal::Decimal;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const PAIRS: usize = 5_000;
+mod common;
+
 const DB: &str = "klines_bench_merge";
 
 fn event(pair: usize, minute: Minute, version: i64) -> CandleEvent {
@@ -113,15 +114,8 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let admin_url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).execute(&admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {DB}")).execute(&admin).await.unwrap();
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&format!("/{DB}"));
-        let pool = PgPoolOptions::new().max_connections(4).connect(url.as_str()).await.unwrap();
-        klines::db::migrate(&pool).await.unwrap();
+        let db = common::bench_database(DB, 4).await;
+        let pool = db.pool.clone();
         sqlx::raw_sql(
             "CREATE TABLE naive_silver (exchange text, symbol text, interval_seconds int,
                interval_start timestamptz, open numeric, high numeric, low numeric, close numeric,
@@ -166,9 +160,6 @@ fn main() {
         println!("naive re-merge:          {naive_again:>7.3} s");
         println!("ratio first merge naive/klines: {:.1}x; re-merge: {:.0}x", naive_first / first, naive_again / noop);
 
-        pool.close().await;
-        if std::env::var("BENCH_KEEP_DB").is_err() {
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).execute(&admin).await.unwrap();
-        }
+        db.drop().await;
     });
 }

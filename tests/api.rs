@@ -536,11 +536,7 @@ async fn operators_backfill_over_the_api_with_a_key() {
     })
     .await;
     let dir = tempdir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let toml = config_toml(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "", "").replace(
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:{port}\""),

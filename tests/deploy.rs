@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -22,17 +22,6 @@ fn root() -> &'static Path {
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-fn tool(name: &str, hint: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(tools_dir().map(|d| d.join("venv/bin")))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not found: {hint}"))
 }
 
 fn run_ok(c: &mut Command) -> String {
@@ -49,7 +38,7 @@ fn run_ok(c: &mut Command) -> String {
 #[test]
 fn compose_file_follows_the_compose_spec_and_env_example_covers_it() {
     run_ok(
-        Command::new(tool(
+        Command::new(find_tool(
             "check-jsonschema",
             "run `make test` (scripts/tools.sh)",
         ))
@@ -122,7 +111,7 @@ fn dockerfile_is_multi_stage_and_runs_unprivileged() {
 #[test]
 fn prometheus_config_passes_promtool() {
     run_ok(
-        Command::new(tool("promtool", "apt-get install prometheus"))
+        Command::new(find_tool("promtool", "apt-get install prometheus"))
             .args(["check", "config"])
             .arg(root().join("deploy/prometheus.yml")),
     );
@@ -157,7 +146,7 @@ fn systemd_unit_verifies_and_outlasts_the_shutdown_grace() {
     )
     .unwrap();
     let out = run_ok(
-        Command::new(tool("systemd-analyze", "apt-get install systemd"))
+        Command::new(find_tool("systemd-analyze", "apt-get install systemd"))
             .arg("verify")
             .arg(&path),
     );
@@ -265,7 +254,7 @@ async fn grafana_dashboard_queries_what_klines_exports_and_silver_holds() {
     drop(conn);
 
     // The Grafana login script runs (then rolls back: roles are cluster-wide).
-    let psql = tool("psql", "apt-get install postgresql-client");
+    let psql = find_tool("psql", "apt-get install postgresql-client");
     run_ok(
         Command::new(psql)
             .arg(&db.url)

@@ -23,15 +23,7 @@ use klines::lake::LakeLine;
 /// the views of `sql/lake/duckdb.sql` over the lake at `lake`; the rows as
 /// JSON arrays.
 fn duckdb(lake: &std::path::Path, query: &str) -> serde_json::Value {
-    let python = std::env::var("KLINES_PYTHON")
-        .ok()
-        .or_else(|| {
-            let venv = tools_dir()?.join("venv/bin/python");
-            venv.is_file().then(|| venv.display().to_string())
-        })
-        .unwrap_or_else(|| {
-            panic!("no Python with DuckDB: run `make test` (it installs DuckDB in a venv) or set KLINES_PYTHON")
-        });
+    let python = tools_python();
     let script = r#"
 import duckdb, json, sys
 sql = open(sys.argv[1]).read().replace("{lake}", sys.argv[2])
@@ -46,7 +38,7 @@ print(json.dumps(con.sql(sys.argv[3]).fetchall(), default=str))
         .arg(lake)
         .arg(query)
         .output()
-        .unwrap_or_else(|e| panic!("{python}: {e}"));
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
     assert!(
         out.status.success(),
         "DuckDB failed: {}",

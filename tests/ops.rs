@@ -10,20 +10,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Six pairs from the real BTCUSDT and ETHUSDT days (aliases replay the
 /// same candles under other symbols; the simulator rebases them onto one
@@ -42,28 +34,6 @@ fn sim_files() -> Vec<String> {
 
 fn day_start() -> klines::domain::Minute {
     klines::domain::Minute::containing("2023-01-21T00:00:00Z".parse().unwrap())
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("KLINES_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = tools_dir()
-        .map(|d| d.join("venv/bin/python"))
-        .filter(|p| p.is_file());
-    p.unwrap_or_else(|| panic!("the tools venv is missing: run `make test` (scripts/tools.sh)"))
-}
-
-fn need(cmd: &str, package: &str) -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| d.join(cmd))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!("{cmd} not found: `apt-get install {package}` (make test installs it)")
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,13 +104,16 @@ async fn metrics_status_page_and_openapi_during_a_simulated_run() {
     let r = client.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let exposition = r.text().await.unwrap();
-    let mut promtool = Command::new(need("promtool", "prometheus"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut promtool = Command::new(find_tool(
+        "promtool",
+        "apt-get install prometheus (make test installs it)",
+    ))
+    .args(["check", "metrics"])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     {
         use std::io::Write;
         promtool
@@ -216,7 +189,10 @@ async fn metrics_status_page_and_openapi_during_a_simulated_run() {
     let _ = std::fs::remove_file(&shot);
     let profile = tempdir();
     let chromium = |extra: &[&str]| {
-        let mut c = Command::new(need("chromium", "chromium"));
+        let mut c = Command::new(find_tool(
+            "chromium",
+            "apt-get install chromium (make test installs it)",
+        ));
         c.args([
             "--headless",
             "--no-sandbox",
@@ -289,7 +265,7 @@ async fn metrics_status_page_and_openapi_during_a_simulated_run() {
     let doc: Value = r.json().await.unwrap();
     let doc_file = dir.path().join("openapi.json");
     std::fs::write(&doc_file, serde_json::to_vec(&doc).unwrap()).unwrap();
-    let v = Command::new(python())
+    let v = Command::new(tools_python())
         .args(["-m", "openapi_spec_validator"])
         .arg(&doc_file)
         .output()

@@ -22,7 +22,7 @@ use super::{ApiError, ApiState};
 use crate::backfill::clock::ExchangeClock;
 use crate::domain::{ExchangeId, Pair};
 use crate::ingest::leader::Leader;
-use crate::telemetry::metrics::ExchangeLabels;
+use crate::telemetry::metrics::{sum_in, ExchangeLabels};
 use crate::telemetry::Metrics;
 
 /// What the status page shows beyond the metrics and the database.
@@ -73,8 +73,8 @@ impl StatusInfo {
         }
     }
 
-    fn sample(&self, metrics: &Metrics, exchanges: &[ExchangeId]) -> Sample {
-        let text = metrics.encode();
+    /// The counters of `text` (one encoding of `metrics`).
+    fn sample(&self, text: &str, metrics: &Metrics, exchanges: &[ExchangeId]) -> Sample {
         Sample {
             at: Instant::now(),
             exchanges: exchanges
@@ -88,7 +88,7 @@ impl StatusInfo {
                         .get() as f64;
                     let filter = format!("exchange=\"{}\"", e.as_str());
                     let buckets =
-                        histogram_buckets(&text, "klines_candle_lag_seconds_bucket", &filter);
+                        histogram_buckets(text, "klines_candle_lag_seconds_bucket", &filter);
                     (e.as_str(), (messages, buckets))
                 })
                 .collect(),
@@ -111,15 +111,6 @@ impl StatusInfo {
             .front()
             .cloned()
     }
-
-    /// The exchanges' latest time, if any has told it.
-    fn exchange_now(&self) -> Option<DateTime<Utc>> {
-        self.clocks
-            .iter()
-            .filter(|c| c.since_observed().is_some())
-            .map(|c| c.now())
-            .max()
-    }
 }
 
 /// Samples the counters every few seconds until `stop`.
@@ -130,7 +121,8 @@ pub async fn sampler(state: ApiState, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let s = state.status.sample(&state.metrics, &state.exchanges);
+        let text = state.metrics.encode();
+        let s = state.status.sample(&text, &state.metrics, &state.exchanges);
         state.status.record(s);
     }
 }
@@ -226,7 +218,7 @@ struct Hour {
 pub async fn page(State(s): State<ApiState>) -> Result<Response, ApiError> {
     // The exchanges' time; before any has spoken (or in a process without
     // feeds), the latest hour silver has.
-    let now = match s.status.exchange_now() {
+    let now = match crate::backfill::clock::latest_heard(&s.status.clocks) {
         Some(t) => t,
         None => sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
             "SELECT max(hour_start) FROM silver.completeness_hourly WHERE hour_start <= now()",
@@ -330,7 +322,8 @@ footer{{margin-top:2rem;color:#5a6272}} a{{color:#2457c5}}
     );
 
     // Exchanges.
-    let current = s.status.sample(&s.metrics, &s.exchanges);
+    let text = s.metrics.encode();
+    let current = s.status.sample(&text, &s.metrics, &s.exchanges);
     let before = s.status.oldest();
     html.push_str(
         "<h2>Exchanges</h2>\n<table class=\"list\" id=\"exchanges\"><tr><th>exchange</th><th>state</th><th>connections</th>\
@@ -356,14 +349,9 @@ footer{{margin-top:2rem;color:#5a6272}} a{{color:#2457c5}}
             ),
             _ => ("–".into(), None, None),
         };
-        let reconnects = s.metrics.sum(
-            "klines_ws_reconnects_total",
-            &[&format!("exchange=\"{name}\"")],
-        );
-        let decode = s.metrics.sum(
-            "klines_decode_errors_total",
-            &[&format!("exchange=\"{name}\"")],
-        );
+        let filter = format!("exchange=\"{name}\"");
+        let reconnects = sum_in(&text, "klines_ws_reconnects_total", &[&filter]);
+        let decode = sum_in(&text, "klines_decode_errors_total", &[&filter]);
         let state = if open > 0 {
             "<span class=\"up\">connected</span>"
         } else {

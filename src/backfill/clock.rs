@@ -54,6 +54,17 @@ impl ExchangeClock {
     }
 }
 
+/// The latest time any of `clocks` estimates, counting only clocks that
+/// have heard from their exchange (a silent one would answer the local
+/// clock, years away in a replay).
+pub fn latest_heard(clocks: &[std::sync::Arc<ExchangeClock>]) -> Option<DateTime<Utc>> {
+    clocks
+        .iter()
+        .filter(|c| c.since_observed().is_some())
+        .map(|c| c.now())
+        .max()
+}
+
 fn elapsed(since: Instant, now: Instant) -> chrono::Duration {
     chrono::Duration::from_std(now.saturating_duration_since(since)).unwrap_or_default()
 }

@@ -461,12 +461,7 @@ async fn merge_scheduler(mut s: MergeSchedule, stop: CancellationToken) {
         }
         // The latest exchange time; the local clock only when no exchange
         // has told its time for a while.
-        let heard = s
-            .clocks
-            .iter()
-            .filter(|c| c.since_observed().is_some())
-            .map(|c| c.now())
-            .max();
+        let heard = crate::backfill::clock::latest_heard(&s.clocks);
         let now = match heard {
             Some(t) => t,
             None if started.elapsed() >= CLOCK_WAIT => chrono::Utc::now(),

@@ -358,18 +358,23 @@ impl Metrics {
     /// `label_filter` (`exchange="binance"` style fragments). For tests and
     /// the shutdown summary.
     pub fn sum(&self, name: &str, label_filter: &[&str]) -> f64 {
-        self.encode()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                let metric = series.split('{').next()?;
-                (metric == name && label_filter.iter().all(|f| series.contains(f)))
-                    .then(|| value.parse::<f64>().ok())
-                    .flatten()
-            })
-            .sum()
+        sum_in(&self.encode(), name, label_filter)
     }
+}
+
+/// [`Metrics::sum`] over an exposition already encoded (callers reading
+/// several sums encode once).
+pub fn sum_in(text: &str, name: &str, label_filter: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name && label_filter.iter().all(|f| series.contains(f)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 /// OpenMetrics text → Prometheus text 0.0.4.

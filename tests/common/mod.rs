@@ -309,6 +309,15 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
         .unwrap()
 }
 
+/// A port of 127.0.0.1 free just now (for a subprocess to listen on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `check` every 100 ms until it returns true or `timeout` passes.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
 where

@@ -38,6 +38,36 @@ pub fn tools_dir() -> Option<PathBuf> {
     Some(cache.join("klines-tools"))
 }
 
+/// The tools venv's Python (DuckDB, openapi-spec-validator): `KLINES_PYTHON`
+/// or the one scripts/tools.sh installs.
+pub fn tools_python() -> PathBuf {
+    std::env::var_os("KLINES_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let venv = tools_dir()?.join("venv/bin/python");
+            venv.is_file().then_some(venv)
+        })
+        .unwrap_or_else(|| {
+            panic!("no tools venv: run `make test` (scripts/tools.sh installs it) or set KLINES_PYTHON")
+        })
+}
+
+/// A program the tests run: from the tools venv, else from `PATH`;
+/// `hint` says how to install it.
+pub fn find_tool(name: &str, hint: &str) -> PathBuf {
+    tools_dir()
+        .map(|d| d.join("venv/bin"))
+        .into_iter()
+        .chain(
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        )
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found: {hint}"))
+}
+
 fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("KLINES_S3S_FS") {
         return PathBuf::from(p);
