@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 ensure_postgres
+pg_bindir >/dev/null || install_postgres  # the chaos test crashes a server of its own
 ensure_s3s_fs     # the lake tests' S3-compatible server
 ensure_duckdb     # the lake's analyst snippet, the OpenAPI and compose checks
 ensure_debian_packages  # chromium (status page test), promtool (/metrics)

@@ -210,6 +210,11 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub duplicate: f64,
 
+    /// Fault: send this fraction of finals late, after the next minute's
+    /// first update.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub late_finals: f64,
+
     /// Fault: send a malformed frame before this fraction of frames.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub malformed: f64,

@@ -170,6 +170,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             drop_updates: args.drop_updates,
             drop_finals: args.drop_finals,
             duplicate: args.duplicate,
+            late_finals: args.late_finals,
             malformed: args.malformed,
             disconnect_every: args.disconnect_every,
             max_connection_age: args.max_connection_age,

@@ -10,13 +10,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use klines::lake::load::{load, LoadSpec};
-use klines::lake::store::Store;
 use klines::lake::LakeLine;
 
 /// Runs `query` in DuckDB (PyPI, in the venv `make test` prepares) after
@@ -45,25 +43,6 @@ print(json.dumps(con.sql(sys.argv[3]).fetchall(), default=str))
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Every object in the lake as (key, lines), read back through S3 and
-/// gunzipped.
-async fn read_lake(store: &Store) -> Vec<(String, Vec<String>)> {
-    let mut out = Vec::new();
-    for key in store.list("").await.unwrap() {
-        assert!(
-            key.ends_with(".jsonl.gz"),
-            "only objects in the lake: {key}"
-        );
-        let body = store.get(&key).await.unwrap();
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(&body[..])
-            .read_to_string(&mut text)
-            .unwrap_or_else(|e| panic!("{key} is gzip: {e}"));
-        out.push((key, text.lines().map(String::from).collect()));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,46 +257,6 @@ async fn a_replayed_day_lands_in_the_lake_and_loads_back_exactly() {
     sim.stop().await.unwrap();
     fresh.drop().await;
     db.drop().await;
-}
-
-/// The lines of a lake, as a multiset.
-fn line_counts(objects: &[(String, Vec<String>)]) -> BTreeMap<String, u32> {
-    let mut out = BTreeMap::new();
-    for (_, lines) in objects {
-        for l in lines {
-            *out.entry(l.clone()).or_insert(0) += 1;
-        }
-    }
-    out
-}
-
-/// The complete lines in the lake spool's segments (a torn last line of a
-/// killed writer does not count: it was never whole on disk).
-fn spooled_lines(spool: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(spool) else {
-        return out;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        for l in text.split_inclusive('\n') {
-            if l.ends_with('\n') && serde_json::from_str::<LakeLine>(l.trim_end()).is_ok() {
-                out.push(l.trim_end().to_owned());
-            }
-        }
-    }
-    out
-}
-
-fn segment_files(spool: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(spool)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("seg-"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// `kill -9` the ingester mid-run and start it again: the segments the

@@ -183,3 +183,39 @@ async fn raw_streams_and_live_subscribe_work() {
     assert_eq!(sim.state.snapshot().rate_limit_closes, 1);
     sim.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn late_finals_arrive_after_the_next_minutes_update() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = simulator(&[BTC_DAY], 600.0, |c| c.faults.late_finals = 1.0).await;
+    let b = binance(&sim);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/binance/ws/btcusdt@kline_1m", sim.addr))
+            .await
+            .unwrap();
+    // (minute, final) in the order received.
+    let mut seen: Vec<(i64, bool)> = Vec::new();
+    let mut state = DecodeState::default();
+    while seen.iter().filter(|(_, f)| *f).count() < 3 {
+        let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        if let Ok(Decoded::Candles(events)) = b.decode(&t, chrono::Utc::now(), &mut state) {
+            for e in events {
+                seen.push((e.candle.minute().index(), e.is_final));
+            }
+        }
+    }
+    for (i, (minute, is_final)) in seen.iter().enumerate() {
+        if *is_final {
+            assert!(
+                seen[..i].iter().any(|(m, f)| *m == minute + 1 && !f),
+                "the final of {minute} came after an update of the next minute: {seen:?}"
+            );
+        }
+    }
+    let snapshot = sim.state.snapshot();
+    assert!(snapshot.late_finals >= 3, "{snapshot:?}");
+    ws.close(None).await.unwrap();
+    sim.stop().await.unwrap();
+}

@@ -212,6 +212,7 @@ async fn connection(
     let mut clock_changes = sim.clock.subscribe();
     let mut ping = tokio::time::interval_at(opened + cfg.ping_interval, cfg.ping_interval);
     let mut schedule: Option<Schedule> = None;
+    let mut late: Vec<LateFinal> = Vec::new();
     let mut window = (Instant::now(), 0u32);
     let mut counted_as_subscriber = false;
     tracing::debug!(conn_id, ?subs, "Simulator: client connected");
@@ -242,7 +243,7 @@ async fn connection(
                 let now = sim.clock.now_ms();
                 while let Some(step) = schedule.as_mut().and_then(|s| s.pop_due(now)) {
                     let is_final = schedule.as_ref().is_some_and(|s| s.is_final(&step));
-                    if !emit(&sim, &mut socket, &subs, step, is_final, combined, &mut dice).await {
+                    if !emit(&sim, &mut socket, &subs, step, is_final, combined, &mut dice, &mut late).await {
                         return;
                     }
                 }
@@ -308,8 +309,16 @@ async fn connection(
     }
 }
 
-/// Sends one step's frames for every subscribed symbol. False when the
-/// socket is gone.
+/// A final frame held back by the `late_finals` fault.
+struct LateFinal {
+    symbol: String,
+    minute: Minute,
+    frame: String,
+}
+
+/// Sends one step's frames for every subscribed symbol, then the finals
+/// held back at the step before. False when the socket is gone.
+#[allow(clippy::too_many_arguments)]
 async fn emit(
     sim: &SimState,
     socket: &mut WebSocket,
@@ -318,7 +327,9 @@ async fn emit(
     is_final: bool,
     combined: bool,
     dice: &mut FaultDice,
+    late: &mut Vec<LateFinal>,
 ) -> bool {
+    let due_late = std::mem::take(late);
     let faults = &sim.config.faults;
     let updates = sim.config.updates_per_minute;
     for symbol in subs {
@@ -340,6 +351,15 @@ async fn emit(
             let partial = partial_candle(candle, step.step + 1, updates + 1);
             kline_frame(symbol, step.minute, &partial, false, step.at_ms, combined)
         };
+        if is_final && dice.roll(faults.late_finals) {
+            SimStats::add(&sim.stats.late_finals);
+            late.push(LateFinal {
+                symbol: symbol.clone(),
+                minute: step.minute,
+                frame,
+            });
+            continue;
+        }
         if dice.roll(faults.malformed) {
             let bad = dice.corrupt(&frame);
             if socket.send(Message::Text(bad.into())).await.is_err() {
@@ -366,6 +386,13 @@ async fn emit(
         if is_final {
             sim.stats.record_final(symbol, step.minute);
         }
+    }
+    for held in due_late {
+        if socket.send(Message::Text(held.frame.into())).await.is_err() {
+            return false;
+        }
+        SimStats::add(&sim.stats.frames_sent);
+        sim.stats.record_final(&held.symbol, held.minute);
     }
     true
 }

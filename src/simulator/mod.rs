@@ -48,6 +48,10 @@ pub struct Faults {
     pub drop_finals: f64,
     /// Send a frame twice.
     pub duplicate: f64,
+    /// Hold a final back and send it after the next step's frames (the
+    /// next minute's first update): a final that arrives late, out of
+    /// order.
+    pub late_finals: f64,
     /// Send a malformed frame (cut-off JSON, a wrong type, an unknown event)
     /// before this fraction of frames.
     pub malformed: f64,
@@ -205,6 +209,7 @@ pub struct SimStats {
     pub age_closes: AtomicU64,
     pub dropped: AtomicU64,
     pub duplicated: AtomicU64,
+    pub late_finals: AtomicU64,
     pub malformed_sent: AtomicU64,
     pub client_messages: AtomicU64,
     pub rate_limit_closes: AtomicU64,
@@ -228,6 +233,7 @@ pub struct StatsSnapshot {
     pub age_closes: u64,
     pub dropped: u64,
     pub duplicated: u64,
+    pub late_finals: u64,
     pub malformed_sent: u64,
     pub client_messages: u64,
     pub rate_limit_closes: u64,
@@ -368,6 +374,7 @@ impl SimState {
             age_closes: get(&s.age_closes),
             dropped: get(&s.dropped),
             duplicated: get(&s.duplicated),
+            late_finals: get(&s.late_finals),
             malformed_sent: get(&s.malformed_sent),
             client_messages: get(&s.client_messages),
             rate_limit_closes: get(&s.rate_limit_closes),

@@ -16,7 +16,13 @@ use klines::simulator::{self, SimConfig, SimHandle};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
+mod lake;
+mod pg;
 mod s3;
+#[allow(unused_imports)]
+pub use lake::*;
+#[allow(unused_imports)]
+pub use pg::*;
 #[allow(unused_imports)]
 pub use s3::*;
 
