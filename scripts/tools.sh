@@ -56,3 +56,14 @@ ensure_debian_packages() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
+
+# cargo-fuzz (crates.io), for scripts/fuzz.sh only.
+CARGO_FUZZ_VERSION=0.13.2
+ensure_cargo_fuzz() {
+    local bin="$KLINES_TOOLS/bin/cargo-fuzz"
+    if ! "$bin" --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+        echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION into $KLINES_TOOLS (once per machine)"
+        cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$KLINES_TOOLS" --quiet
+    fi
+    export CARGO_FUZZ="$bin"
+}

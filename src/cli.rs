@@ -165,8 +165,8 @@ pub struct SimulateArgs {
     #[arg(long = "data", required = true, value_name = "[SYMBOL=]PATH")]
     pub data: Vec<String>,
 
-    /// Replay speed: `realtime`, or simulated minutes per wall second
-    /// (e.g. 60 replays an hour per second).
+    /// Replay speed: `realtime`, a multiple of it (`10x`), or simulated
+    /// minutes per wall second (e.g. 60 replays an hour per second).
     #[arg(long, default_value = "realtime", value_parser = parse_speed)]
     pub speed: f64,
 
@@ -235,6 +235,12 @@ pub struct SimulateArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rest_429_every: Option<u64>,
 
+    /// Serve this many pairs, L0000USDT, L0001USDT, …, each replaying the
+    /// data's series in turn (for load runs: thousands of pairs from a few
+    /// real files).
+    #[arg(long, default_value_t = 0)]
+    pub replicate: usize,
+
     /// Seed of the fault dice (same seed, same faults).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -258,9 +264,18 @@ fn parse_speed(s: &str) -> Result<f64, String> {
     if s.eq_ignore_ascii_case("realtime") {
         return Ok(1.0);
     }
+    if let Some(times) = s.strip_suffix(['x', 'X']) {
+        let times: f64 = times
+            .parse()
+            .map_err(|_| format!("`{s}` is not a multiple of real time like `10x`"))?;
+        if !(times.is_finite() && times > 0.0) {
+            return Err("a multiple of real time must be positive".into());
+        }
+        return Ok(times);
+    }
     let minutes_per_second: f64 = s
         .parse()
-        .map_err(|_| format!("`{s}` is neither `realtime` nor a number of minutes per second"))?;
+        .map_err(|_| format!("`{s}` is neither `realtime`, a multiple like `10x`, nor a number of minutes per second"))?;
     if !(minutes_per_second.is_finite() && minutes_per_second > 0.0) {
         return Err("speed must be a positive number of minutes per second".into());
     }
@@ -337,6 +352,9 @@ mod tests {
         assert_eq!(parse_speed("60").unwrap(), 3600.0);
         assert!(parse_speed("-1").is_err());
         assert!(parse_speed("fast").is_err());
+        assert_eq!(parse_speed("10x").unwrap(), 10.0);
+        assert!(parse_speed("0x").is_err());
+        assert!(parse_speed("tenx").is_err());
         assert!(parse_fraction("1.5").is_err());
     }
 

@@ -23,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod exchange;
+pub mod fuzzing;
 pub mod ingest;
 pub mod lake;
 pub mod merge;

@@ -182,6 +182,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         rest_weight_window: args.rest_weight_window,
         rest_ban: std::time::Duration::from_secs(120),
         clock_start: args.clock_start,
+        replicate: args.replicate,
     };
     let symbols: Vec<String> = config.data.iter().map(|s| s.symbol.clone()).collect();
     let handle = simulator::start(config)

@@ -144,6 +144,7 @@ async fn metrics_status_page_and_openapi_during_a_simulated_run() {
         "klines_candle_lag_seconds",
         "klines_bronze_batch_rows",
         "klines_bronze_batch_seconds",
+        "klines_bronze_commit_lag_seconds",
         "klines_lake_upload_seconds",
         "klines_lake_spool_bytes",
         "klines_bronze_spool_rows",

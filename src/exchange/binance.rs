@@ -390,6 +390,22 @@ fn event_from_wire(ev: &KlineEvent<'_>, received: DateTime<Utc>) -> Result<Decod
     }]))
 }
 
+/// The scanner's reading of `frame`, when it has one, equals serde_json's
+/// (the fuzzer's differential check; the unit tests check the same).
+#[doc(hidden)]
+pub fn scanner_agrees_with_serde(frame: &str) -> bool {
+    match scan::combined_kline(frame) {
+        None => true,
+        Some(ev) => {
+            serde_json::from_str::<Combined<'_>>(frame)
+                .ok()
+                .map(|c| c.data)
+                .as_ref()
+                == Some(&ev)
+        }
+    }
+}
+
 /// Everything that is not a well-formed combined kline frame.
 fn decode_slow(frame: &str, received: DateTime<Utc>) -> Result<Decoded, DecodeError> {
     let value: Value = serde_json::from_str(frame).map_err(|e| DecodeError::Json(e.to_string()))?;

@@ -280,6 +280,18 @@ fn parse_plain_decimal(text: &str) -> Option<rust_decimal::Decimal> {
     (scale <= 28).then(|| rust_decimal::Decimal::from_i128_with_scale(i128::from(mantissa), scale))
 }
 
+/// The fast path reads `text` as the general parser does (same value and
+/// scale), or leaves it to it (the fuzzer's differential check).
+#[doc(hidden)]
+pub fn plain_decimal_agrees(text: &str) -> bool {
+    match parse_plain_decimal(text) {
+        None => true,
+        Some(fast) => text
+            .parse::<rust_decimal::Decimal>()
+            .is_ok_and(|general| general == fast && general.scale() == fast.scale()),
+    }
+}
+
 /// Like [`parse_decimal`], and rejects negative values (no price or volume is
 /// ever negative).
 pub(crate) fn parse_non_negative(

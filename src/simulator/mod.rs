@@ -101,6 +101,9 @@ pub struct SimConfig {
     /// Start the replay clock here (simulated) instead of at the first
     /// candle, e.g. after the data so REST serves all of it as history.
     pub clock_start: Option<Minute>,
+    /// Serve this many pairs (`L0000USDT`…) replaying the data's series in
+    /// turn, instead of the data's own symbols (0: off). For load runs.
+    pub replicate: usize,
 }
 
 impl Default for SimConfig {
@@ -122,14 +125,20 @@ impl Default for SimConfig {
             rest_weight_window: Duration::from_secs(60),
             rest_ban: Duration::from_secs(120),
             clock_start: None,
+            replicate: 0,
         }
     }
+}
+
+/// The name of the `i`th replicated pair (see [`Market::replicated`]).
+pub fn replica_symbol(i: usize) -> String {
+    format!("L{i:04}USDT")
 }
 
 /// The replay data after rebasing, looked up by symbol and simulated minute.
 #[derive(Debug)]
 pub struct Market {
-    series: HashMap<String, BTreeMap<Minute, SimCandle>>,
+    series: HashMap<String, Arc<BTreeMap<Minute, SimCandle>>>,
     first: Minute,
     last: Minute,
     looped: bool,
@@ -137,7 +146,20 @@ pub struct Market {
 
 impl Market {
     pub fn new(data: &[Series], start: Option<Minute>, looped: bool) -> Market {
-        let mut series = HashMap::new();
+        Market::replicated(data, start, looped, 0)
+    }
+
+    /// Like [`Market::new`]; with `replicate > 0` the market lists that many
+    /// symbols instead, `L0000USDT`, `L0001USDT`, …, each replaying the data
+    /// set's series in turn (shared, not copied): thousands of pairs from a
+    /// few real files, for load runs.
+    pub fn replicated(
+        data: &[Series],
+        start: Option<Minute>,
+        looped: bool,
+        replicate: usize,
+    ) -> Market {
+        let mut rebased = Vec::new();
         for s in data {
             let Some(first) = s.first() else { continue };
             let shift = start.map_or(0, |st| st.index() - first.index());
@@ -146,8 +168,19 @@ impl Market {
                 .iter()
                 .map(|(m, c)| (m.plus(shift), c.clone()))
                 .collect::<BTreeMap<_, _>>();
-            series.insert(s.symbol.clone(), candles);
+            rebased.push((s.symbol.clone(), Arc::new(candles)));
         }
+        let series: HashMap<String, Arc<BTreeMap<Minute, SimCandle>>> =
+            if replicate == 0 || rebased.is_empty() {
+                rebased.into_iter().collect()
+            } else {
+                (0..replicate)
+                    .map(|i| {
+                        let (_, candles) = &rebased[i % rebased.len()];
+                        (replica_symbol(i), Arc::clone(candles))
+                    })
+                    .collect()
+            };
         let first = series
             .values()
             .filter_map(|c| c.keys().next().copied())
@@ -336,7 +369,8 @@ fn wall_ms() -> i64 {
 
 impl SimState {
     pub fn new(config: SimConfig) -> SimState {
-        let market = Market::new(&config.data, config.start, config.looped);
+        let market =
+            Market::replicated(&config.data, config.start, config.looped, config.replicate);
         let clock_start = config.clock_start.unwrap_or(market.first());
         let clock = Clock::new(clock_start.epoch_ms(), config.speed);
         if config.start_immediately {
@@ -795,5 +829,25 @@ mod tests {
         assert_eq!(rebased.first(), start);
         assert_eq!(rebased.end(), Some(start.next()));
         assert!(rebased.candle_at("BTCUSDT", m0).is_none());
+    }
+
+    #[test]
+    fn a_replicated_market_lists_thousands_of_pairs_over_the_data() {
+        let m0 = Minute::from_epoch_ms(1_674_259_200_000).unwrap();
+        let series = |symbol: &str, trades: i64| Series {
+            symbol: symbol.into(),
+            candles: BTreeMap::from([(m0, SimCandle { trades, ..candle() })]),
+        };
+        let data = [series("BTCUSDT", 1), series("ETHUSDT", 2)];
+        let market = Market::replicated(&data, None, false, 5000);
+        let symbols = market.symbols();
+        assert_eq!(symbols.len(), 5000);
+        assert!(!market.has_symbol("BTCUSDT"));
+        assert_eq!(replica_symbol(0), "L0000USDT");
+        assert_eq!(replica_symbol(4999), "L4999USDT");
+        // In turn: even replicas replay BTCUSDT (sorted first), odd ETHUSDT.
+        assert_eq!(market.candle_at("L0000USDT", m0).unwrap().trades, 1);
+        assert_eq!(market.candle_at("L4999USDT", m0).unwrap().trades, 2);
+        assert_eq!(Market::replicated(&data, None, false, 0).symbols().len(), 2);
     }
 }

@@ -269,6 +269,11 @@ impl BronzeSink {
         self.metrics
             .bronze_batch_seconds
             .observe(started.elapsed().as_secs_f64());
+        let committed = chrono::Utc::now();
+        for event in batch {
+            let lag = (committed - event.received_ts).to_std().unwrap_or_default();
+            self.metrics.bronze_commit_lag.observe(lag.as_secs_f64());
+        }
         self.report.rows_written += rows;
         Ok(())
     }

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub bronze_batch_rows: Histogram,
     /// Seconds per bronze COPY batch.
     pub bronze_batch_seconds: Histogram,
+    /// Receive time to bronze commit, per row.
+    pub bronze_commit_lag: Histogram,
     /// Failed bronze writes (each is retried).
     pub bronze_write_errors: Counter,
     /// Rows currently waiting in the on-disk bronze spool.
@@ -156,6 +158,7 @@ impl Metrics {
             bronze_rows: Counter::default(),
             bronze_batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             bronze_batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            bronze_commit_lag: lag_histogram(),
             bronze_write_errors: Counter::default(),
             bronze_spool_rows: Gauge::default(),
             spool_write_errors: Counter::default(),
@@ -229,6 +232,11 @@ impl Metrics {
             "bronze_batch_seconds",
             "Duration of a bronze COPY batch",
             m.bronze_batch_seconds.clone(),
+        );
+        registry.register(
+            "bronze_commit_lag_seconds",
+            "Time from receiving an observation to its bronze commit, per row",
+            m.bronze_commit_lag.clone(),
         );
         registry.register(
             "bronze_write_errors",
