@@ -9,7 +9,7 @@
 //! observation the killed process had on disk, each once, beside every
 //! WebSocket final bronze got (but those of the kill's last flush interval).
 //!
-//! `cargo test --test chaos` runs the short variant (4 exchange hours, part
+//! `cargo test --test chaos` runs the short variant (5 exchange hours, part
 //! of `make test`); `scripts/chaos.sh` the full one (`KLINES_CHAOS=full`: a
 //! whole day). Both print their figures; the assertions are on data, not
 //! on time.
@@ -37,6 +37,14 @@ struct Plan {
     minutes_per_second: f64,
     pg_down: Duration,
     s3_down: Duration,
+    /// How long klines stays dead after the SIGKILL: over 2 h of exchange
+    /// time, more than the backfill's `lookback` (1 h here) plus the hour
+    /// being swept, so the restart must sweep from where the sweeps had
+    /// reached (`ops.backfill_pairs.swept_to`), not just the last lookback.
+    klines_down: Duration,
+    /// When (fractions of the replay) PostgreSQL crashes, S3 stops and
+    /// klines is killed.
+    at: [f64; 3],
 }
 
 impl Plan {
@@ -49,14 +57,18 @@ impl Plan {
                 minutes_per_second: 12.0,
                 pg_down: Duration::from_secs(10),
                 s3_down: Duration::from_secs(30),
+                klines_down: Duration::from_secs(15),
+                at: [0.1, 0.15, 0.45],
             },
             _ => Plan {
                 name: "short",
                 pairs: 20,
-                hours: 4,
+                hours: 5,
                 minutes_per_second: 8.0,
                 pg_down: Duration::from_secs(3),
                 s3_down: Duration::from_secs(6),
+                klines_down: Duration::from_secs(16),
+                at: [0.1, 0.2, 0.4],
             },
         }
     }
@@ -306,7 +318,7 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     let lake_spool = spool.join("lake");
     let toml = config_toml(&sim, &db_url, &spool, &pairs, "", "", &s3.lake_toml()).replace(
         "[backfill]\nenabled = false",
-        "[backfill]\nenabled = true\ntick = \"200ms\"\n\n[merge]\nevery = \"500ms\"\nsweep_every = \"3s\"",
+        "[backfill]\nenabled = true\ntick = \"200ms\"\nlookback = \"1h\"\n\n[merge]\nevery = \"500ms\"\nsweep_every = \"3s\"",
     );
     let cfg = dir.path().join("klines.toml");
     std::fs::write(&cfg, toml).unwrap();
@@ -326,7 +338,7 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
 
     // 1. PostgreSQL crashes (every session cut) and comes back.
     assert!(
-        wait_sim(0.2).await,
+        wait_sim(plan.at[0]).await,
         "the replay runs: {}",
         log_tail(dir.path(), "first.log")
     );
@@ -337,23 +349,26 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     assert!(pg.ready(Duration::from_secs(30)).await);
 
     // 2. S3 is down for a while.
-    assert!(wait_sim(0.4).await);
+    assert!(wait_sim(plan.at[1]).await);
     s3.stop();
     tokio::time::sleep(plan.s3_down).await;
     s3.resume().await;
 
     // 3. klines is killed with SIGKILL and started again. What it had
     // written to the lake by then: the objects it put and its spool.
-    assert!(wait_sim(0.7).await);
+    assert!(wait_sim(plan.at[2]).await);
     klines.kill().unwrap();
     klines.wait().unwrap();
     let killed_at = sim_now();
+    let dead_since = Instant::now();
     let mut on_disk = line_counts(&read_lake(&store).await);
     let spooled = spooled_lines(&lake_spool);
     let spooled_count = spooled.len();
     for l in spooled {
         on_disk.entry(l).or_insert(1);
     }
+    tokio::time::sleep(plan.klines_down.saturating_sub(dead_since.elapsed())).await;
+    let restarted_at = sim_now();
     let mut klines = spawn(&cfg, dir.path(), "second.log");
 
     // 4. The replay ends; the schedules backfill and merge what the faults
@@ -405,6 +420,16 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     .fetch_all(&pool)
     .await
     .unwrap();
+    let interrupted = count(
+        &pool,
+        "SELECT count(*) FROM ops.backfill_jobs WHERE error LIKE 'interrupted:%'",
+    )
+    .await;
+    let still_running = count(
+        &pool,
+        "SELECT count(*) FROM ops.backfill_jobs WHERE status IN ('running', 'queued')",
+    )
+    .await;
     let duplicates = count(
         &pool,
         "SELECT count(*) FROM (SELECT 1 FROM silver.fact_ohlcv
@@ -461,18 +486,20 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     println!("   faults: {} disconnects, {} finals dropped, {} frames duplicated, {} finals late, {} malformed frames, {} REST 429s",
         stats.disconnects_injected, stats.dropped, stats.duplicated, stats.late_finals, stats.malformed_sent, stats.rest_429);
     println!(
-        "   PostgreSQL crashed at exchange {} for {:?}; S3 down {:?}; SIGKILL at exchange {}",
+        "   PostgreSQL crashed at exchange {} for {:?}; S3 down {:?}; SIGKILL at exchange {}, restarted at {} ({} exchange minutes dead)",
         klines::domain::ms_to_utc(pg_crashed_at),
         plan.pg_down,
         plan.s3_down,
-        klines::domain::ms_to_utc(killed_at)
+        klines::domain::ms_to_utc(killed_at),
+        klines::domain::ms_to_utc(restarted_at),
+        (restarted_at - killed_at) / 60_000
     );
     println!(
         "   simulator: {} frames sent ({} finals), {} REST requests",
         stats.frames_sent, stats.finals_sent, stats.rest_requests
     );
     println!("   bronze rows (source, final, count): {bronze:?}");
-    println!("   backfill jobs: {jobs:?}");
+    println!("   backfill jobs: {jobs:?}; {interrupted} cut off by the kill and marked failed, {still_running} left running");
     println!("   silver: {expected_rows} minutes expected ({filled_wanted} without trades), by source {:?}", d.by_source);
     println!(
         "   silver: {} missing, {} wrong, {} duplicates, {} beyond the data (filled after its end)",
@@ -506,6 +533,11 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
             && stats.rest_429 > 0,
         "every fault fired: {stats:?}"
     );
+    assert!(
+        restarted_at - killed_at > 2 * 3_600_000,
+        "klines was down longer than the backfill's lookback"
+    );
+    assert_eq!(still_running, 0, "no job is left marked running");
     assert!(
         lost_on_disk.is_empty(),
         "{} of {} lines the killed process had on disk are not in the lake, e.g. {:?}",

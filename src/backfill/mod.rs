@@ -298,6 +298,26 @@ impl Backfiller {
                 r = sqlx::query("SELECT pg_advisory_lock(hashtext($1))").bind(&key).execute(&mut *lock) => { r?; }
             }
         }
+        // Holding the exchange's lock, no other job of it can be running: one
+        // still marked so was cut off (its process killed, or its database
+        // session lost) and never finished.
+        let orphans = sqlx::query(
+            "UPDATE ops.backfill_jobs
+                SET status = 'failed', finished_at = now(),
+                    error = 'interrupted: the process running it stopped or lost its database session'
+              WHERE exchange = $1 AND status = 'running' AND id <> $2",
+        )
+        .bind(self.exchange())
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        if orphans.rows_affected() > 0 {
+            warn!(
+                exchange = self.exchange(),
+                jobs = orphans.rows_affected(),
+                "Marked backfill jobs cut off by a crash as failed"
+            );
+        }
         sqlx::query(
             "UPDATE ops.backfill_jobs SET status = 'running', started_at = now() WHERE id = $1",
         )

@@ -3,7 +3,10 @@
 //! - at start, a pair that has never had its history filled gets
 //!   `initial_history` of it, once (recorded in `ops.backfill_pairs`);
 //! - at start and then every hour of the exchange's clock, the last
-//!   `lookback` for every pair;
+//!   `lookback` for every pair; the first sweep after a start reaches back
+//!   to where the last successful sweep ended (`ops.backfill_pairs.swept_to`,
+//!   at most `initial_history`), so a downtime longer than `lookback` is
+//!   filled too;
 //! - after a WebSocket reconnect, the minutes the connection was down, as
 //!   soon as they have closed on the exchange.
 //!
@@ -99,15 +102,23 @@ pub async fn run(
             initial_due = false;
         }
         if leads && last_sweep.is_none_or(|h| hour > h) {
+            let mut from = hour - chrono(config.lookback);
+            if last_sweep.is_none() {
+                // Resume where the sweeps had reached before this start.
+                if let Some(swept) = earliest_swept_to(&backfiller, &symbols).await {
+                    from = from.min(swept.max(now - chrono(config.initial_history)));
+                }
+            }
             let spec = JobSpec {
                 requested_by: "schedule:hourly".into(),
                 symbols: symbols.clone(),
-                from: hour - chrono(config.lookback),
+                from,
                 to: hour,
                 dry_run: false,
             };
             if run_job(&backfiller, &spec, &stop).await {
                 last_sweep = Some(hour);
+                record_swept_to(&backfiller, &symbols, hour).await;
             }
         }
         // Outages whose minutes have all closed on the exchange.
@@ -130,6 +141,43 @@ pub async fn run(
                 pending.push(outage);
             }
         }
+    }
+}
+
+/// The earliest point the sweeps of `symbols` had reached (pairs with a
+/// recorded history only).
+async fn earliest_swept_to(backfiller: &Backfiller, symbols: &[String]) -> Option<DateTime<Utc>> {
+    let exchange = backfiller.exchange();
+    match sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+        "SELECT min(swept_to) FROM ops.backfill_pairs WHERE exchange = $1 AND symbol = ANY($2)",
+    )
+    .bind(exchange)
+    .bind(symbols)
+    .fetch_one(&backfiller.pool)
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(exchange, error = %e, "Cannot read where the sweeps had reached; sweeping the last lookback only");
+            None
+        }
+    }
+}
+
+/// Records that the sweeps of `symbols` have reached `to`.
+async fn record_swept_to(backfiller: &Backfiller, symbols: &[String], to: DateTime<Utc>) {
+    let exchange = backfiller.exchange();
+    let recorded = sqlx::query(
+        "UPDATE ops.backfill_pairs SET swept_to = greatest(swept_to, $3)
+          WHERE exchange = $1 AND symbol = ANY($2)",
+    )
+    .bind(exchange)
+    .bind(symbols)
+    .bind(to)
+    .execute(&backfiller.pool)
+    .await;
+    if let Err(e) = recorded {
+        warn!(exchange, error = %e, "Could not record where the sweep reached");
     }
 }
 
@@ -187,13 +235,15 @@ async fn initial_history(
         dry_run: false,
     };
     if run_job(backfiller, &spec, stop).await {
+        // The fill covered up to now: the sweeps start from there.
         let recorded = sqlx::query(
-            "INSERT INTO ops.backfill_pairs (exchange, symbol, initial_from)
-             SELECT $1, unnest($2::text[]), $3 ON CONFLICT DO NOTHING",
+            "INSERT INTO ops.backfill_pairs (exchange, symbol, initial_from, swept_to)
+             SELECT $1, unnest($2::text[]), $3, $4 ON CONFLICT DO NOTHING",
         )
         .bind(exchange)
         .bind(&new)
         .bind(from)
+        .bind(hour_floor(now))
         .execute(&backfiller.pool)
         .await;
         if let Err(e) = recorded {
