@@ -5,7 +5,7 @@
 # klines is killed with SIGKILL and restarted; then silver is checked
 # exactly against the data and the lake against what the killed process had
 # on disk. Prints the figures. The test harness is tests/chaos.rs; `make
-# test` runs its short variant (5 exchange hours).
+# test` runs its short variant (8 exchange hours).
 #
 #   scripts/chaos.sh            the full run (a whole day, ~3 min)
 #   KLINES_CHAOS=short scripts/chaos.sh

@@ -9,7 +9,7 @@
 //! observation the killed process had on disk, each once, beside every
 //! WebSocket final bronze got (but those of the kill's last flush interval).
 //!
-//! `cargo test --test chaos` runs the short variant (5 exchange hours, part
+//! `cargo test --test chaos` runs the short variant (8 exchange hours, part
 //! of `make test`); `scripts/chaos.sh` the full one (`KLINES_CHAOS=full`: a
 //! whole day). Both print their figures; the assertions are on data, not
 //! on time.
@@ -35,6 +35,9 @@ struct Plan {
     pairs: usize,
     hours: i64,
     minutes_per_second: f64,
+    /// How long PostgreSQL stays down: 2 h of exchange time, more than the
+    /// backfill's `lookback` (1 h here) plus the hour being swept, so the
+    /// sweeps that fail meanwhile must be caught up by the next one.
     pg_down: Duration,
     s3_down: Duration,
     /// How long klines stays dead after the SIGKILL: over 2 h of exchange
@@ -58,17 +61,17 @@ impl Plan {
                 pg_down: Duration::from_secs(10),
                 s3_down: Duration::from_secs(30),
                 klines_down: Duration::from_secs(15),
-                at: [0.1, 0.15, 0.45],
+                at: [0.1, 0.2, 0.45],
             },
             _ => Plan {
                 name: "short",
                 pairs: 20,
-                hours: 5,
-                minutes_per_second: 8.0,
-                pg_down: Duration::from_secs(3),
+                hours: 8,
+                minutes_per_second: 12.0,
+                pg_down: Duration::from_secs(10),
                 s3_down: Duration::from_secs(6),
-                klines_down: Duration::from_secs(16),
-                at: [0.1, 0.2, 0.4],
+                klines_down: Duration::from_secs(11),
+                at: [0.15, 0.4, 0.55],
             },
         }
     }
@@ -345,6 +348,7 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     pg.crash();
     let pg_crashed_at = sim_now();
     tokio::time::sleep(plan.pg_down).await;
+    let pg_back_at = sim_now();
     pg.resume();
     assert!(pg.ready(Duration::from_secs(30)).await);
 
@@ -486,9 +490,10 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     println!("   faults: {} disconnects, {} finals dropped, {} frames duplicated, {} finals late, {} malformed frames, {} REST 429s",
         stats.disconnects_injected, stats.dropped, stats.duplicated, stats.late_finals, stats.malformed_sent, stats.rest_429);
     println!(
-        "   PostgreSQL crashed at exchange {} for {:?}; S3 down {:?}; SIGKILL at exchange {}, restarted at {} ({} exchange minutes dead)",
+        "   PostgreSQL crashed at exchange {} for {:?} ({} exchange minutes); S3 down {:?}; SIGKILL at exchange {}, restarted at {} ({} exchange minutes dead)",
         klines::domain::ms_to_utc(pg_crashed_at),
         plan.pg_down,
+        (pg_back_at - pg_crashed_at) / 60_000,
         plan.s3_down,
         klines::domain::ms_to_utc(killed_at),
         klines::domain::ms_to_utc(restarted_at),
@@ -532,6 +537,10 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
             && stats.late_finals > 0
             && stats.rest_429 > 0,
         "every fault fired: {stats:?}"
+    );
+    assert!(
+        pg_back_at - pg_crashed_at >= 2 * 3_600_000,
+        "PostgreSQL was down longer than the backfill's lookback"
     );
     assert!(
         restarted_at - killed_at > 2 * 3_600_000,

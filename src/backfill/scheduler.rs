@@ -3,10 +3,10 @@
 //! - at start, a pair that has never had its history filled gets
 //!   `initial_history` of it, once (recorded in `ops.backfill_pairs`);
 //! - at start and then every hour of the exchange's clock, the last
-//!   `lookback` for every pair; the first sweep after a start reaches back
-//!   to where the last successful sweep ended (`ops.backfill_pairs.swept_to`,
-//!   at most `initial_history`), so a downtime longer than `lookback` is
-//!   filled too;
+//!   `lookback` for every pair, and always back to where the last
+//!   successful sweep ended (across restarts: `ops.backfill_pairs.swept_to`;
+//!   at most `initial_history`), so neither a downtime nor failed sweeps
+//!   longer than `lookback` leave a hole;
 //! - after a WebSocket reconnect, the minutes the connection was down, as
 //!   soon as they have closed on the exchange.
 //!
@@ -102,12 +102,16 @@ pub async fn run(
             initial_due = false;
         }
         if leads && last_sweep.is_none_or(|h| hour > h) {
+            // Resume where the last successful sweep ended (before this
+            // start: as recorded): sweeps that failed meanwhile (the
+            // database or the exchange down for hours) leave no hole.
             let mut from = hour - chrono(config.lookback);
-            if last_sweep.is_none() {
-                // Resume where the sweeps had reached before this start.
-                if let Some(swept) = earliest_swept_to(&backfiller, &symbols).await {
-                    from = from.min(swept.max(now - chrono(config.initial_history)));
-                }
+            let reached = match last_sweep {
+                Some(h) => Some(h),
+                None => earliest_swept_to(&backfiller, &symbols).await,
+            };
+            if let Some(reached) = reached {
+                from = from.min(reached.max(now - chrono(config.initial_history)));
             }
             let spec = JobSpec {
                 requested_by: "schedule:hourly".into(),
