@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 use tracing::{error, info, warn};
 
@@ -267,6 +268,9 @@ pub async fn upload_pending(
     Ok(objects)
 }
 
+/// Puts of one segment's objects in flight at once.
+const UPLOAD_CONCURRENCY: usize = 32;
+
 async fn upload_segment(
     store: &Store,
     prefix: &str,
@@ -293,29 +297,39 @@ async fn upload_segment(
     if torn > 0 {
         warn!(segment = %segment.path.display(), lines = torn, "Skipped unreadable lines of a spool segment (cut off by a crash)");
     }
-    let mut written = 0;
-    for (partition, (first_ms, lines)) in groups {
-        let key = object_key(prefix, &partition, first_ms, &segment.writer, segment.seq);
-        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-        for l in &lines {
-            gz.write_all(l.as_bytes()).map_err(|e| e.to_string())?;
-            gz.write_all(b"\n").map_err(|e| e.to_string())?;
-        }
-        let body = gz.finish().map_err(|e| e.to_string())?;
-        let began = std::time::Instant::now();
-        let put = store
-            .put_if_absent(&key, body)
-            .await
-            .map_err(|e| e.to_string())?;
-        metrics
-            .lake_upload_seconds
-            .observe(began.elapsed().as_secs_f64());
-        match put {
-            Put::Created => {
-                written += 1;
-                metrics.lake_objects.inc();
+    // One object per partition, put UPLOAD_CONCURRENCY at a time: with
+    // thousands of pairs a segment holds thousands of partitions, and one
+    // put after another cannot keep up with the feed.
+    let puts: Vec<_> = groups
+        .into_iter()
+        .map(|(partition, (first_ms, lines))| {
+            let key = object_key(prefix, &partition, first_ms, &segment.writer, segment.seq);
+            async move {
+                let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+                for l in &lines {
+                    gz.write_all(l.as_bytes()).map_err(|e| e.to_string())?;
+                    gz.write_all(b"\n").map_err(|e| e.to_string())?;
+                }
+                let body = gz.finish().map_err(|e| e.to_string())?;
+                let began = std::time::Instant::now();
+                let put = store
+                    .put_if_absent(&key, body)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                metrics
+                    .lake_upload_seconds
+                    .observe(began.elapsed().as_secs_f64());
+                Ok::<_, String>(put)
             }
-            Put::Exists => {}
+        })
+        .collect();
+    let puts = futures_util::stream::iter(puts).buffer_unordered(UPLOAD_CONCURRENCY);
+    futures_util::pin_mut!(puts);
+    let mut written = 0;
+    while let Some(put) = puts.next().await {
+        if let Put::Created = put? {
+            written += 1;
+            metrics.lake_objects.inc();
         }
     }
     Ok(written)
