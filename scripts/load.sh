@@ -165,12 +165,16 @@ TOML
   frames=$(( $(counter klines_ws_messages_total "$dir/m1") - $(counter klines_ws_messages_total "$dir/m0") ))
   sent_frames=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["frames_sent"])' "$dir/stats.json")
   sent_finals=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["finals_sent"])' "$dir/stats.json")
-  local bronze_finals lake_lines spooled fresh
+  local bronze_finals lake_lines fresh
   bronze_finals=$(psql -tAq "$url" -c "SELECT count(*) FROM bronze.ohlcv_native WHERE source = 'ws' AND is_final")
   lake_lines=$(find "$dir/s3/klines-load" -name '*.jsonl.gz' ! -path '*kind=reject*' -exec zcat {} + 2>/dev/null | grep -c '"kind":"candle"' || true)
-  # What the clean stop's grace period left in the lake spool (uploaded at
-  # the next start): an upload backlog, not a loss.
+  # What the clean stop's grace period left in the lake spool is uploaded at
+  # the next start: an upload backlog, not a loss. A segment cut off mid-way
+  # is partly in both places, so the received set is their union.
+  local spooled received
   spooled=$(cat "$dir"/spool/lake/seg-* 2>/dev/null | grep -c '"kind":"candle"' || true)
+  received=$({ find "$dir/s3/klines-load" -name '*.jsonl.gz' ! -path '*kind=reject*' -exec zcat {} + 2>/dev/null;
+               cat "$dir"/spool/lake/seg-* 2>/dev/null || true; } | grep '"kind":"candle"' | sort -u -S 1G | wc -l)
   fresh=$(psql -tAq "$url" -c "
     SELECT coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY s)::numeric, 1) || ' s / ' ||
            round(percentile_cont(0.99) WITHIN GROUP (ORDER BY s)::numeric, 1) || ' s', 'n/a')
@@ -186,7 +190,7 @@ TOML
     "   silver freshness (interval end -> merged) p50 / p99: $fresh" \
     "   sent by the simulator: $sent_frames frames, $sent_finals finals" \
     "   bronze ws finals:     $bronze_finals ($((sent_finals - bronze_finals)) lost)" \
-    "   lake candle lines:    $lake_lines uploaded + $spooled left in the spool at the stop ($((sent_frames - lake_lines - spooled)) lost)" | tee -a "$work/summary"
+    "   lake candle lines:    $lake_lines uploaded, $spooled left in the spool at the stop (upload backlog); $received distinct ($((sent_frames - received)) lost)" | tee -a "$work/summary"
   psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
 }
 
