@@ -167,14 +167,18 @@ TOML
   sent_finals=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["finals_sent"])' "$dir/stats.json")
   local bronze_finals lake_lines fresh
   bronze_finals=$(psql -tAq "$url" -c "SELECT count(*) FROM bronze.ohlcv_native WHERE source = 'ws' AND is_final")
-  lake_lines=$(find "$dir/s3/klines-load" -name '*.jsonl.gz' ! -path '*kind=reject*' -exec zcat {} + 2>/dev/null | grep -c '"kind":"candle"' || true)
-  # What the clean stop's grace period left in the lake spool is uploaded at
-  # the next start: an upload backlog, not a loss. A segment cut off mid-way
-  # is partly in both places, so the received set is their union.
+  # The lake's candle lines, decompressed once. What the clean stop's grace
+  # period left in the spool is uploaded at the next start: an upload
+  # backlog, not a loss. A segment cut off mid-way is partly in both places,
+  # so the received set is their union.
+  find "$dir/s3/klines-load" -name '*.jsonl.gz' ! -path '*kind=reject*' -exec zcat {} + 2>/dev/null \
+    | grep '"kind":"candle"' >"$dir/lake.lines" || true
+  cat "$dir"/spool/lake/seg-* 2>/dev/null | grep '"kind":"candle"' >"$dir/spool.lines" || true
   local spooled received
-  spooled=$(cat "$dir"/spool/lake/seg-* 2>/dev/null | grep -c '"kind":"candle"' || true)
-  received=$({ find "$dir/s3/klines-load" -name '*.jsonl.gz' ! -path '*kind=reject*' -exec zcat {} + 2>/dev/null;
-               cat "$dir"/spool/lake/seg-* 2>/dev/null || true; } | grep '"kind":"candle"' | sort -u -S 1G | wc -l)
+  lake_lines=$(wc -l <"$dir/lake.lines")
+  spooled=$(wc -l <"$dir/spool.lines")
+  received=$(sort -u -S 1G "$dir/lake.lines" "$dir/spool.lines" | wc -l)
+  rm -f "$dir/lake.lines" "$dir/spool.lines"
   fresh=$(psql -tAq "$url" -c "
     SELECT coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY s)::numeric, 1) || ' s / ' ||
            round(percentile_cont(0.99) WITHIN GROUP (ORDER BY s)::numeric, 1) || ' s', 'n/a')

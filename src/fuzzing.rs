@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use url::Url;
 
-use crate::domain::CandleEvent;
+use crate::domain::Candle;
 use crate::exchange::binance::{self, Binance};
 use crate::exchange::{DecodeState, Decoded, Exchange};
 
@@ -33,9 +33,8 @@ fn received() -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000, 0).expect("valid instant")
 }
 
-/// What every decoded observation must satisfy, whatever the input.
-fn check_event(exchange: &str, e: &CandleEvent) {
-    let c = &e.candle;
+/// What every decoded candle must satisfy, whatever the input.
+fn check_candle(exchange: &str, c: &Candle) {
     assert_eq!(c.interval_seconds, 60, "{exchange}: a 1-minute candle");
     assert_eq!(
         c.interval_start,
@@ -67,7 +66,7 @@ pub fn ws_frames(data: &[u8]) {
         for frame in std::iter::once(text.as_ref()).chain(text.lines()) {
             if let Ok(Decoded::Candles(events)) = ex.decode(frame, received(), &mut state) {
                 for e in &events {
-                    check_event(ex.id().as_str(), e);
+                    check_candle(ex.id().as_str(), &e.candle);
                 }
             }
         }
@@ -85,17 +84,8 @@ pub fn ws_frames(data: &[u8]) {
 pub fn rest_bodies(data: &[u8]) {
     for ex in exchanges() {
         if let Ok(candles) = ex.parse_rest_klines("BTCUSDT", data, received()) {
-            for c in candles {
-                check_event(
-                    ex.id().as_str(),
-                    &CandleEvent {
-                        candle: c,
-                        is_final: true,
-                        source: crate::domain::Source::Rest,
-                        event_ts: None,
-                        received_ts: received(),
-                    },
-                );
+            for c in &candles {
+                check_candle(ex.id().as_str(), c);
             }
         }
         let _ = ex.parse_instruments(data);
