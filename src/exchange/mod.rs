@@ -6,6 +6,9 @@
 //! recorded frames, and lets every URL point at a simulator.
 
 pub mod binance;
+pub mod bybit;
+pub mod kraken;
+pub mod okx;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -98,6 +101,19 @@ pub enum Control {
     ExchangeError(String),
 }
 
+/// How a worker knows a minute's candle is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalityRule {
+    /// The exchange flags the closing frame (Binance `k.x`, OKX `confirm`,
+    /// Bybit `confirm`).
+    Flag,
+    /// No flag (Kraken, trade-built Coinbase candles): a minute's last
+    /// observation is final once an observation of a later minute of the
+    /// pair arrived, or once the exchange's clock passed the minute's end
+    /// plus the grace with the connection up since that observation.
+    Implicit,
+}
+
 /// Per-connection decode state, for exchanges whose frames only make sense
 /// in sequence (trade-built candles, snapshot-then-update feeds). Binance
 /// frames are self-contained and leave it untouched.
@@ -145,6 +161,11 @@ pub trait Exchange: Send + Sync + 'static {
     fn id(&self) -> ExchangeId;
 
     fn limits(&self) -> ConnectionLimits;
+
+    /// How the worker decides that a minute is final.
+    fn finality(&self) -> FinalityRule {
+        FinalityRule::Flag
+    }
 
     /// Checks a configured symbol and returns it in the exchange's native
     /// spelling (`btcusdt` → `BTCUSDT` on Binance).
@@ -208,6 +229,18 @@ pub fn build(id: ExchangeId, config: &ExchangeConfig) -> Result<Arc<dyn Exchange
             config.ws_url.clone(),
             config.rest_url.clone(),
         ))),
+        ExchangeId::Okx => Ok(Arc::new(okx::Okx::new(
+            config.ws_url.clone(),
+            config.rest_url.clone(),
+        ))),
+        ExchangeId::Bybit => Ok(Arc::new(bybit::Bybit::new(
+            config.ws_url.clone(),
+            config.rest_url.clone(),
+        ))),
+        ExchangeId::Kraken => Ok(Arc::new(kraken::Kraken::new(
+            config.ws_url.clone(),
+            config.rest_url.clone(),
+        ))),
         other => Err(ExchangeError::NotImplemented(other)),
     }
 }
@@ -225,6 +258,11 @@ pub(crate) fn join_path(base: &Url, segment: &str) -> Url {
     url.set_path(&path);
     url.set_query(None);
     url
+}
+
+/// A body or frame that is not JSON (or not the JSON expected).
+pub(crate) fn json_error(e: serde_json::Error) -> DecodeError {
+    DecodeError::Json(e.to_string())
 }
 
 /// Parses an exact decimal from its textual form, naming the field on error.
@@ -306,6 +344,48 @@ pub(crate) fn parse_non_negative(
         });
     }
     Ok(value)
+}
+
+/// What the exchanges' parser tests share: the fixtures under
+/// `tests/fixtures/`, copied from the real recordings (see its PROVENANCE).
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::str::FromStr;
+
+    pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    pub fn fixture(path: &str) -> String {
+        std::fs::read_to_string(format!("{FIXTURES}/{path}"))
+            .unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+    }
+
+    pub fn dec(s: &str) -> rust_decimal::Decimal {
+        rust_decimal::Decimal::from_str(s).unwrap()
+    }
+
+    /// The raw frames of one exchange in crypto-msg-parser's test captures.
+    pub fn crypto_msg_parser_frames(exchange: &str) -> Vec<String> {
+        fixture(&format!(
+            "ws/crypto_msg_parser_{exchange}_candlestick.jsonl"
+        ))
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["raw"].as_str().unwrap().to_owned()
+        })
+        .collect()
+    }
+
+    /// The verbatim frames a cryptofeed capture received.
+    pub fn cryptofeed_frames(file: &str) -> Vec<String> {
+        fixture(&format!("ws/{file}"))
+            .lines()
+            .filter_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                (v["t"] == "recv").then(|| v["data"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
