@@ -156,6 +156,11 @@ pub struct IngestConfig {
     /// written to the spool.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Exchanges without a closed flag (Kraken): a minute's last
+    /// observation is final once the exchange's clock is this far past the
+    /// minute's end with the connection up (or a later minute arrived).
+    #[serde(with = "humantime_serde")]
+    pub finality_grace: Duration,
     /// Capacity of the channel from the workers to the bronze sink.
     pub channel_capacity: usize,
     /// `"i/N"`: ingest only the pairs of shard i of N (stable hash of
@@ -176,6 +181,7 @@ impl Default for IngestConfig {
             rotate_after: Duration::from_secs(23 * 3600 + 50 * 60),
             handover_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
+            finality_grace: Duration::from_secs(5),
             channel_capacity: 10_000,
             shard: None,
         }

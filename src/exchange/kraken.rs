@@ -360,7 +360,7 @@ impl Exchange for Kraken {
             }));
         }
         match obj.get("channel").and_then(Value::as_str) {
-            Some("heartbeat") => Ok(Decoded::Control(Control::Heartbeat)),
+            Some("heartbeat") => Ok(Decoded::Control(Control::Quiet)),
             Some("status") => {
                 let system = value["data"][0]["system"].as_str().unwrap_or("unknown");
                 if system == "online" {
@@ -568,7 +568,7 @@ mod tests {
         assert!(err.to_string().contains("v1"), "{err}");
         assert_eq!(
             decode(r#"{"channel":"heartbeat"}"#).unwrap(),
-            Decoded::Control(Control::Heartbeat)
+            Decoded::Control(Control::Quiet)
         );
         let ack = r#"{"method":"subscribe","result":{"channel":"ohlc","symbol":"BTC/USD","snapshot":true},"success":true,"time_in":"2026-07-15T14:31:02.114201Z","time_out":"2026-07-15T14:31:02.114275Z","req_id":42}"#;
         assert_eq!(decode(ack).unwrap(), Decoded::Control(Control::Ack));

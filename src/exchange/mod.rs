@@ -97,6 +97,10 @@ pub enum Control {
     ServerShutdown,
     /// An application-level pong or heartbeat.
     Heartbeat,
+    /// The server says it has nothing to send (Kraken's `heartbeat`
+    /// channel, sent in place of data): the feed is alive and the market
+    /// quiet, so it counts against dead-feed detection like data.
+    Quiet,
     /// The exchange answered a request with an error.
     ExchangeError(String),
 }

@@ -37,7 +37,7 @@ use crate::backfill::clock::ExchangeClock;
 use crate::backfill::scheduler::Outage;
 use crate::config::IngestConfig;
 use crate::domain::{CandleEvent, Minute, Pair};
-use crate::exchange::{Control, DecodeState, Decoded, Exchange};
+use crate::exchange::{Control, DecodeState, Decoded, Exchange, FinalityRule};
 use crate::lake::LakeRecord;
 use crate::telemetry::metrics::{CandleLabels, ChannelLabels, ExchangeLabels, ReasonLabels};
 use crate::telemetry::Metrics;
@@ -47,6 +47,8 @@ use crate::telemetry::Metrics;
 const ROTATION_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// How long a closing connection may take to say goodbye.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the implicit finality rule looks at the clock.
+const FINALITY_TICK: Duration = Duration::from_millis(500);
 /// Longest excerpt of an undecodable frame put in a log line.
 const LOG_FRAME_CHARS: usize = 200;
 
@@ -94,6 +96,9 @@ pub struct Slot {
     /// Index of the slot within its exchange, for logs.
     pub index: usize,
     finality: Mutex<Finality>,
+    /// The exchange's time as its frames tell it (shared with the
+    /// backfiller when it listens): the implicit finality rule's clock.
+    clock: Arc<ExchangeClock>,
     next_conn: AtomicU64,
     feed: Option<FeedHooks>,
     outage: Mutex<OutageState>,
@@ -136,6 +141,7 @@ impl Slot {
         limiter: Arc<ConnectLimiter>,
         index: usize,
     ) -> Self {
+        let rule = exchange.finality();
         Slot {
             exchange,
             pairs,
@@ -144,7 +150,8 @@ impl Slot {
             metrics,
             limiter,
             index,
-            finality: Mutex::new(Finality::new()),
+            finality: Mutex::new(Finality::with_rule(rule)),
+            clock: Arc::new(ExchangeClock::new()),
             next_conn: AtomicU64::new(1),
             feed: None,
             outage: Mutex::new(OutageState::default()),
@@ -182,6 +189,7 @@ impl Slot {
 
     /// Reports the exchange's time and every outage to the backfiller.
     pub fn with_feed_hooks(mut self, hooks: FeedHooks) -> Self {
+        self.clock = Arc::clone(&hooks.clock);
         self.feed = Some(hooks);
         self
     }
@@ -342,6 +350,20 @@ impl Slot {
         }
     }
 
+    /// The implicit rule's clock, while a connection is up: open minutes
+    /// whose end plus the grace has passed on the exchange's clock.
+    async fn expire_open_minutes(&self) {
+        let now = self.clock.now();
+        let closed = self
+            .finality
+            .lock()
+            .expect("finality state poisoned")
+            .expire(now, self.config.finality_grace);
+        for event in closed {
+            self.send_bronze(event).await;
+        }
+    }
+
     async fn flush_open_minutes(&self) {
         let open = self
             .finality
@@ -433,6 +455,9 @@ impl Slot {
             None => (Duration::from_secs(3600), None),
         };
         let mut ping_timer = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let implicit = self.exchange.finality() == FinalityRule::Implicit;
+        let mut finality_timer = tokio::time::interval(FINALITY_TICK);
+        finality_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let labels = self.label();
 
         // Set once the connection is told to stop: it says goodbye and keeps
@@ -453,6 +478,10 @@ impl Slot {
                     warn!(%exchange, slot = self.index, conn = id, idle_s = self.config.idle_timeout.as_secs_f64(), "No data on an open connection: dead feed");
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
                     return ConnEnd::DeadFeed;
+                }
+                _ = finality_timer.tick(), if implicit && closing.is_none() && live => {
+                    self.expire_open_minutes().await;
+                    continue;
                 }
                 _ = ping_timer.tick(), if ping_msg.is_some() && closing.is_none() => {
                     if let Some(msg) = &ping_msg {
@@ -516,6 +545,10 @@ impl Slot {
                         }
                     }
                     self.take_events(events).await;
+                }
+                Ok(Decoded::Control(Control::Quiet)) => {
+                    // Alive and quiet: not a dead feed.
+                    last_data = Instant::now();
                 }
                 Ok(Decoded::Control(Control::ServerShutdown)) => {
                     let _ = signals.try_send(Signal::ShutdownNotice);
@@ -596,15 +629,15 @@ impl Slot {
     /// Feeds the exchange clock and, on the first data after a lost
     /// connection, reports the outage.
     fn note_feed(&self, events: &[CandleEvent]) {
+        if let Some(t) = events.iter().filter_map(|e| e.event_ts).max() {
+            self.clock.observe(t);
+        }
         let Some(hooks) = &self.feed else {
             return;
         };
         let Some(newest) = events.iter().map(|e| e.candle.minute()).max() else {
             return;
         };
-        if let Some(t) = events.iter().filter_map(|e| e.event_ts).max() {
-            hooks.clock.observe(t);
-        }
         let report = {
             let mut state = self.outage.lock().expect("outage state poisoned");
             state.latest = state.latest.max(Some(newest));

@@ -1,7 +1,10 @@
 //! Replay data: candles in Binance Vision's daily CSV format
 //! (`open_time,open,high,low,close,volume,close_time,quote_volume,count,
 //! taker_buy_volume,taker_buy_quote_volume,ignore`), with or without a header
-//! line, open times in milliseconds or (files since 2025) microseconds.
+//! line, open times in milliseconds or (files since 2025) microseconds; the
+//! six-column `open_time,open,high,low,close,volume` form with ISO times;
+//! and Kraken's seven-column OHLCVT files (`time,open,high,low,close,volume,
+//! trades`, Unix seconds, minutes without trades absent).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -134,6 +137,39 @@ pub fn load_csv(path: &Path) -> Result<BTreeMap<Minute, SimCandle>, DatasetError
             );
             continue;
         }
+        if f.len() == 7 {
+            // Kraken's OHLCVT history files: `time,open,high,low,close,
+            // volume,trades`, time in Unix seconds, minutes without trades
+            // absent. No quote volume: it stays zero (the simulator's
+            // Kraken feed sends the close as vwap, see `kraken.rs`).
+            let secs: i64 = f[0]
+                .parse()
+                .map_err(|_| row_err(format!("time `{}` is not Unix seconds", f[0])))?;
+            let minute = Minute::from_epoch_ms(secs.saturating_mul(1000))
+                .ok_or_else(|| row_err(format!("time {secs} is not on a minute")))?;
+            let dec = |idx: usize, name: &str| -> Result<Decimal, DatasetError> {
+                f[idx]
+                    .parse::<Decimal>()
+                    .map_err(|_| row_err(format!("{name} `{}` is not a decimal", f[idx])))
+            };
+            out.insert(
+                minute,
+                SimCandle {
+                    open: dec(1, "open")?,
+                    high: dec(2, "high")?,
+                    low: dec(3, "low")?,
+                    close: dec(4, "close")?,
+                    volume: dec(5, "volume")?,
+                    quote_volume: Decimal::ZERO,
+                    trades: f[6]
+                        .parse()
+                        .map_err(|_| row_err(format!("trades `{}` is not an integer", f[6])))?,
+                    taker_buy_volume: Decimal::ZERO,
+                    taker_buy_quote_volume: Decimal::ZERO,
+                },
+            );
+            continue;
+        }
         if f.len() < 11 {
             return Err(row_err(format!(
                 "expected 12 columns (Binance Vision) or 6 (open_time,open,high,low,close,volume), found {}",
@@ -221,6 +257,21 @@ mod tests {
         assert_eq!(first.start().to_rfc3339(), "2023-03-01T00:00:00+00:00");
         assert_eq!(candle.open.to_string(), "23140.48");
         assert_eq!(candle.volume.to_string(), "2.131777");
+    }
+
+    #[test]
+    fn kraken_ohlcvt_files_load_with_their_gaps() {
+        let c = load_csv(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/kraken/kraken_ohlcvt_XBTUSDC_1m_2023-01-10.csv"
+        )))
+        .unwrap();
+        assert_eq!(c.len(), 718, "minutes without trades are absent");
+        let (first, candle) = c.iter().next().unwrap();
+        assert_eq!(first.start().to_rfc3339(), "2023-01-10T00:00:00+00:00");
+        assert_eq!(candle.close.to_string(), "17181.93");
+        assert_eq!(candle.volume.to_string(), "0.01355831");
+        assert_eq!(candle.trades, 1);
     }
 
     #[test]
