@@ -2,7 +2,10 @@
 //! its [`ExchangeClock`], with the exchange's rate-limit answers honoured
 //! and only what is worth retrying retried.
 //!
-//! - 429: every caller pauses for `Retry-After`, then the request is retried.
+//! - 429 (or an answer the exchange marks as a rate-limit refusal in its
+//!   body, like Kraken's `EGeneral:Too many requests` under HTTP 200):
+//!   every caller pauses for `Retry-After` (or a window), then the request
+//!   is retried.
 //! - 418 (Binance's IP ban): every caller pauses for `Retry-After` (at
 //!   least two minutes), loudly, then retries.
 //! - other 4xx: never retried; the error carries the exchange's message.
@@ -173,6 +176,19 @@ impl RestClient {
                         .map(Duration::from_secs);
                     if status.is_success() {
                         match resp.bytes().await {
+                            Ok(body) if self.exchange.rest_rate_limited(&body) => {
+                                // Kraken: a refusal under HTTP 200.
+                                tally.rate_limited += 1;
+                                limited += 1;
+                                let pause = retry_after.unwrap_or_else(|| self.limiter.window());
+                                self.limiter.pause(pause);
+                                self.count("rate_limited");
+                                warn!(exchange = %self.exchange.id(), pause_s = pause.as_secs_f64(), error = %excerpt(&String::from_utf8_lossy(&body)), "Rate limited (in the answer's body); every REST caller pauses");
+                                if limited >= MAX_RATE_LIMITED {
+                                    return Err(RestError::RateLimited { url });
+                                }
+                                continue;
+                            }
                             Ok(body) => {
                                 self.count("ok");
                                 return Ok(RestResponse { body, date });

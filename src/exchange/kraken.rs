@@ -447,6 +447,15 @@ impl Exchange for Kraken {
         Ok(candles)
     }
 
+    fn rest_rate_limited(&self, body: &[u8]) -> bool {
+        // `{"error":["EGeneral:Too many requests"]}` or
+        // `["EAPI:Rate limit exceeded"]`, under HTTP 200.
+        let head = &body[..body.len().min(200)];
+        let text = String::from_utf8_lossy(head);
+        text.contains("\"error\"")
+            && (text.contains("Too many requests") || text.contains("Rate limit exceeded"))
+    }
+
     fn rest_limits(&self) -> RestLimits {
         RestLimits {
             weight_limit: REST_RATE,
@@ -631,6 +640,16 @@ mod tests {
             .unwrap();
         assert_eq!(c.len(), 2, "a flat row, two traded rows, the open one");
         assert_eq!(c[0].interval_start.timestamp(), 1_784_125_800);
+    }
+
+    #[test]
+    fn rate_limit_refusals_under_http_200_are_recognised() {
+        let k = kraken();
+        assert!(k.rest_rate_limited(br#"{"error":["EGeneral:Too many requests"]}"#));
+        assert!(k.rest_rate_limited(br#"{"error":["EAPI:Rate limit exceeded"]}"#));
+        assert!(!k.rest_rate_limited(br#"{"error":["EQuery:Unknown asset pair"]}"#));
+        let ok = fixture("rest/docs_example_kraken_rest_ohlc.json");
+        assert!(!k.rest_rate_limited(ok.as_bytes()));
     }
 
     #[test]

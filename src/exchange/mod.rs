@@ -207,6 +207,12 @@ pub trait Exchange: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Vec<Candle>, DecodeError>;
 
+    /// True when a successful (HTTP 2xx) REST answer is in fact a
+    /// rate-limit refusal, which the client then waits out and retries.
+    fn rest_rate_limited(&self, _body: &[u8]) -> bool {
+        false
+    }
+
     /// The REST request budget, before config overrides.
     fn rest_limits(&self) -> RestLimits;
 

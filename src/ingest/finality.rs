@@ -308,7 +308,11 @@ mod tests {
         assert_eq!(out.to_bronze.len(), 1);
         let closed = &out.to_bronze[0];
         assert!(closed.is_final);
-        assert_eq!(closed.candle.close, Decimal::from(3), "the last observation");
+        assert_eq!(
+            closed.candle.close,
+            Decimal::from(3),
+            "the last observation"
+        );
         // The same values again (a snapshot after a reconnect): nothing new.
         let again = f.observe(ev("A", 0, 3, false));
         assert!(again.duplicate_final && again.to_bronze.is_empty());
@@ -329,7 +333,9 @@ mod tests {
         f.observe(ev("B", 1, 2, false));
         let m0 = Minute::from_index(28_000_000);
         let grace = std::time::Duration::from_secs(5);
-        assert!(f.expire(m0.end() + chrono::Duration::seconds(4), grace).is_empty());
+        assert!(f
+            .expire(m0.end() + chrono::Duration::seconds(4), grace)
+            .is_empty());
         let out = f.expire(m0.end() + chrono::Duration::seconds(5), grace);
         assert_eq!(out.len(), 1);
         assert!(out[0].is_final && out[0].candle.symbol == "A");
@@ -340,6 +346,8 @@ mod tests {
         // A flag exchange's minutes never close by the clock.
         let mut flag = Finality::new();
         flag.observe(ev("A", 0, 2, false));
-        assert!(flag.expire(m0.end() + chrono::Duration::hours(1), grace).is_empty());
+        assert!(flag
+            .expire(m0.end() + chrono::Duration::hours(1), grace)
+            .is_empty());
     }
 }

@@ -10,17 +10,17 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
-use tokio::time::{sleep_until, Instant};
 
 use super::dataset::SimCandle;
-use super::{partial_candle, FaultDice, RestVerdict, Schedule, SimState, SimStats, Step};
+use super::ws::{serve, Protocol};
+use super::{partial_candle, split_symbol, RestVerdict, SimState};
 use crate::domain::{ms_to_utc, Minute};
 
 /// Binance closes a connection whose client sends more than this many
@@ -31,8 +31,6 @@ const EXCHANGE_INFO_WEIGHT: u64 = 20;
 const TIME_WEIGHT: u64 = 1;
 const KLINES_MAX_LIMIT: usize = 1000;
 const KLINES_DEFAULT_LIMIT: usize = 500;
-/// Wait between the `serverShutdown` notice and the close.
-const SHUTDOWN_NOTICE_LEAD: Duration = Duration::from_secs(2);
 
 pub fn routes() -> Router<Arc<SimState>> {
     Router::new()
@@ -105,6 +103,62 @@ pub fn kline_frame(
 #[derive(serde::Deserialize)]
 struct StreamsQuery {
     streams: Option<String>,
+}
+
+/// Binance's WebSocket protocol: combined streams (`{"stream":…,"data":…}`)
+/// or raw ones.
+struct BinanceWs {
+    combined: bool,
+}
+
+impl Protocol for BinanceWs {
+    fn flagged(&self) -> bool {
+        true
+    }
+
+    fn client_messages_per_second(&self) -> u32 {
+        CLIENT_MESSAGES_PER_SECOND
+    }
+
+    fn frame(
+        &self,
+        symbol: &str,
+        minute: Minute,
+        c: &SimCandle,
+        closed: bool,
+        now_ms: i64,
+    ) -> String {
+        kline_frame(symbol, minute, c, closed, now_ms, self.combined)
+    }
+
+    fn on_text(&self, _sim: &SimState, text: &str, subs: &mut BTreeSet<String>) -> Vec<String> {
+        match handle_request(text, subs) {
+            Reply::Send(reply) => vec![reply],
+            Reply::None => Vec::new(),
+        }
+    }
+
+    fn shutdown_notice(&self, now_ms: i64) -> Option<String> {
+        let event = format!(r#"{{"e":"serverShutdown","E":{now_ms}}}"#);
+        Some(if self.combined {
+            format!(r#"{{"stream":"!serverShutdown","data":{event}}}"#)
+        } else {
+            event
+        })
+    }
+}
+
+fn connection(
+    sim: Arc<SimState>,
+    socket: axum::extract::ws::WebSocket,
+    streams: Vec<String>,
+    combined: bool,
+) -> impl std::future::Future<Output = ()> {
+    let subs: BTreeSet<String> = streams
+        .iter()
+        .filter_map(|s| kline_stream_symbol(s))
+        .collect();
+    serve(sim, Arc::new(BinanceWs { combined }), socket, subs)
 }
 
 async fn combined_stream(
@@ -182,219 +236,6 @@ fn handle_request(text: &str, subs: &mut BTreeSet<String>) -> Reply {
         ),
         None => Reply::None,
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
-}
-
-/// Serves one WebSocket client until it leaves, a fault ends it, or the
-/// simulator stops.
-async fn connection(
-    sim: Arc<SimState>,
-    mut socket: WebSocket,
-    streams: Vec<String>,
-    combined: bool,
-) {
-    let (conn_id, rng) = sim.conn_rng();
-    let mut dice = FaultDice::new(rng);
-    let cfg = &sim.config;
-    let faults = &cfg.faults;
-    let stats = &sim.stats;
-    let mut subs: BTreeSet<String> = streams
-        .iter()
-        .filter_map(|s| kline_stream_symbol(s))
-        .collect();
-    let opened = Instant::now();
-    let disconnect_at = faults.disconnect_every.map(|d| opened + d);
-    let mut age_at = faults.max_connection_age.map(|d| opened + d);
-    let mut notice_sent = false;
-    let mut clock_changes = sim.clock.subscribe();
-    let mut ping = tokio::time::interval_at(opened + cfg.ping_interval, cfg.ping_interval);
-    let mut schedule: Option<Schedule> = None;
-    let mut late: Vec<LateFinal> = Vec::new();
-    let mut window = (Instant::now(), 0u32);
-    let mut counted_as_subscriber = false;
-    tracing::debug!(conn_id, ?subs, "Simulator: client connected");
-
-    loop {
-        if !subs.is_empty() && !counted_as_subscriber {
-            counted_as_subscriber = true;
-            sim.client_subscribed();
-        }
-        if schedule.is_none() && sim.clock.is_running() {
-            schedule = Some(Schedule::new(
-                sim.clock.now_ms(),
-                cfg.updates_per_minute,
-                cfg.final_delay,
-                sim.market.end(),
-            ));
-        }
-        let next_wall = schedule
-            .as_mut()
-            .and_then(|s| s.next_due(sim.clock.now_ms()))
-            .and_then(|at| sim.clock.wall_at(at));
-        tokio::select! {
-            _ = sim.cancel.cancelled() => {
-                let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: "simulator stopping".into() }))).await;
-                return;
-            }
-            _ = sleep_until(next_wall.unwrap_or_else(far_future)), if next_wall.is_some() => {
-                let now = sim.clock.now_ms();
-                while let Some(step) = schedule.as_mut().and_then(|s| s.pop_due(now)) {
-                    let is_final = schedule.as_ref().is_some_and(|s| s.is_final(&step));
-                    if !emit(&sim, &mut socket, &subs, step, is_final, combined, &mut dice, &mut late).await {
-                        return;
-                    }
-                }
-            }
-            _ = clock_changes.changed() => {}
-            _ = ping.tick() => {
-                let payload = sim.clock.now_ms().to_string();
-                if socket.send(Message::Ping(payload.into_bytes().into())).await.is_err() {
-                    return;
-                }
-                SimStats::add(&stats.pings_sent);
-            }
-            _ = sleep_until(disconnect_at.unwrap_or_else(far_future)), if disconnect_at.is_some() => {
-                // Abrupt: drop the socket without a close frame.
-                SimStats::add(&stats.disconnects_injected);
-                return;
-            }
-            _ = sleep_until(age_at.unwrap_or_else(far_future)), if age_at.is_some() => {
-                if faults.shutdown_notice && !notice_sent {
-                    notice_sent = true;
-                    let now = sim.clock.now_ms();
-                    let event = format!(r#"{{"e":"serverShutdown","E":{now}}}"#);
-                    let frame = if combined { format!(r#"{{"stream":"!serverShutdown","data":{event}}}"#) } else { event };
-                    if socket.send(Message::Text(frame.into())).await.is_err() {
-                        return;
-                    }
-                    age_at = Some(Instant::now() + SHUTDOWN_NOTICE_LEAD);
-                } else {
-                    SimStats::add(&stats.age_closes);
-                    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "connection age limit".into() }))).await;
-                    return;
-                }
-            }
-            msg = socket.recv() => {
-                let Some(Ok(msg)) = msg else { return };
-                let counts = matches!(msg, Message::Text(_) | Message::Pong(_) | Message::Binary(_));
-                if counts {
-                    SimStats::add(&stats.client_messages);
-                    if window.0.elapsed() >= Duration::from_secs(1) {
-                        window = (Instant::now(), 0);
-                    }
-                    window.1 += 1;
-                    if window.1 > CLIENT_MESSAGES_PER_SECOND {
-                        SimStats::add(&stats.rate_limit_closes);
-                        let _ = socket.send(Message::Close(Some(CloseFrame { code: 1008, reason: "Too many messages".into() }))).await;
-                        return;
-                    }
-                }
-                match msg {
-                    Message::Text(text) => {
-                        if let Reply::Send(reply) = handle_request(text.as_str(), &mut subs) {
-                            if socket.send(Message::Text(reply.into())).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Message::Pong(_) => SimStats::add(&stats.pongs_received),
-                    Message::Close(_) => return,
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
-/// A final frame held back by the `late_finals` fault.
-struct LateFinal {
-    symbol: String,
-    minute: Minute,
-    frame: String,
-}
-
-/// Sends one step's frames for every subscribed symbol, then the finals
-/// held back at the step before. False when the socket is gone.
-#[allow(clippy::too_many_arguments)]
-async fn emit(
-    sim: &SimState,
-    socket: &mut WebSocket,
-    subs: &BTreeSet<String>,
-    step: Step,
-    is_final: bool,
-    combined: bool,
-    dice: &mut FaultDice,
-    late: &mut Vec<LateFinal>,
-) -> bool {
-    let due_late = std::mem::take(late);
-    let faults = &sim.config.faults;
-    let updates = sim.config.updates_per_minute;
-    for symbol in subs {
-        let Some(candle) = sim.market.candle_at(symbol, step.minute) else {
-            continue;
-        };
-        let drop_p = if is_final {
-            faults.drop_finals
-        } else {
-            faults.drop_updates
-        };
-        if dice.roll(drop_p) {
-            SimStats::add(&sim.stats.dropped);
-            continue;
-        }
-        let frame = if is_final {
-            kline_frame(symbol, step.minute, candle, true, step.at_ms, combined)
-        } else {
-            let partial = partial_candle(candle, step.step + 1, updates + 1);
-            kline_frame(symbol, step.minute, &partial, false, step.at_ms, combined)
-        };
-        if is_final && dice.roll(faults.late_finals) {
-            SimStats::add(&sim.stats.late_finals);
-            late.push(LateFinal {
-                symbol: symbol.clone(),
-                minute: step.minute,
-                frame,
-            });
-            continue;
-        }
-        if dice.roll(faults.malformed) {
-            let bad = dice.corrupt(&frame);
-            if socket.send(Message::Text(bad.into())).await.is_err() {
-                return false;
-            }
-            SimStats::add(&sim.stats.malformed_sent);
-        }
-        let copies = if dice.roll(faults.duplicate) {
-            SimStats::add(&sim.stats.duplicated);
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            if socket
-                .send(Message::Text(frame.clone().into()))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            SimStats::add(&sim.stats.frames_sent);
-        }
-        if is_final {
-            sim.stats.record_final(symbol, step.minute);
-        }
-    }
-    for held in due_late {
-        if socket.send(Message::Text(held.frame.into())).await.is_err() {
-            return false;
-        }
-        SimStats::add(&sim.stats.frames_sent);
-        sim.stats.record_final(&held.symbol, held.minute);
-    }
-    true
 }
 
 fn binance_error(status: StatusCode, code: i64, msg: &str) -> Response {
@@ -595,21 +436,6 @@ async fn klines(
         })
         .collect();
     with_weight(&sim, axum::Json(rows).into_response(), used)
-}
-
-/// Splits a simulated symbol into base and quote by the common quote assets.
-fn split_symbol(symbol: &str) -> (String, String) {
-    const QUOTES: &[&str] = &[
-        "USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB",
-    ];
-    for q in QUOTES {
-        if let Some(base) = symbol.strip_suffix(q) {
-            if !base.is_empty() {
-                return (base.to_owned(), (*q).to_owned());
-            }
-        }
-    }
-    (symbol.to_owned(), String::new())
 }
 
 async fn exchange_info(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response {

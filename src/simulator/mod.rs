@@ -6,17 +6,24 @@
 //!
 //! Every exchange lives under its own path prefix on one port
 //! (`ws://127.0.0.1:9100/binance/stream?streams=…`,
-//! `http://127.0.0.1:9100/binance/api/v3/klines`), so a klines config points
-//! at it by changing only the base URLs. `/sim/stats` reports what was sent,
+//! `http://127.0.0.1:9100/binance/api/v3/klines`, `/okx/ws/v5/business`,
+//! `/bybit/v5/public/spot`, `/kraken/v2`), so a klines config points at it
+//! by changing only the base URLs. Each exchange serves the same replay
+//! data under its own symbols (`BTCUSDT` is `BTC-USDT` on OKX, `BTC/USDT`
+//! on Kraken's WebSocket and `XBTUSDT` on its REST). `/sim/stats` reports what was sent,
 //! `/sim/pause` and `/sim/resume` control the replay clock.
 //!
-//! Adding an exchange: a module with its frame encoder and routes, nested
-//! under its name in [`router`]; the replay data, clock, schedule and faults
-//! here are shared.
+//! Adding an exchange: a module with its [`ws::Protocol`] and REST routes,
+//! nested under its name in [`router`]; the replay data, clock, schedule,
+//! faults and WebSocket loop (`ws.rs`) are shared.
 
 pub mod binance;
+pub mod bybit;
 pub mod clock;
 pub mod dataset;
+pub mod kraken;
+pub mod okx;
+pub mod ws;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -277,7 +284,7 @@ pub struct StatsSnapshot {
 }
 
 impl SimStats {
-    fn add(counter: &AtomicU64) {
+    pub(crate) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -335,8 +342,8 @@ pub struct RestLogEntry {
 /// ignoring it are per client (`User-Agent`), standing in for separate IPs.
 #[derive(Debug, Default)]
 struct RestLedger {
-    window_index: i64,
-    used: u64,
+    /// Per exchange: the current window and the weight used in it.
+    windows: HashMap<String, (i64, u64)>,
     /// Per client: a 429 told it to wait until then (wall ms), and the end
     /// of its ban.
     clients: HashMap<String, ClientState>,
@@ -442,18 +449,31 @@ impl SimState {
     /// (or every Nth request with the `rest_429_every` fault), 418 and a ban
     /// for a request that does not wait out a `Retry-After`.
     pub fn rest_request(&self, path: &str, client: &str, weight: u64) -> RestVerdict {
+        self.rest_request_on("binance", path, client, weight)
+    }
+
+    /// [`SimState::rest_request`] on `exchange`'s own ledger: each exchange
+    /// counts its own weight, and a client's `Retry-After` and ban on one
+    /// exchange say nothing about another.
+    pub fn rest_request_on(
+        &self,
+        exchange: &str,
+        path: &str,
+        client: &str,
+        weight: u64,
+    ) -> RestVerdict {
         let n = self.stats.rest_requests.fetch_add(1, Ordering::Relaxed) + 1;
         let now = wall_ms();
         let window_ms = (self.config.rest_weight_window.as_millis() as i64).max(1);
         let secs_until = |t: i64| ((t - now).max(0) as u64).div_ceil(1000).max(1);
         let mut l = self.rest.lock().expect("rest ledger poisoned");
         let index = now.div_euclid(window_ms);
-        if index != l.window_index {
-            l.window_index = index;
-            l.used = 0;
+        let window = l.windows.entry(exchange.to_owned()).or_default();
+        if index != window.0 {
+            *window = (index, 0);
         }
-        let used = l.used;
-        let state = l.clients.entry(client.to_owned()).or_default();
+        let used = window.1;
+        let state = l.clients.entry(format!("{exchange} {client}")).or_default();
         let verdict = if state.banned_until > now {
             RestVerdict::Banned {
                 retry_after_s: secs_until(state.banned_until),
@@ -478,8 +498,9 @@ impl SimState {
                 retry_after_s: secs_until(window_end),
             }
         } else {
-            l.used += weight;
-            RestVerdict::Serve { used: l.used }
+            let window = l.windows.entry(exchange.to_owned()).or_default();
+            window.1 += weight;
+            RestVerdict::Serve { used: window.1 }
         };
         let status = match verdict {
             RestVerdict::Serve { .. } => 200,
@@ -497,7 +518,11 @@ impl SimState {
         }
         l.log.push(RestLogEntry {
             at_ms: now,
-            path: path.to_owned(),
+            path: if exchange == "binance" {
+                path.to_owned()
+            } else {
+                format!("/{exchange}{path}")
+            },
             client: client.to_owned(),
             weight,
             status,
@@ -588,6 +613,11 @@ impl Schedule {
     pub fn is_final(&self, step: &Step) -> bool {
         step.step >= self.updates
     }
+
+    /// In-progress updates per minute before the final step.
+    pub fn updates(&self) -> u32 {
+        self.updates
+    }
 }
 
 /// The in-progress state of a candle `num/den` of the way through its
@@ -622,12 +652,12 @@ impl FaultDice {
         FaultDice { rng }
     }
 
-    fn roll(&mut self, p: f64) -> bool {
+    pub(crate) fn roll(&mut self, p: f64) -> bool {
         p > 0.0 && self.rng.random::<f64>() < p
     }
 
     /// A malformed variant of `frame`.
-    fn corrupt(&mut self, frame: &str) -> String {
+    pub(crate) fn corrupt(&mut self, frame: &str) -> String {
         match self.rng.random_range(0..4) {
             0 => frame[..frame.len() / 2].to_owned(),
             1 => frame.replacen("\"x\":", "\"x\":\"maybe\",\"_\":", 1),
@@ -637,16 +667,87 @@ impl FaultDice {
     }
 }
 
+/// Splits a replay symbol (`BTCUSDT`) into base and quote by the common
+/// quote assets.
+pub fn split_symbol(symbol: &str) -> (String, String) {
+    const QUOTES: &[&str] = &[
+        "USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB",
+    ];
+    for q in QUOTES {
+        if let Some(base) = symbol.strip_suffix(q) {
+            if !base.is_empty() {
+                return (base.to_owned(), (*q).to_owned());
+            }
+        }
+    }
+    (symbol.to_owned(), String::new())
+}
+
+/// The replay symbol whose base and quote, joined by `sep`, give `native`
+/// (`BTC-USDT` with `-` → `BTCUSDT`), if the market has it.
+pub fn market_symbol(market: &Market, native: &str, sep: char) -> Option<String> {
+    let (base, quote) = native.split_once(sep)?;
+    let symbol = format!("{base}{quote}").to_ascii_uppercase();
+    market.has_symbol(&symbol).then_some(symbol)
+}
+
+/// A decimal as exchanges other than Binance write it: no trailing zeros.
+pub fn plain(d: Decimal) -> String {
+    d.normalize().to_string()
+}
+
+/// The client a REST request came from (its `User-Agent`).
+pub fn client_of(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The simulated minutes of `symbol` that exist at `now_ms` (up to the open
+/// one) between `from` and `to` inclusive, newest first, at most `limit`,
+/// each with its candle as REST shows it then (the open minute partial).
+pub fn rest_minutes(
+    sim: &SimState,
+    symbol: &str,
+    from: Minute,
+    to: Minute,
+    limit: usize,
+) -> Vec<(Minute, SimCandle, bool)> {
+    let now_ms = sim.clock.now_ms();
+    let current = Minute::containing(crate::domain::ms_to_utc(now_ms));
+    let to = to.min(current);
+    let from = from.max(sim.market.first());
+    let mut out = Vec::new();
+    let mut m = to;
+    while m >= from && out.len() < limit {
+        if let Some(full) = sim.market.candle_at(symbol, m) {
+            if m == current {
+                let elapsed =
+                    u32::try_from((now_ms - m.epoch_ms()).clamp(0, 59_999) / 1000).unwrap_or(0);
+                out.push((m, partial_candle(full, elapsed, 60), false));
+            } else {
+                out.push((m, full.clone(), true));
+            }
+        }
+        m = m.plus(-1);
+    }
+    out
+}
+
 /// The whole simulator's HTTP and WebSocket surface.
 pub fn router(state: Arc<SimState>) -> Router {
+    let stamped = |routes: Router<Arc<SimState>>| {
+        routes.layer(axum::middleware::map_response_with_state(
+            Arc::clone(&state),
+            stamp_date,
+        ))
+    };
     Router::new()
-        .nest(
-            "/binance",
-            binance::routes().layer(axum::middleware::map_response_with_state(
-                Arc::clone(&state),
-                stamp_date,
-            )),
-        )
+        .nest("/binance", stamped(binance::routes()))
+        .nest("/okx", stamped(okx::routes()))
+        .nest("/bybit", stamped(bybit::routes()))
+        .nest("/kraken", stamped(kraken::routes()))
         .route("/sim/stats", get(stats))
         .route("/sim/rest-log", get(rest_log))
         .route("/sim/pause", post(pause))
@@ -705,6 +806,16 @@ impl SimHandle {
     /// Base URL of the Binance REST API (`rest_url` in config).
     pub fn binance_rest_url(&self) -> String {
         format!("http://{}/binance", self.addr)
+    }
+
+    /// Base URL of `exchange`'s WebSocket API (`ws_url` in config).
+    pub fn ws_url(&self, exchange: crate::domain::ExchangeId) -> String {
+        format!("ws://{}/{}", self.addr, exchange.as_str())
+    }
+
+    /// Base URL of `exchange`'s REST API (`rest_url` in config).
+    pub fn rest_url(&self, exchange: crate::domain::ExchangeId) -> String {
+        format!("http://{}/{}", self.addr, exchange.as_str())
     }
 
     /// Stops serving and closes every connection.
