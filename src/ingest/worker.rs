@@ -629,7 +629,21 @@ impl Slot {
     /// Feeds the exchange clock and, on the first data after a lost
     /// connection, reports the outage.
     fn note_feed(&self, events: &[CandleEvent]) {
-        if let Some(t) = events.iter().filter_map(|e| e.event_ts).max() {
+        // The exchange's time is at least its event time, and at least the
+        // start of any minute it reports (the end, for a closed one): a
+        // bound for feeds without event times (OKX).
+        let told = events
+            .iter()
+            .map(|e| {
+                let bound = if e.is_final {
+                    e.candle.interval_end()
+                } else {
+                    e.candle.interval_start
+                };
+                e.event_ts.map_or(bound, |t| t.max(bound))
+            })
+            .max();
+        if let Some(t) = told {
             self.clock.observe(t);
         }
         let Some(hooks) = &self.feed else {

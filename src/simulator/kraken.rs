@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::dataset::SimCandle;
 use super::ws::{serve, Protocol};
-use super::{client_of, partial_candle, split_symbol, RestVerdict, SimState};
+use super::{client_of, partial_candle, split_symbol, unflagged_state_at, RestVerdict, SimState};
 use crate::domain::{ms_to_utc, Minute};
 
 /// REST serves this many committed minutes, plus the open one.
@@ -161,12 +161,9 @@ impl KrakenWs {
             .map(|back| current.plus(-back))
             .filter_map(|m| {
                 let full = sim.market.candle_at(symbol, m)?;
+                // The open minute as its updates have shown it so far.
                 let c = if m == current {
-                    let elapsed = ((now_ms - m.epoch_ms()) / 1000).clamp(0, 59) as u32;
-                    if elapsed == 0 {
-                        return None;
-                    }
-                    partial_candle(full, elapsed, 60)
+                    unflagged_state_at(full, now_ms - m.epoch_ms(), sim.config.updates_per_minute)?
                 } else {
                     full.clone()
                 };

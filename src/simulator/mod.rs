@@ -642,6 +642,22 @@ pub fn partial_candle(c: &SimCandle, num: u32, den: u32) -> SimCandle {
     }
 }
 
+/// The state of a candle `elapsed_ms` into its minute as a feed without a
+/// closed flag shows it (see `ws::Protocol::flagged`): its updates go out at
+/// the schedule's steps, the last one carrying the full candle, so the state
+/// at any moment is the last step's; `None` before the first.
+pub fn unflagged_state_at(c: &SimCandle, elapsed_ms: i64, updates: u32) -> Option<SimCandle> {
+    let updates = updates.max(1);
+    let passed = (0..updates)
+        .filter(|step| i64::from(step + 1) * 60_000 / i64::from(updates + 1) <= elapsed_ms)
+        .count() as u32;
+    match passed {
+        0 => None,
+        p if p >= updates => Some(c.clone()),
+        p => Some(partial_candle(c, p, updates)),
+    }
+}
+
 /// Per-connection fault decisions.
 pub struct FaultDice {
     rng: StdRng,

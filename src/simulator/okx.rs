@@ -199,33 +199,41 @@ fn admit(sim: &SimState, headers: &HeaderMap, path: &str) -> Result<(), Box<Resp
     }
 }
 
+/// An OKX error answer: HTTP status, OKX's code, message.
+type OkxError = (StatusCode, &'static str, String);
+
 /// The shared reading of `after`, `before` and `limit`.
 fn page(
     sim: &SimState,
     q: &HashMap<String, String>,
     max_limit: usize,
     depth: Option<i64>,
-) -> Result<Vec<Value>, Response> {
-    let bad = |name: &str| {
-        okx_error(
+) -> Result<Vec<Value>, OkxError> {
+    let bad = |name: &str| -> OkxError {
+        (
             StatusCode::BAD_REQUEST,
             "51000",
-            &format!("Parameter {name} error"),
+            format!("Parameter {name} error"),
         )
     };
     let inst = q.get("instId").filter(|s| !s.is_empty()).ok_or_else(|| {
-        okx_error(
+        (
             StatusCode::BAD_REQUEST,
             "50014",
-            "Parameter instId can not be empty",
+            "Parameter instId can not be empty".to_owned(),
         )
     })?;
     if q.get("bar").is_some_and(|b| b != "1m") {
         return Err(bad("bar"));
     }
-    let symbol = market_symbol(&sim.market, inst, '-')
-        .ok_or_else(|| okx_error(StatusCode::OK, "51001", "Instrument ID does not exist"))?;
-    let num = |name: &'static str| -> Result<Option<i64>, Response> {
+    let symbol = market_symbol(&sim.market, inst, '-').ok_or_else(|| {
+        (
+            StatusCode::OK,
+            "51001",
+            "Instrument ID does not exist".to_owned(),
+        )
+    })?;
+    let num = |name: &'static str| -> Result<Option<i64>, OkxError> {
         q.get(name)
             .filter(|v| !v.is_empty())
             .map(|v| v.parse::<i64>().map_err(|_| bad(name)))
@@ -248,6 +256,13 @@ fn page(
         .collect())
 }
 
+fn answer(rows: Result<Vec<Value>, OkxError>) -> Response {
+    match rows {
+        Ok(rows) => Json(json!({"code": "0", "msg": "", "data": rows})).into_response(),
+        Err((status, code, msg)) => okx_error(status, code, &msg),
+    }
+}
+
 async fn history_candles(
     State(sim): State<Arc<SimState>>,
     headers: HeaderMap,
@@ -256,10 +271,7 @@ async fn history_candles(
     if let Err(r) = admit(&sim, &headers, "/api/v5/market/history-candles") {
         return *r;
     }
-    match page(&sim, &q, HISTORY_MAX_LIMIT, None) {
-        Ok(rows) => Json(json!({"code": "0", "msg": "", "data": rows})).into_response(),
-        Err(r) => r,
-    }
+    answer(page(&sim, &q, HISTORY_MAX_LIMIT, None))
 }
 
 async fn candles(
@@ -270,10 +282,7 @@ async fn candles(
     if let Err(r) = admit(&sim, &headers, "/api/v5/market/candles") {
         return *r;
     }
-    match page(&sim, &q, CANDLES_MAX_LIMIT, Some(CANDLES_DEPTH)) {
-        Ok(rows) => Json(json!({"code": "0", "msg": "", "data": rows})).into_response(),
-        Err(r) => r,
-    }
+    answer(page(&sim, &q, CANDLES_MAX_LIMIT, Some(CANDLES_DEPTH)))
 }
 
 async fn instruments(
