@@ -3,7 +3,8 @@
 # Builds klines, makes sure PostgreSQL runs (starting one if DATABASE_URL is
 # not set and none listens on 5432), creates and migrates the klines_demo
 # database, starts the bundled exchange simulator replaying real Binance
-# days, and runs the ingester against it. Ctrl-C stops both.
+# days over the protocols of Binance, OKX, Bybit and Kraken, and runs the
+# ingester against all of them. Ctrl-C stops both.
 #
 # DEMO_SECONDS=N stops after N seconds and fails unless bronze filled (CI).
 set -euo pipefail
@@ -11,6 +12,8 @@ cd "$(dirname "$0")/.."
 . scripts/pg.sh
 
 SIM_ADDR=${SIM_ADDR:-127.0.0.1:9100}
+# Every exchange of config/demo.toml; the simulator speaks each protocol.
+EXCHANGES="binance okx bybit kraken"
 FIX=tests/fixtures/binance_vision
 mkdir -p data/demo
 
@@ -37,9 +40,13 @@ echo "== simulator on $SIM_ADDR (BTCUSDT 2023-01-21 and ETHUSDT 2022-08-14, reba
 pids+=($!)
 for _ in $(seq 50); do tcp_open "${SIM_ADDR%:*}" "${SIM_ADDR#*:}" && break; sleep 0.1; done
 
-echo "== ingester (config/demo.toml)"
-DATABASE_URL="$DEMO_URL" KLINES_EXCHANGES__BINANCE__WS_URL="ws://$SIM_ADDR/binance" \
-  KLINES_EXCHANGES__BINANCE__REST_URL="http://$SIM_ADDR/binance" \
+echo "== ingester (config/demo.toml): $EXCHANGES"
+urls=()
+for ex in $EXCHANGES; do
+  EX=${ex^^}
+  urls+=("KLINES_EXCHANGES__${EX}__WS_URL=ws://$SIM_ADDR/$ex" "KLINES_EXCHANGES__${EX}__REST_URL=http://$SIM_ADDR/$ex")
+done
+env DATABASE_URL="$DEMO_URL" "${urls[@]}" \
   "$BIN" --log-format pretty --config config/demo.toml ingest >data/demo/ingest.log 2>&1 &
 pids+=($!)
 
@@ -59,10 +66,10 @@ TXT
 summary() {
   if command -v psql >/dev/null; then
     psql "$DEMO_URL" -X -q -A -t -F ' ' -c \
-      "SELECT symbol, count(*) FILTER (WHERE is_final), max(interval_start) FROM bronze.ohlcv_native GROUP BY symbol ORDER BY symbol" \
+      "SELECT exchange || ':' || symbol, count(*) FILTER (WHERE is_final), max(interval_start) FROM bronze.ohlcv_native GROUP BY 1 ORDER BY 1" \
       | while read -r sym n last_date last_time; do echo "  $sym: $n final candles, latest $last_date $last_time"; done
     psql "$DEMO_URL" -X -q -A -t -F ' ' -c \
-      "SELECT symbol, count(*), count(*) FILTER (WHERE source = 'rest') FROM silver.fact_ohlcv GROUP BY symbol ORDER BY symbol" \
+      "SELECT exchange || ':' || symbol, count(*), count(*) FILTER (WHERE source = 'rest') FROM silver.fact_ohlcv GROUP BY 1 ORDER BY 1" \
       | while read -r sym n rest; do echo "  silver $sym: $n minutes ($rest from REST backfill)"; done
     psql "$DEMO_URL" -X -q -A -t -F ' ' -c \
       "SELECT requested_by, count(*), coalesce(sum(candles_inserted), 0) FROM ops.backfill_jobs GROUP BY 1 ORDER BY 1" \
@@ -77,6 +84,14 @@ while :; do
   echo "bronze after $((SECONDS - start)) s:"; summary
   if [ -n "${DEMO_SECONDS:-}" ] && [ $((SECONDS - start)) -ge "$DEMO_SECONDS" ]; then
     n=$(psql "$DEMO_URL" -X -A -t -c "SELECT count(*) FROM bronze.ohlcv_native WHERE is_final")
+    missing=""
+    for ex in $EXCHANGES; do
+      k=$(psql "$DEMO_URL" -X -A -t -c "SELECT count(*) FROM bronze.ohlcv_native WHERE is_final AND exchange = '$ex'")
+      [ "$k" -gt 0 ] || missing="$missing $ex"
+    done
+    if [ -n "$missing" ]; then
+      echo "demo FAILED: no final candle from$missing" >&2; tail -30 data/demo/ingest.log >&2; exit 1
+    fi
     if [ "$n" -gt 0 ]; then
       if command -v curl >/dev/null; then
         echo "API /readyz: $(curl -s http://127.0.0.1:9180/readyz)"
@@ -84,7 +99,7 @@ while :; do
         rows=$(curl -s http://127.0.0.1:9180/ | grep -c 'data-pair=' || true)
         echo "status page http://127.0.0.1:9180/: $rows pairs in the heatmap"
       fi
-      echo "demo OK: $n final candles in bronze"; exit 0
+      echo "demo OK: $n final candles in bronze, from every exchange ($EXCHANGES)"; exit 0
     fi
     echo "demo FAILED: bronze is empty" >&2; tail -30 data/demo/ingest.log >&2; exit 1
   fi

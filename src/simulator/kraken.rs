@@ -317,7 +317,8 @@ async fn ohlc(
     };
     let now_ms = sim.clock.now_ms();
     let current = Minute::containing(ms_to_utc(now_ms));
-    let mut from = current.plus(-OHLC_DEPTH);
+    // Nothing before the replay's first minute, as on the other exchanges.
+    let mut from = current.plus(-OHLC_DEPTH).max(sim.market.first());
     if let Some(s) = since {
         // Entries after `since`.
         from = from.max(Minute::containing(ms_to_utc(s.saturating_mul(1000))).next());
