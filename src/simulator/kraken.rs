@@ -138,6 +138,11 @@ fn candle_json(symbol: &str, minute: Minute, c: &SimCandle) -> String {
     )
 }
 
+/// One `ohlc` update carrying one candle, pushed at `now_ms`.
+pub fn update_frame(symbol: &str, minute: Minute, c: &SimCandle, now_ms: i64) -> String {
+    ohlc_message("update", now_ms, &[candle_json(symbol, minute, c)])
+}
+
 fn ohlc_message(kind: &str, now_ms: i64, candles: &[String]) -> String {
     format!(
         r#"{{"channel":"ohlc","type":"{kind}","timestamp":"{t}","data":[{d}]}}"#,
@@ -190,7 +195,7 @@ impl Protocol for KrakenWs {
         _closed: bool,
         now_ms: i64,
     ) -> String {
-        ohlc_message("update", now_ms, &[candle_json(symbol, minute, c)])
+        update_frame(symbol, minute, c, now_ms)
     }
 
     fn greeting(&self) -> Vec<String> {
