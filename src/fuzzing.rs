@@ -16,6 +16,9 @@ use url::Url;
 
 use crate::domain::Candle;
 use crate::exchange::binance::{self, Binance};
+use crate::exchange::bybit::Bybit;
+use crate::exchange::kraken::Kraken;
+use crate::exchange::okx::Okx;
 use crate::exchange::{DecodeState, Decoded, Exchange};
 
 /// Every exchange decoder the service has.
@@ -24,7 +27,12 @@ fn exchanges() -> &'static [Box<dyn Exchange>] {
     ALL.get_or_init(|| {
         let ws = Url::parse("ws://127.0.0.1:9/ws").expect("static URL");
         let rest = Url::parse("http://127.0.0.1:9/rest").expect("static URL");
-        vec![Box::new(Binance::new(ws, rest))]
+        vec![
+            Box::new(Binance::new(ws.clone(), rest.clone())),
+            Box::new(Okx::new(ws.clone(), rest.clone())),
+            Box::new(Bybit::new(ws.clone(), rest.clone())),
+            Box::new(Kraken::new(ws, rest)),
+        ]
     })
 }
 
@@ -160,30 +168,43 @@ mod tests {
 
     #[test]
     fn ws_frames_seeds() {
-        let mut decoded = 0;
+        let mut decoded = vec![0; exchanges().len()];
         for s in seeds("ws_frames") {
             ws_frames(&s);
             let text = String::from_utf8_lossy(&s).into_owned();
-            decoded += usize::from(matches!(
-                exchanges()[0].decode(&text, received(), &mut DecodeState::default()),
-                Ok(Decoded::Candles(_))
-            ));
+            for (i, ex) in exchanges().iter().enumerate() {
+                decoded[i] += usize::from(matches!(
+                    ex.decode(&text, received(), &mut DecodeState::default()),
+                    Ok(Decoded::Candles(_))
+                ));
+            }
         }
-        assert!(decoded >= 2, "the seeds include decodable kline frames");
+        assert!(
+            decoded[0] >= 2,
+            "the seeds include decodable Binance frames"
+        );
+        assert!(
+            decoded.iter().all(|&n| n >= 1),
+            "every exchange decodes a seed: {decoded:?}"
+        );
     }
 
     #[test]
     fn rest_bodies_seeds() {
-        let mut parsed = 0;
+        let mut parsed = vec![0; exchanges().len()];
         for s in seeds("rest_bodies") {
             rest_bodies(&s);
-            parsed += usize::from(
-                exchanges()[0]
-                    .parse_rest_klines("BTCUSDT", &s, received())
-                    .is_ok_and(|c| !c.is_empty()),
-            );
+            for (i, ex) in exchanges().iter().enumerate() {
+                parsed[i] += usize::from(
+                    ex.parse_rest_klines("BTCUSDT", &s, DateTime::<Utc>::MAX_UTC)
+                        .is_ok_and(|c| !c.is_empty()),
+                );
+            }
         }
-        assert!(parsed >= 1, "the seeds include a klines page");
+        assert!(
+            parsed.iter().all(|&n| n >= 1),
+            "every exchange reads a klines page among the seeds: {parsed:?}"
+        );
     }
 
     #[test]
