@@ -146,6 +146,64 @@ fn empty_pair_lists_are_rejected() {
 }
 
 #[test]
+fn every_exchange_checks_its_own_symbol_spelling() {
+    let section = |ex: &str, pairs: &str| {
+        format!("[exchanges.{ex}]\nws_url = \"ws://127.0.0.1:9100/{ex}\"\nrest_url = \"http://127.0.0.1:9100/{ex}\"\npairs = {pairs}\n")
+    };
+    let ok = load(
+        &[
+            section("okx", r#"["btc-usdt"]"#),
+            section("bybit", r#"["ethusdt"]"#),
+            section("kraken", r#"["XBT/USD", "ETH/USD"]"#),
+        ]
+        .concat(),
+        &[],
+    )
+    .unwrap();
+    let pairs: Vec<(ExchangeId, Vec<String>)> = ok
+        .enabled_pairs()
+        .into_iter()
+        .map(|(id, p)| (id, p.into_iter().map(|p| p.symbol).collect()))
+        .collect();
+    assert!(
+        pairs.contains(&(ExchangeId::Okx, vec!["BTC-USDT".into()])),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.contains(&(ExchangeId::Bybit, vec!["ETHUSDT".into()])),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.contains(&(ExchangeId::Kraken, vec!["BTC/USD".into(), "ETH/USD".into()])),
+        "XBT is BTC: {pairs:?}"
+    );
+    rejected(
+        &section("okx", r#"["BTCUSDT"]"#),
+        &[],
+        "exchanges.okx.pairs",
+        "BASE-QUOTE",
+    );
+    rejected(
+        &section("kraken", r#"["BTCUSD"]"#),
+        &[],
+        "exchanges.kraken.pairs",
+        "BTC/USD",
+    );
+    rejected(
+        &section("bybit", r#"["BTC-USDT"]"#),
+        &[],
+        "exchanges.bybit.pairs",
+        "BTC-USDT",
+    );
+    rejected(
+        &section("kraken", r#"["XBT/USD", "BTC/USD"]"#),
+        &[],
+        "exchanges.kraken.pairs",
+        "twice",
+    );
+}
+
+#[test]
 fn bad_and_duplicate_symbols_are_rejected() {
     rejected(
         &BASE.replace(r#"["BTCUSDT"]"#, r#"["BTC/USDT"]"#),
@@ -262,12 +320,12 @@ fn no_exchange_is_rejected() {
 #[test]
 fn exchanges_not_yet_built_are_named() {
     let text = r#"
-[exchanges.kraken]
-ws_url = "wss://ws.kraken.com/v2"
-rest_url = "https://api.kraken.com"
-pairs = ["BTC/USD"]
+[exchanges.coinbase]
+ws_url = "wss://advanced-trade-ws.coinbase.com"
+rest_url = "https://api.coinbase.com"
+pairs = ["BTC-USD"]
 "#;
-    rejected(text, &[], "exchanges.kraken", "not implemented");
+    rejected(text, &[], "exchanges.coinbase", "not implemented");
 }
 
 #[test]
