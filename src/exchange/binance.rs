@@ -15,8 +15,9 @@ use std::time::Duration;
 use url::Url;
 
 use super::{
-    join_path, parse_decimal, parse_non_negative, ConnectionLimits, Control, DecodeError,
-    DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits, RestRequest,
+    join_path, parse_decimal, parse_non_negative, ws_endpoint, ConnectionLimits, Control,
+    DecodeError, DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits,
+    RestRequest,
 };
 use crate::domain::{
     ms_to_utc, Candle, CandleEvent, ExchangeId, Minute, Pair, Source, ONE_MINUTE_SECONDS,
@@ -478,15 +479,7 @@ impl Exchange for Binance {
     fn connect_url(&self, pairs: &[Pair]) -> Url {
         // Accept a base configured with Binance's own endpoint paths too
         // (`…/ws`, `…/stream`): combined streams always live at `/stream`.
-        let mut base = self.ws_url.clone();
-        let trimmed = base
-            .path()
-            .trim_end_matches('/')
-            .trim_end_matches("/stream")
-            .trim_end_matches("/ws")
-            .to_owned();
-        base.set_path(&trimmed);
-        let mut url = join_path(&base, "stream");
+        let mut url = ws_endpoint(&self.ws_url, &["/stream", "/ws"], "stream");
         let streams: Vec<String> = pairs
             .iter()
             .take(URL_STREAMS_MAX)

@@ -15,8 +15,9 @@ use serde_json::Value;
 use url::Url;
 
 use super::{
-    join_path, json_error, parse_non_negative, ConnectionLimits, Control, DecodeError, DecodeState,
-    Decoded, Exchange, ExchangeError, Instrument, RestLimits, RestRequest,
+    envelope_payload, join_path, json_error, parse_non_negative, ws_endpoint, ConnectionLimits,
+    Control, DecodeError, DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits,
+    RestRequest,
 };
 use crate::domain::{ms_to_utc, Candle, CandleEvent, ExchangeId, Minute, Pair, Source};
 
@@ -117,10 +118,7 @@ fn rest_result<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError>
             env.ret_code, env.ret_msg
         )));
     }
-    let payload = env
-        .result
-        .ok_or_else(|| DecodeError::Shape("answer without `result`".into()))?;
-    serde_json::from_str(payload.get()).map_err(|e| DecodeError::Shape(format!("`result`: {e}")))
+    envelope_payload(env.result, "result")
 }
 
 #[derive(Deserialize)]
@@ -173,14 +171,7 @@ impl Exchange for Bybit {
     }
 
     fn connect_url(&self, _pairs: &[Pair]) -> Url {
-        let mut base = self.ws_url.clone();
-        let trimmed = base
-            .path()
-            .trim_end_matches('/')
-            .trim_end_matches("/v5/public/spot")
-            .to_owned();
-        base.set_path(&trimmed);
-        join_path(&base, "v5/public/spot")
+        ws_endpoint(&self.ws_url, &["/v5/public/spot"], "v5/public/spot")
     }
 
     fn subscribe_messages(&self, pairs: &[Pair]) -> Vec<String> {

@@ -33,8 +33,9 @@ use serde_json::Value;
 use url::Url;
 
 use super::{
-    join_path, json_error, parse_non_negative, ConnectionLimits, Control, DecodeError, DecodeState,
-    Decoded, Exchange, ExchangeError, FinalityRule, Instrument, RestLimits, RestRequest,
+    envelope_payload, join_path, json_error, parse_non_negative, ws_endpoint, ConnectionLimits,
+    Control, DecodeError, DecodeState, Decoded, Exchange, ExchangeError, FinalityRule, Instrument,
+    RestLimits, RestRequest,
 };
 use crate::domain::{Candle, CandleEvent, ExchangeId, Minute, Pair, Source};
 
@@ -77,7 +78,7 @@ impl Kraken {
 }
 
 /// Kraken's own codes for the assets it names differently.
-fn kraken_asset(canonical: &str) -> &str {
+pub fn kraken_asset(canonical: &str) -> &str {
     match canonical {
         "BTC" => "XBT",
         "DOGE" => "XDG",
@@ -214,10 +215,7 @@ fn rest_result<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError>
             env.error.join("; ")
         )));
     }
-    let payload = env
-        .result
-        .ok_or_else(|| DecodeError::Shape("answer without `result`".into()))?;
-    serde_json::from_str(payload.get()).map_err(|e| DecodeError::Shape(format!("`result`: {e}")))
+    envelope_payload(env.result, "result")
 }
 
 /// `[time, "o", "h", "l", "c", "vwap", "volume", count]`.
@@ -270,14 +268,7 @@ impl Exchange for Kraken {
     }
 
     fn connect_url(&self, _pairs: &[Pair]) -> Url {
-        let mut base = self.ws_url.clone();
-        let trimmed = base
-            .path()
-            .trim_end_matches('/')
-            .trim_end_matches("/v2")
-            .to_owned();
-        base.set_path(&trimmed);
-        join_path(&base, "v2")
+        ws_endpoint(&self.ws_url, &["/v2"], "v2")
     }
 
     fn subscribe_messages(&self, pairs: &[Pair]) -> Vec<String> {
@@ -403,14 +394,14 @@ impl Exchange for Kraken {
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Vec<Candle>, DecodeError> {
-        let result: serde_json::Map<String, Value> = rest_result(body)?;
+        let result: std::collections::BTreeMap<String, &RawValue> = rest_result(body)?;
         let mut keys = result.iter().filter(|(k, _)| k.as_str() != "last");
         let (Some((_, rows)), None) = (keys.next(), keys.next()) else {
             return Err(DecodeError::Shape(
                 "`result` should hold one pair's rows and `last`".into(),
             ));
         };
-        let rows: Vec<RestRow> = serde_json::from_value(rows.clone())
+        let rows: Vec<RestRow> = serde_json::from_str(rows.get())
             .map_err(|e| DecodeError::Shape(format!("OHLC rows: {e}")))?;
         let mut candles = Vec::with_capacity(rows.len());
         for r in rows {

@@ -270,6 +270,29 @@ pub(crate) fn join_path(base: &Url, segment: &str) -> Url {
     url
 }
 
+/// The WebSocket URL of an endpoint: `base` with any of the exchange's own
+/// endpoint paths it was configured with trimmed (in order), then `path`
+/// joined (`wss://ws.okx.com:8443/ws/v5/public` → `…/ws/v5/business`).
+pub(crate) fn ws_endpoint(base: &Url, own_paths: &[&str], path: &str) -> Url {
+    let mut trimmed = base.path().trim_end_matches('/');
+    for own in own_paths {
+        trimmed = trimmed.trim_end_matches(own);
+    }
+    let mut url = base.clone();
+    url.set_path(trimmed);
+    join_path(&url, path)
+}
+
+/// The payload of a REST envelope (OKX `data`, Bybit and Kraken `result`),
+/// read once the envelope said the call succeeded.
+pub(crate) fn envelope_payload<'a, T: serde::Deserialize<'a>>(
+    payload: Option<&'a serde_json::value::RawValue>,
+    name: &str,
+) -> Result<T, DecodeError> {
+    let payload = payload.ok_or_else(|| DecodeError::Shape(format!("answer without `{name}`")))?;
+    serde_json::from_str(payload.get()).map_err(|e| DecodeError::Shape(format!("`{name}`: {e}")))
+}
+
 /// A body or frame that is not JSON (or not the JSON expected).
 pub(crate) fn json_error(e: serde_json::Error) -> DecodeError {
     DecodeError::Json(e.to_string())

@@ -17,8 +17,9 @@ use serde_json::Value;
 use url::Url;
 
 use super::{
-    join_path, json_error, parse_non_negative, ConnectionLimits, Control, DecodeError, DecodeState,
-    Decoded, Exchange, ExchangeError, Instrument, RestLimits, RestRequest,
+    envelope_payload, join_path, json_error, parse_non_negative, ws_endpoint, ConnectionLimits,
+    Control, DecodeError, DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits,
+    RestRequest,
 };
 use crate::domain::{ms_to_utc, Candle, CandleEvent, ExchangeId, Minute, Pair, Source};
 
@@ -136,10 +137,7 @@ fn rest_data<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {
             env.code, env.msg
         )));
     }
-    let payload = env
-        .data
-        .ok_or_else(|| DecodeError::Shape("answer without `data`".into()))?;
-    serde_json::from_str(payload.get()).map_err(|e| DecodeError::Shape(format!("`data`: {e}")))
+    envelope_payload(env.data, "data")
 }
 
 #[derive(Deserialize)]
@@ -186,15 +184,11 @@ impl Exchange for Okx {
     fn connect_url(&self, _pairs: &[Pair]) -> Url {
         // Candles live on the business endpoint only; a base configured
         // with OKX's own paths (public or business) is accepted.
-        let mut base = self.ws_url.clone();
-        let trimmed = base
-            .path()
-            .trim_end_matches('/')
-            .trim_end_matches("/ws/v5/business")
-            .trim_end_matches("/ws/v5/public")
-            .to_owned();
-        base.set_path(&trimmed);
-        join_path(&base, "ws/v5/business")
+        ws_endpoint(
+            &self.ws_url,
+            &["/ws/v5/business", "/ws/v5/public"],
+            "ws/v5/business",
+        )
     }
 
     fn subscribe_messages(&self, pairs: &[Pair]) -> Vec<String> {

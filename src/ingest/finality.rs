@@ -92,12 +92,7 @@ impl Finality {
                 out.duplicate_final = true;
             } else {
                 state.open.remove(&minute);
-                state
-                    .recent_finals
-                    .push_back((minute, event.candle.clone()));
-                if state.recent_finals.len() > RECENT_FINALS {
-                    state.recent_finals.pop_front();
-                }
+                Self::remember_final(state, minute, &event.candle);
                 out.to_bronze.push(event);
             }
         } else if state.final_seen(minute).is_none() {
@@ -183,10 +178,7 @@ impl Finality {
                 out.push(closed);
             }
         }
-        out.sort_by(|a, b| {
-            (a.candle.interval_start, &a.candle.symbol)
-                .cmp(&(b.candle.interval_start, &b.candle.symbol))
-        });
+        sort_by_minute(&mut out);
         out
     }
 
@@ -197,12 +189,17 @@ impl Finality {
         for state in self.pairs.values_mut() {
             out.extend(std::mem::take(&mut state.open).into_values());
         }
-        out.sort_by(|a, b| {
-            (a.candle.interval_start, &a.candle.symbol)
-                .cmp(&(b.candle.interval_start, &b.candle.symbol))
-        });
+        sort_by_minute(&mut out);
         out
     }
+}
+
+/// Minute, then symbol: the order events go to bronze in.
+fn sort_by_minute(events: &mut [CandleEvent]) {
+    events.sort_by(|a, b| {
+        (a.candle.interval_start, &a.candle.symbol)
+            .cmp(&(b.candle.interval_start, &b.candle.symbol))
+    });
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use super::dataset::SimCandle;
 use super::ws::{serve, Protocol};
 use super::{client_of, partial_candle, split_symbol, unflagged_state_at, RestVerdict, SimState};
 use crate::domain::{ms_to_utc, Minute};
+use crate::exchange::kraken::{canonical_asset, kraken_asset};
 
 /// REST serves this many committed minutes, plus the open one.
 const OHLC_DEPTH: i64 = 720;
@@ -41,22 +42,6 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/0/public/OHLC", get(ohlc))
         .route("/0/public/AssetPairs", get(asset_pairs))
         .route("/0/public/Time", get(time))
-}
-
-fn kraken_asset(canonical: &str) -> &str {
-    match canonical {
-        "BTC" => "XBT",
-        "DOGE" => "XDG",
-        other => other,
-    }
-}
-
-fn canonical_asset(kraken: &str) -> &str {
-    match kraken {
-        "XBT" => "BTC",
-        "XDG" => "DOGE",
-        other => other,
-    }
 }
 
 /// `BTCUSDT` → `BTC/USDT` (WebSocket v2).
@@ -89,13 +74,12 @@ fn market_symbol(sim: &SimState, name: &str) -> Option<String> {
     let upper = name.to_ascii_uppercase();
     let candidate = match upper.split_once('/') {
         Some((b, q)) => format!("{}{}", canonical_asset(b), canonical_asset(q)),
-        None => sim
-            .market
-            .symbols()
-            .into_iter()
-            .find(|s| altname(s) == upper)?,
+        // An altname: Kraken's asset codes back to the canonical ones.
+        None => upper.replace("XBT", "BTC").replace("XDG", "DOGE"),
     };
-    sim.market.has_symbol(&candidate).then_some(candidate)
+    // The round trip rules out names that only look alike.
+    (sim.market.has_symbol(&candidate) && (upper.contains('/') || altname(&candidate) == upper))
+        .then_some(candidate)
 }
 
 /// A decimal as a JSON float literal, the way Kraken prints one

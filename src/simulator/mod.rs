@@ -857,9 +857,26 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::str::FromStr;
+
+    /// The candle of the documented OKX and Bybit examples
+    /// (`docs/examples/*_ws_*.json`), in Binance Vision's scale.
+    pub(crate) fn docs_example_candle() -> SimCandle {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        SimCandle {
+            open: d("117842.10000000"),
+            high: d("117869.50000000"),
+            low: d("117830.00000000"),
+            close: d("117861.20000000"),
+            volume: d("12.48391000"),
+            quote_volume: d("1471245.77161760"),
+            trades: 1,
+            taker_buy_volume: d("0"),
+            taker_buy_quote_volume: d("0"),
+        }
+    }
 
     fn candle() -> SimCandle {
         let d = |s: &str| Decimal::from_str(s).unwrap();

@@ -321,7 +321,6 @@ async fn time(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
     #[test]
     fn frames_have_the_documented_shape() {
@@ -333,18 +332,7 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        let d = |s: &str| rust_decimal::Decimal::from_str(s).unwrap();
-        let c = SimCandle {
-            open: d("117842.10000000"),
-            high: d("117869.50000000"),
-            low: d("117830.00000000"),
-            close: d("117861.20000000"),
-            volume: d("12.48391000"),
-            quote_volume: d("1471245.77161760"),
-            trades: 1,
-            taker_buy_volume: d("0"),
-            taker_buy_quote_volume: d("0"),
-        };
+        let c = super::super::tests::docs_example_candle();
         let m = Minute::from_epoch_ms(1_784_125_860_000).unwrap();
         let ours: Value = serde_json::from_str(&candle_frame("BTCUSDT", m, &c, true)).unwrap();
         assert_eq!(ours, doc, "same keys, same strings, no trailing zeros");
