@@ -3,7 +3,7 @@
 # Builds klines, makes sure PostgreSQL runs (starting one if DATABASE_URL is
 # not set and none listens on 5432), creates and migrates the klines_demo
 # database, starts the bundled exchange simulator replaying real Binance
-# days over the protocols of Binance, OKX, Bybit and Kraken, and runs the
+# days over the protocols of Binance, OKX, Bybit, Kraken and Coinbase, and runs the
 # ingester against all of them. Ctrl-C stops both.
 #
 # DEMO_SECONDS=N stops after N seconds and fails unless bronze filled (CI).
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 SIM_ADDR=${SIM_ADDR:-127.0.0.1:9100}
 # Every exchange of config/demo.toml; the simulator speaks each protocol.
-EXCHANGES="binance okx bybit kraken"
+EXCHANGES="binance okx bybit kraken coinbase"
 FIX=tests/fixtures/binance_vision
 mkdir -p data/demo
 

@@ -17,6 +17,7 @@ use url::Url;
 use crate::domain::Candle;
 use crate::exchange::binance::{self, Binance};
 use crate::exchange::bybit::Bybit;
+use crate::exchange::coinbase::Coinbase;
 use crate::exchange::kraken::Kraken;
 use crate::exchange::okx::Okx;
 use crate::exchange::{DecodeState, Decoded, Exchange};
@@ -31,7 +32,8 @@ fn exchanges() -> &'static [Box<dyn Exchange>] {
             Box::new(Binance::new(ws.clone(), rest.clone())),
             Box::new(Okx::new(ws.clone(), rest.clone())),
             Box::new(Bybit::new(ws.clone(), rest.clone())),
-            Box::new(Kraken::new(ws, rest)),
+            Box::new(Kraken::new(ws.clone(), rest.clone())),
+            Box::new(Coinbase::new(ws, rest)),
         ]
     })
 }

@@ -318,14 +318,18 @@ fn no_exchange_is_rejected() {
 }
 
 #[test]
-fn exchanges_not_yet_built_are_named() {
+fn coinbase_usdc_aliases_are_refused_with_the_usd_product_named() {
     let text = r#"
 [exchanges.coinbase]
 ws_url = "wss://advanced-trade-ws.coinbase.com"
 rest_url = "https://api.coinbase.com"
-pairs = ["BTC-USD"]
+pairs = ["BTC-USD", "ETH-USDC"]
 "#;
-    rejected(text, &[], "exchanges.coinbase", "not implemented");
+    rejected(text, &[], "exchanges.coinbase.pairs", "configure ETH-USD");
+    let ok = text.replace("ETH-USDC", "usdt-usdc");
+    let config = load(&ok, &[]).unwrap();
+    let pairs = config.enabled_pairs();
+    assert_eq!(pairs[0].1[1].symbol, "USDT-USDC");
 }
 
 #[test]

@@ -636,6 +636,7 @@ impl Exchange for Binance {
             .symbols
             .into_iter()
             .map(|s| Instrument {
+                quote_volume_24h: None,
                 exchange: ExchangeId::Binance,
                 trading: s.status == "TRADING",
                 symbol: s.symbol,

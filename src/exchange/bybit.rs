@@ -354,6 +354,7 @@ impl Exchange for Bybit {
             .list
             .into_iter()
             .map(|i| Instrument {
+                quote_volume_24h: None,
                 exchange: ExchangeId::Bybit,
                 trading: i.status == "Trading",
                 symbol: i.symbol,

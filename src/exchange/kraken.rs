@@ -497,6 +497,7 @@ impl Exchange for Kraken {
                 let (base, quote) = (canonical_asset(base), canonical_asset(quote));
                 let status = p.status.unwrap_or_else(|| "online".into());
                 Some(Instrument {
+                    quote_volume_24h: None,
                     exchange: ExchangeId::Kraken,
                     symbol: format!("{base}/{quote}"),
                     base: base.to_owned(),

@@ -7,6 +7,7 @@
 
 pub mod binance;
 pub mod bybit;
+pub mod coinbase;
 pub mod kraken;
 pub mod okx;
 
@@ -75,6 +76,9 @@ pub struct Instrument {
     pub status: String,
     /// True when the exchange reports the pair as trading now.
     pub trading: bool,
+    /// The last 24 hours' traded volume in the quote asset, where the
+    /// instruments list carries it (for `top = N` pair selection).
+    pub quote_volume_24h: Option<rust_decimal::Decimal>,
 }
 
 /// What one WebSocket frame turned out to be.
@@ -122,7 +126,10 @@ pub enum FinalityRule {
 /// in sequence (trade-built candles, snapshot-then-update feeds). Binance
 /// frames are self-contained and leave it untouched.
 #[derive(Debug, Default)]
-pub struct DecodeState {}
+pub struct DecodeState {
+    /// Candles being built from trades (Coinbase).
+    pub(crate) trades: coinbase::TradeCandles,
+}
 
 /// Why a frame or response could not be decoded. The worker counts it, keeps
 /// the raw frame for the lake's `kind=reject`, and carries on.
@@ -153,8 +160,6 @@ impl DecodeError {
 /// Errors building an exchange from config.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum ExchangeError {
-    #[error("exchange `{0}` is not implemented in this build yet")]
-    NotImplemented(ExchangeId),
     #[error("symbol `{symbol}`: {reason}")]
     BadSymbol { symbol: String, reason: String },
 }
@@ -251,7 +256,10 @@ pub fn build(id: ExchangeId, config: &ExchangeConfig) -> Result<Arc<dyn Exchange
             config.ws_url.clone(),
             config.rest_url.clone(),
         ))),
-        other => Err(ExchangeError::NotImplemented(other)),
+        ExchangeId::Coinbase => Ok(Arc::new(coinbase::Coinbase::new(
+            config.ws_url.clone(),
+            config.rest_url.clone(),
+        ))),
     }
 }
 

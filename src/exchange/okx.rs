@@ -351,6 +351,7 @@ impl Exchange for Okx {
         Ok(data
             .into_iter()
             .map(|i| Instrument {
+                quote_volume_24h: None,
                 exchange: ExchangeId::Okx,
                 trading: i.state == "live",
                 symbol: i.inst_id,

@@ -20,6 +20,7 @@
 pub mod binance;
 pub mod bybit;
 pub mod clock;
+pub mod coinbase;
 pub mod dataset;
 pub mod kraken;
 pub mod okx;
@@ -146,6 +147,8 @@ pub fn replica_symbol(i: usize) -> String {
 #[derive(Debug)]
 pub struct Market {
     series: HashMap<String, Arc<BTreeMap<Minute, SimCandle>>>,
+    /// The minutes of each series with trades (volume above zero), in order.
+    traded: HashMap<String, Arc<Vec<Minute>>>,
     first: Minute,
     last: Minute,
     looped: bool,
@@ -188,6 +191,17 @@ impl Market {
                     })
                     .collect()
             };
+        let traded = series
+            .iter()
+            .map(|(symbol, candles)| {
+                let minutes: Vec<Minute> = candles
+                    .iter()
+                    .filter(|(_, c)| c.volume > Decimal::ZERO)
+                    .map(|(m, _)| *m)
+                    .collect();
+                (symbol.clone(), Arc::new(minutes))
+            })
+            .collect();
         let first = series
             .values()
             .filter_map(|c| c.keys().next().copied())
@@ -200,10 +214,27 @@ impl Market {
             .unwrap_or(first);
         Market {
             series,
+            traded,
             first,
             last,
             looped,
         }
+    }
+
+    /// How many minutes with trades `symbol` has before `minute` (counting
+    /// the repeats of a looped data set): what numbers trades consecutively
+    /// across quiet minutes (Coinbase's trade ids).
+    pub fn traded_minutes_before(&self, symbol: &str, minute: Minute) -> Option<u64> {
+        let traded = self.traded.get(symbol)?;
+        let rank = |m: Minute| traded.partition_point(|t| *t < m) as u64;
+        if !self.looped {
+            return Some(rank(minute));
+        }
+        let period = self.last.index() - self.first.index() + 1;
+        let offset = minute.index() - self.first.index();
+        let cycles = u64::try_from(offset.div_euclid(period)).unwrap_or(0);
+        let folded = Minute::from_index(self.first.index() + offset.rem_euclid(period));
+        Some(cycles * traded.len() as u64 + rank(folded))
     }
 
     pub fn first(&self) -> Minute {
@@ -764,6 +795,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .nest("/okx", stamped(okx::routes()))
         .nest("/bybit", stamped(bybit::routes()))
         .nest("/kraken", stamped(kraken::routes()))
+        .nest("/coinbase", stamped(coinbase::routes()))
         .route("/sim/stats", get(stats))
         .route("/sim/rest-log", get(rest_log))
         .route("/sim/pause", post(pause))

@@ -35,6 +35,27 @@ pub trait Protocol: Send + Sync + 'static {
         now_ms: i64,
     ) -> String;
 
+    /// The frame of step `step` (of `updates`) of a minute on a feed
+    /// without a closed flag, or nothing. By default the candle as it stands
+    /// then, the last step carrying the full candle; a trade feed sends the
+    /// trades of the step instead.
+    fn unflagged_frame(
+        &self,
+        symbol: &str,
+        minute: Minute,
+        full: &SimCandle,
+        step: u32,
+        updates: u32,
+        now_ms: i64,
+    ) -> Option<String> {
+        let c = if step + 1 >= updates {
+            full.clone()
+        } else {
+            partial_candle(full, step + 1, updates)
+        };
+        Some(self.frame(symbol, minute, &c, false, now_ms))
+    }
+
     /// Answers a client text message, changing `subs` (replay symbols) as
     /// it asks; the frames to send back, in order.
     fn on_text(&self, sim: &SimState, text: &str, subs: &mut BTreeSet<String>) -> Vec<String>;
@@ -240,15 +261,16 @@ impl Emit<'_> {
             return None;
         }
         let last_update = step.step + 1 >= self.updates;
-        let c = if last_update {
-            candle.clone()
-        } else {
-            partial_candle(candle, step.step + 1, self.updates)
-        };
-        Some((
-            self.proto.frame(symbol, step.minute, &c, false, step.at_ms),
-            last_update,
-        ))
+        self.proto
+            .unflagged_frame(
+                symbol,
+                step.minute,
+                candle,
+                step.step,
+                self.updates,
+                step.at_ms,
+            )
+            .map(|frame| (frame, last_update))
     }
 
     /// Sends one step's frames for every subscribed symbol, then the finals
