@@ -763,3 +763,73 @@ async fn rest_errors_are_clear_and_only_what_is_worth_it_is_retried() {
     assert_eq!(tally.requests, 3);
     sim.stop().await.unwrap();
 }
+
+/// Bybit's two refusals: `retCode` 10006 under HTTP 200 is waited out and
+/// retried; HTTP 403 "access too frequent" is an IP ban, and every REST
+/// caller of the exchange stays silent for at least ten minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bybit_rate_limits_are_waited_out_and_a_403_is_a_ten_minute_ban() {
+    use klines::backfill::client::{RestClient, RestError, Tally};
+    use klines::backfill::clock::ExchangeClock;
+    use klines::backfill::limiter::RestLimiter;
+    use klines::domain::ExchangeId;
+    use klines::exchange::Exchange;
+    use std::sync::Arc;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = simulator(&[BTC_DAY], 1.0, |c| {
+        c.start_immediately = true;
+        c.faults.rest_429_every = Some(2);
+    })
+    .await;
+    let client_for = |rest: &str| {
+        let exchange: Arc<dyn Exchange> = Arc::new(klines::exchange::bybit::Bybit::new(
+            sim.ws_url(ExchangeId::Bybit).parse().unwrap(),
+            rest.parse().unwrap(),
+        ));
+        RestClient::new(
+            exchange,
+            Arc::new(RestLimiter::new(600, Duration::from_secs(5), 0.5)),
+            Arc::new(ExchangeClock::new()),
+            3,
+            Arc::new(klines::telemetry::Metrics::new()),
+        )
+        .unwrap()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let client = client_for(&sim.rest_url(ExchangeId::Bybit));
+    let req = client.exchange.server_time_request().unwrap();
+    let mut tally = Tally::default();
+    // The simulator refuses every second request with 10006.
+    for _ in 0..2 {
+        let resp = client.get(&req, &mut tally, &cancel).await.unwrap();
+        client.exchange.parse_server_time(&resp.body).unwrap();
+    }
+    assert_eq!(tally.rate_limited, 1, "{tally:?}");
+    assert_eq!(tally.requests, 3, "{tally:?}");
+
+    // An IP ban: a server that answers 403.
+    let app = axum::Router::new()
+        .fallback(|| async { (axum::http::StatusCode::FORBIDDEN, "access too frequent") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let banned = client_for(&format!("http://{addr}"));
+    let req = banned.exchange.server_time_request().unwrap();
+    let mut tally = Tally::default();
+    let stop = cancel.child_token();
+    let canceller = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        canceller.cancel();
+    });
+    let err = banned.get(&req, &mut tally, &stop).await.unwrap_err();
+    assert!(matches!(err, RestError::Cancelled), "{err}");
+    assert_eq!((tally.requests, tally.rate_limited), (1, 1), "{tally:?}");
+    let paused = banned.limiter.paused_for();
+    assert!(
+        paused > Duration::from_secs(9 * 60),
+        "every caller waits out the ban: {paused:?}"
+    );
+    sim.stop().await.unwrap();
+}

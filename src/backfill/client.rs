@@ -6,8 +6,9 @@
 //!   body, like Kraken's `EGeneral:Too many requests` under HTTP 200):
 //!   every caller pauses for `Retry-After` (or a window), then the request
 //!   is retried.
-//! - 418 (Binance's IP ban): every caller pauses for `Retry-After` (at
-//!   least two minutes), loudly, then retries.
+//! - an IP ban (Binance's 418, Bybit's 403 "access too frequent"; see
+//!   [`Exchange::rest_ip_ban`]): every caller pauses for `Retry-After`, at
+//!   least the exchange's ban (2 and 10 minutes), loudly, then retries.
 //! - other 4xx: never retried; the error carries the exchange's message.
 //! - 5xx, timeouts, connection errors: retried with capped exponential
 //!   backoff, `max_attempts` in all.
@@ -31,8 +32,6 @@ use crate::telemetry::Metrics;
 
 /// Identifies klines to the exchange (and to the simulator's request log).
 pub const USER_AGENT: &str = concat!("klines/", env!("CARGO_PKG_VERSION"));
-/// The shortest pause after a 418, whatever `Retry-After` says.
-const MIN_BAN_PAUSE: Duration = Duration::from_secs(120);
 /// Rate-limit answers tolerated for one request before giving up.
 const MAX_RATE_LIMITED: u32 = 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -199,20 +198,20 @@ impl RestClient {
                             }
                         }
                     } else if status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::IM_A_TEAPOT
+                        || self.exchange.rest_ip_ban(status.as_u16()).is_some()
                     {
                         tally.rate_limited += 1;
                         limited += 1;
-                        let banned = status == StatusCode::IM_A_TEAPOT;
-                        let pause = match (banned, retry_after) {
-                            (true, r) => r.unwrap_or(MIN_BAN_PAUSE).max(MIN_BAN_PAUSE),
-                            (false, Some(r)) => r,
-                            (false, None) => self.limiter.window(),
+                        let ban = self.exchange.rest_ip_ban(status.as_u16());
+                        let pause = match (ban, retry_after) {
+                            (Some(min), r) => r.unwrap_or(min).max(min),
+                            (None, Some(r)) => r,
+                            (None, None) => self.limiter.window(),
                         };
                         self.limiter.pause(pause);
-                        if banned {
+                        if ban.is_some() {
                             self.count("banned");
-                            error!(exchange = %self.exchange.id(), pause_s = pause.as_secs(), "The exchange banned this IP (HTTP 418); every REST caller pauses");
+                            error!(exchange = %self.exchange.id(), status = status.as_u16(), pause_s = pause.as_secs(), "The exchange banned this IP; every REST caller pauses");
                         } else {
                             self.count("rate_limited");
                             warn!(exchange = %self.exchange.id(), pause_s = pause.as_secs_f64(), "Rate limited (HTTP 429); every REST caller pauses for Retry-After");

@@ -137,6 +137,14 @@ impl RestLimiter {
         }
     }
 
+    /// How long every caller is still held by a pause.
+    pub fn paused_for(&self) -> Duration {
+        let s = self.state.lock().expect("limiter poisoned");
+        s.paused_until.map_or(Duration::ZERO, |p| {
+            p.saturating_duration_since(Instant::now())
+        })
+    }
+
     fn window_index(&self, epoch: Duration) -> u64 {
         (epoch.as_millis() / self.window.as_millis().max(1)) as u64
     }

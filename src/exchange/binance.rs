@@ -637,6 +637,8 @@ impl Exchange for Binance {
             .into_iter()
             .map(|s| Instrument {
                 quote_volume_24h: None,
+                listed_at: None,
+                listing_key: None,
                 exchange: ExchangeId::Binance,
                 trading: s.status == "TRADING",
                 symbol: s.symbol,
@@ -645,6 +647,31 @@ impl Exchange for Binance {
                 status: s.status,
             })
             .collect())
+    }
+
+    fn volumes_request(&self) -> Option<RestRequest> {
+        // Every symbol's 24 h ticker, the MINI form: weight 80.
+        let mut url = join_path(&self.rest_url, "api/v3/ticker/24hr");
+        url.query_pairs_mut().append_pair("type", "MINI");
+        Some(RestRequest { url, weight: 80 })
+    }
+
+    fn parse_volumes(
+        &self,
+        body: &[u8],
+    ) -> Result<Vec<(String, rust_decimal::Decimal)>, DecodeError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Ticker<'a> {
+            symbol: String,
+            quote_volume: &'a str,
+        }
+        let tickers: Vec<Ticker<'_>> =
+            serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+        tickers
+            .into_iter()
+            .map(|t| Ok((t.symbol, parse_non_negative("quoteVolume", t.quote_volume)?)))
+            .collect()
     }
 }
 

@@ -136,6 +136,21 @@ struct InstrumentsResult {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct WireTickers<'a> {
+    #[serde(borrow)]
+    list: Vec<WireTicker<'a>>,
+}
+
+/// A 24 h ticker: `turnover24h` is in the quote coin.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireTicker<'a> {
+    symbol: String,
+    turnover24h: &'a str,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct WireInstrument {
     symbol: String,
     base_coin: String,
@@ -313,6 +328,23 @@ impl Exchange for Bybit {
         Ok(candles)
     }
 
+    /// 403 "access too frequent": the IP went over 600 requests per 5 s;
+    /// Bybit asks for at least ten minutes of silence.
+    fn rest_ip_ban(&self, status: u16) -> Option<Duration> {
+        (status == 403).then_some(Duration::from_secs(600))
+    }
+
+    /// `retCode` 10006 "Too many visits!" (the per-UID limit) comes in a
+    /// successful HTTP answer.
+    fn rest_rate_limited(&self, body: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Code {
+            ret_code: i64,
+        }
+        serde_json::from_slice::<Code>(body).is_ok_and(|c| c.ret_code == 10006)
+    }
+
     fn rest_limits(&self) -> RestLimits {
         RestLimits {
             weight_limit: REST_RATE,
@@ -355,6 +387,8 @@ impl Exchange for Bybit {
             .into_iter()
             .map(|i| Instrument {
                 quote_volume_24h: None,
+                listed_at: None,
+                listing_key: None,
                 exchange: ExchangeId::Bybit,
                 trading: i.status == "Trading",
                 symbol: i.symbol,
@@ -363,6 +397,24 @@ impl Exchange for Bybit {
                 status: i.status,
             })
             .collect())
+    }
+
+    fn volumes_request(&self) -> Option<RestRequest> {
+        let mut url = join_path(&self.rest_url, "v5/market/tickers");
+        url.query_pairs_mut().append_pair("category", "spot");
+        Some(RestRequest { url, weight: 1 })
+    }
+
+    fn parse_volumes(
+        &self,
+        body: &[u8],
+    ) -> Result<Vec<(String, rust_decimal::Decimal)>, DecodeError> {
+        let result: WireTickers<'_> = rest_result(body)?;
+        result
+            .list
+            .into_iter()
+            .map(|t| Ok((t.symbol, parse_non_negative("turnover24h", t.turnover24h)?)))
+            .collect()
     }
 }
 

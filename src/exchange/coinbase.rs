@@ -642,6 +642,8 @@ impl Exchange for Coinbase {
                     .approximate_quote_24h_volume
                     .as_deref()
                     .and_then(|v| v.parse().ok()),
+                listed_at: None,
+                listing_key: None,
                 symbol: p.product_id,
                 base: p.base_currency_id,
                 quote: p.quote_currency_id,

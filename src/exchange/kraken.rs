@@ -490,14 +490,16 @@ impl Exchange for Kraken {
     fn parse_instruments(&self, body: &[u8]) -> Result<Vec<Instrument>, DecodeError> {
         let result: std::collections::BTreeMap<String, WirePair> = rest_result(body)?;
         Ok(result
-            .into_values()
-            .filter_map(|p| {
+            .into_iter()
+            .filter_map(|(key, p)| {
                 // `wsname` is v1 style (`XBT/USD`); v2 and klines say BTC/USD.
                 let (base, quote) = p.wsname.as_deref()?.split_once('/')?;
                 let (base, quote) = (canonical_asset(base), canonical_asset(quote));
                 let status = p.status.unwrap_or_else(|| "online".into());
                 Some(Instrument {
                     quote_volume_24h: None,
+                    listed_at: None,
+                    listing_key: Some(key),
                     exchange: ExchangeId::Kraken,
                     symbol: format!("{base}/{quote}"),
                     base: base.to_owned(),
@@ -507,6 +509,36 @@ impl Exchange for Kraken {
                 })
             })
             .collect())
+    }
+
+    fn volumes_request(&self) -> Option<RestRequest> {
+        Some(RestRequest {
+            url: join_path(&self.rest_url, "0/public/Ticker"),
+            weight: 1,
+        })
+    }
+
+    /// Keyed like `AssetPairs`; quote volume = the last 24 h's base volume
+    /// × their volume-weighted average price (`v[1]` × `p[1]`).
+    fn parse_volumes(&self, body: &[u8]) -> Result<Vec<(String, Decimal)>, DecodeError> {
+        #[derive(Deserialize)]
+        struct Ticker {
+            v: (String, String),
+            p: (String, String),
+        }
+        let result: std::collections::BTreeMap<String, Ticker> = rest_result(body)?;
+        result
+            .into_iter()
+            .map(|(key, t)| {
+                let volume = parse_non_negative("v[1]", &t.v.1)?;
+                let vwap = parse_non_negative("p[1]", &t.p.1)?;
+                let quote = volume.checked_mul(vwap).ok_or_else(|| DecodeError::Field {
+                    field: "v[1]",
+                    reason: "volume × vwap exceeds the decimal range".into(),
+                })?;
+                Ok((key, quote))
+            })
+            .collect()
     }
 }
 

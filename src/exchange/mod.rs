@@ -79,6 +79,11 @@ pub struct Instrument {
     /// The last 24 hours' traded volume in the quote asset, where the
     /// instruments list carries it (for `top = N` pair selection).
     pub quote_volume_24h: Option<rust_decimal::Decimal>,
+    /// When the pair was listed, where the list says.
+    pub listed_at: Option<DateTime<Utc>>,
+    /// The name the exchange keys the pair by in its lists, where that is
+    /// not the symbol (Kraken's `XXBTZUSD` for `BTC/USD`).
+    pub listing_key: Option<String>,
 }
 
 /// What one WebSocket frame turned out to be.
@@ -218,6 +223,13 @@ pub trait Exchange: Send + Sync + 'static {
         false
     }
 
+    /// The least time every REST caller must stop after an answer of HTTP
+    /// `status`, when the exchange uses that status to ban the IP (Binance
+    /// 418: two minutes; Bybit 403 "access too frequent": ten).
+    fn rest_ip_ban(&self, status: u16) -> Option<Duration> {
+        (status == 418).then_some(Duration::from_secs(120))
+    }
+
     /// The REST request budget, before config overrides.
     fn rest_limits(&self) -> RestLimits;
 
@@ -235,6 +247,22 @@ pub trait Exchange: Send + Sync + 'static {
     fn instruments_request(&self) -> RestRequest;
 
     fn parse_instruments(&self, body: &[u8]) -> Result<Vec<Instrument>, DecodeError>;
+
+    /// A request for every pair's last-24-hour quote volume (the 24 h
+    /// tickers), where the instruments list does not carry it; for
+    /// `select.top`.
+    fn volumes_request(&self) -> Option<RestRequest> {
+        None
+    }
+
+    /// Reads [`Exchange::volumes_request`]'s answer: (symbol or listing key,
+    /// quote volume).
+    fn parse_volumes(
+        &self,
+        _body: &[u8],
+    ) -> Result<Vec<(String, rust_decimal::Decimal)>, DecodeError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Builds the exchange named `id` from its config section.

@@ -147,6 +147,16 @@ struct WireInstrument {
     base_ccy: String,
     quote_ccy: String,
     state: String,
+    #[serde(default)]
+    list_time: Option<String>,
+}
+
+/// A 24 h ticker: for spot, `volCcy24h` is in the quote currency.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireTicker<'a> {
+    inst_id: String,
+    vol_ccy24h: &'a str,
 }
 
 impl Exchange for Okx {
@@ -352,6 +362,13 @@ impl Exchange for Okx {
             .into_iter()
             .map(|i| Instrument {
                 quote_volume_24h: None,
+                listed_at: i
+                    .list_time
+                    .as_deref()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .filter(|t| *t > 0)
+                    .map(ms_to_utc),
+                listing_key: None,
                 exchange: ExchangeId::Okx,
                 trading: i.state == "live",
                 symbol: i.inst_id,
@@ -360,6 +377,22 @@ impl Exchange for Okx {
                 status: i.state,
             })
             .collect())
+    }
+
+    fn volumes_request(&self) -> Option<RestRequest> {
+        let mut url = join_path(&self.rest_url, "api/v5/market/tickers");
+        url.query_pairs_mut().append_pair("instType", "SPOT");
+        Some(RestRequest { url, weight: 1 })
+    }
+
+    fn parse_volumes(
+        &self,
+        body: &[u8],
+    ) -> Result<Vec<(String, rust_decimal::Decimal)>, DecodeError> {
+        let data: Vec<WireTicker<'_>> = rest_data(body)?;
+        data.into_iter()
+            .map(|t| Ok((t.inst_id, parse_non_negative("volCcy24h", t.vol_ccy24h)?)))
+            .collect()
     }
 }
 

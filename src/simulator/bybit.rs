@@ -143,14 +143,20 @@ fn envelope(sim: &SimState, code: i64, msg: &str, result: Value) -> Value {
 fn admit(sim: &SimState, headers: &HeaderMap, path: &str) -> Result<(), Box<Response>> {
     match sim.rest_request_on("bybit", path, client_of(headers), 1) {
         RestVerdict::Serve { .. } => Ok(()),
-        RestVerdict::TooMany { retry_after_s } | RestVerdict::Banned { retry_after_s } => {
+        // The per-UID limit: retCode 10006 in a successful HTTP answer
+        // (with a `Retry-After` the simulator adds to say when it resets).
+        RestVerdict::TooMany { retry_after_s } => {
             let body = envelope(sim, 10006, "Too many visits!", json!({}));
-            let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            let mut r = Json(body).into_response();
             if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
                 r.headers_mut().insert("retry-after", v);
             }
             Err(Box::new(r))
         }
+        // The IP limit: HTTP 403, and nothing but silence helps.
+        RestVerdict::Banned { .. } => Err(Box::new(
+            (StatusCode::FORBIDDEN, "access too frequent").into_response(),
+        )),
     }
 }
 
