@@ -56,8 +56,8 @@ pub enum Command {
     /// it (disaster recovery); idempotent.
     #[command(subcommand)]
     Lake(LakeCommand),
-    /// Run the bundled exchange simulator: Binance's WebSocket and REST
-    /// protocol on localhost, replaying real candle files, with faults.
+    /// Run the bundled exchange simulator: the five exchanges' WebSocket and
+    /// REST protocols on localhost, replaying real candle files, with faults.
     Simulate(Box<SimulateArgs>),
 }
 
@@ -70,6 +70,11 @@ pub struct IngestArgs {
     /// the scheduled merges and backfill sweeps. Overrides ingest.shard.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<crate::ingest::shard::Shard>,
+    /// Start even when configured pairs are unknown to their exchange or
+    /// delisted: warn and leave them out, instead of refusing to start.
+    /// Sets ingest.allow_missing.
+    #[arg(long)]
+    pub allow_missing: bool,
 }
 
 fn parse_shard(s: &str) -> Result<crate::ingest::shard::Shard, String> {

@@ -167,6 +167,14 @@ pub struct IngestConfig {
     /// exchange and symbol), so N instances share the configured pairs.
     /// `klines ingest --shard i/N` overrides it. Unset: every pair.
     pub shard: Option<crate::ingest::shard::Shard>,
+    /// Configured pairs the exchange does not list, or lists as not
+    /// trading, are left out with a warning instead of stopping start-up
+    /// (`klines ingest --allow-missing`).
+    pub allow_missing: bool,
+    /// How often `ref.instruments` is refreshed from every exchange's
+    /// instrument list (also at start).
+    #[serde(with = "humantime_serde")]
+    pub instruments_refresh: Duration,
 }
 
 impl Default for IngestConfig {
@@ -184,6 +192,8 @@ impl Default for IngestConfig {
             finality_grace: Duration::from_secs(5),
             channel_capacity: 10_000,
             shard: None,
+            allow_missing: false,
+            instruments_refresh: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -320,7 +330,7 @@ impl Default for LakeConfig {
             prefix: String::new(),
             spool_dir: None,
             flush_interval: Duration::from_secs(1),
-            segment_max_bytes: 8 * 1024 * 1024,
+            segment_max_bytes: 64 * 1024 * 1024,
             segment_max_age: Duration::from_secs(300),
             channel_capacity: 100_000,
         }
@@ -414,8 +424,13 @@ pub struct ExchangeConfig {
     /// REST base URL (`https://api.binance.com`).
     pub rest_url: Url,
     /// Native symbols; a list, or a comma-separated string from the env.
-    #[serde(deserialize_with = "string_or_list")]
+    /// May be empty when `select` chooses the pairs.
+    #[serde(default, deserialize_with = "string_or_list")]
     pub pairs: Vec<String>,
+    /// Pairs chosen at start from the exchange's instruments, added to
+    /// `pairs`: `select = { quote = "USDT", top = 50 }`.
+    #[serde(default)]
+    pub select: Option<PairSelection>,
     /// Pairs per WebSocket connection; defaults to the exchange's maximum.
     #[serde(default)]
     pub max_pairs_per_connection: Option<usize>,
@@ -433,6 +448,21 @@ pub struct ExchangeConfig {
     /// differs from the built-in one; older gaps are unrecoverable.
     #[serde(default, with = "humantime_serde")]
     pub rest_history: Option<Duration>,
+}
+
+/// `[exchanges.<id>.select]`: a rule that picks pairs from the exchange's
+/// instrument list when the service starts (trading pairs only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairSelection {
+    /// Only pairs quoted in these assets (canonical codes: `USDT`, `USD`);
+    /// one, a list, or a comma-separated string from the env.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub quote: Vec<String>,
+    /// Only the N pairs (after the quote filter) with the largest quote
+    /// volume over the last 24 hours, from the exchange's 24 h tickers.
+    #[serde(default)]
+    pub top: Option<usize>,
 }
 
 fn half() -> f64 {
@@ -533,6 +563,7 @@ impl Config {
         nonzero("ingest.connect_timeout", ing.connect_timeout)?;
         nonzero("ingest.rotate_after", ing.rotate_after)?;
         nonzero("ingest.handover_timeout", ing.handover_timeout)?;
+        nonzero("ingest.instruments_refresh", ing.instruments_refresh)?;
         positive("ingest.channel_capacity", ing.channel_capacity)?;
         if ing.spool_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid(
@@ -623,11 +654,35 @@ impl Config {
                     ),
                 ));
             }
-            if ex.pairs.is_empty() {
+            if ex.pairs.is_empty() && ex.select.is_none() {
                 return Err(ConfigError::invalid(
                     key("pairs"),
-                    "is empty; list at least one pair, e.g. pairs = [\"BTCUSDT\"]",
+                    "is empty; list at least one pair, e.g. pairs = [\"BTCUSDT\"], or choose them with select = { quote = \"USDT\", top = 50 }",
                 ));
+            }
+            if let Some(select) = &ex.select {
+                if select.quote.is_empty() && select.top.is_none() {
+                    return Err(ConfigError::invalid(
+                        key("select"),
+                        "says nothing: give quote = \"USDT\" (or a list), top = N, or both",
+                    ));
+                }
+                if select.top == Some(0) {
+                    return Err(ConfigError::invalid(
+                        key("select.top"),
+                        "must be at least 1",
+                    ));
+                }
+                if let Some(q) = select
+                    .quote
+                    .iter()
+                    .find(|q| q.is_empty() || !q.chars().all(|c| c.is_ascii_alphanumeric()))
+                {
+                    return Err(ConfigError::invalid(
+                        key("select.quote"),
+                        format!("{q:?} is not an asset code (letters and digits, e.g. USDT)"),
+                    ));
+                }
             }
             if !ex.enabled {
                 continue;

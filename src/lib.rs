@@ -8,6 +8,7 @@
 //! - [`exchange`]: one protocol module per exchange behind a trait that does
 //!   no I/O;
 //! - [`ingest`]: the WebSocket workers, finality and the service supervisor;
+//! - [`instruments`]: `ref.instruments`, the pairs' check and selection;
 //! - [`sink`]: bronze (batched COPY) and its disk spool;
 //! - [`db`]: pool, migrations, hourly partitions;
 //! - [`merge`]: bronze → silver, completeness, gold (SQL in `sql/`);
@@ -25,6 +26,7 @@ pub mod domain;
 pub mod exchange;
 pub mod fuzzing;
 pub mod ingest;
+pub mod instruments;
 pub mod lake;
 pub mod merge;
 pub mod simulator;

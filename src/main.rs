@@ -40,6 +40,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ingest(args) => {
             let mut config = Config::load(&cli.config)?;
+            if args.allow_missing {
+                config.ingest.allow_missing = true;
+            }
             if args.shard.is_some() {
                 config.ingest.shard = args.shard;
             }

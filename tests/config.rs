@@ -543,3 +543,73 @@ fn deployment_environment_is_understood() {
         "expected i/N",
     );
 }
+
+#[test]
+fn pair_selection_rules_are_checked() {
+    let section = r#"
+[exchanges.okx]
+ws_url = "wss://ws.okx.com:8443/ws/v5/business"
+rest_url = "https://www.okx.com"
+"#;
+    rejected(section, &[], "exchanges.okx.pairs", "select = {");
+    rejected(
+        &format!("{section}select = {{}}\n"),
+        &[],
+        "exchanges.okx.select",
+        "says nothing",
+    );
+    rejected(
+        &format!("{section}select = {{ top = 0 }}\n"),
+        &[],
+        "exchanges.okx.select.top",
+        "at least 1",
+    );
+    rejected(
+        &format!("{section}select = {{ quote = \"US-DT\" }}\n"),
+        &[],
+        "exchanges.okx.select.quote",
+        "not an asset code",
+    );
+    rejected(
+        &format!("{section}select = {{ quote = \"USDT\", bottom = 3 }}\n"),
+        &[],
+        "exchanges.okx.select.bottom",
+        "expected `quote` or `top`",
+    );
+    let cfg = load(
+        &format!("{section}select = {{ quote = [\"USDT\", \"USDC\"], top = 50 }}\n"),
+        &[],
+    )
+    .unwrap();
+    let select = cfg
+        .exchanges
+        .values()
+        .next()
+        .unwrap()
+        .select
+        .clone()
+        .unwrap();
+    assert_eq!(select.quote, ["USDT", "USDC"]);
+    assert_eq!(select.top, Some(50));
+    // From the environment: a selection instead of a list.
+    let cfg = load(
+        section,
+        &[
+            ("KLINES_EXCHANGES__OKX__SELECT__QUOTE", "USDT,USDC"),
+            ("KLINES_EXCHANGES__OKX__SELECT__TOP", "20"),
+            ("KLINES_INGEST__ALLOW_MISSING", "true"),
+        ],
+    )
+    .unwrap();
+    let select = cfg
+        .exchanges
+        .values()
+        .next()
+        .unwrap()
+        .select
+        .clone()
+        .unwrap();
+    assert_eq!((select.quote.len(), select.top), (2, Some(20)));
+    assert!(cfg.ingest.allow_missing);
+    assert!(cfg.enabled_pairs()[0].1.is_empty(), "selected at start");
+}

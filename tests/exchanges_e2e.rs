@@ -400,3 +400,82 @@ async fn kraken_quiet_minutes_are_filled_only_after_rest_confirms_them() {
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+/// 500 pairs on each of the five exchanges at once: klines stays inside
+/// every exchange's limits (pairs per connection, subscribe pacing,
+/// connection attempts per window, which the simulator enforces with
+/// closes and 429s), and every pair delivers finals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_pairs_per_exchange_start_within_the_limits() {
+    const PAIRS: usize = 500;
+    let db = TestDb::new("e2e_500").await;
+    let dir = tempdir();
+    let sim = simulator(&[BTC_DAY], 6.0, |c| {
+        c.replicate = PAIRS;
+        c.updates_per_minute = 1;
+        c.wait_for_clients = 1;
+    })
+    .await;
+    let spell = |id: ExchangeId, i: usize| {
+        let base = format!("L{i:04}");
+        match id {
+            ExchangeId::Binance | ExchangeId::Bybit => format!("{base}USDT"),
+            ExchangeId::Okx | ExchangeId::Coinbase => format!("{base}-USDT"),
+            ExchangeId::Kraken => format!("{base}/USDT"),
+        }
+    };
+    let mut toml = config_toml(&sim, &db.url, &spool_dir(&dir), &["L0000USDT"], "", "", "")
+        .replace(
+            "enabled = false",
+            "enabled = false\n[merge]\nenabled = false",
+        )
+        .replace("[lake]", "[lake]\nenabled = false");
+    let start = toml.find("[exchanges.binance]").unwrap();
+    toml.truncate(start);
+    for id in ExchangeId::ALL {
+        let pairs: Vec<String> = (0..PAIRS)
+            .map(|i| format!("\"{}\"", spell(id, i)))
+            .collect();
+        toml.push_str(&format!(
+            "[exchanges.{id}]\nws_url = \"{}\"\nrest_url = \"{}\"\npairs = [{}]\n",
+            sim.ws_url(id),
+            sim.rest_url(id),
+            pairs.join(",")
+        ));
+    }
+    let service = start_ingest(parse_config(&toml));
+    let every_pair = wait_until(Duration::from_secs(120), || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM (SELECT DISTINCT exchange, symbol FROM bronze.ohlcv_native
+                                    WHERE source = 'ws' AND is_final) p",
+        )
+        .await
+            == (PAIRS * ExchangeId::ALL.len()) as i64
+    })
+    .await;
+    let per_exchange: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT exchange, count(DISTINCT symbol) FROM bronze.ohlcv_native
+          WHERE source = 'ws' AND is_final GROUP BY exchange ORDER BY exchange",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let snapshot = sim.state.snapshot();
+    assert!(
+        every_pair,
+        "pairs with finals per exchange: {per_exchange:?}\n{snapshot:?}"
+    );
+    assert_eq!(snapshot.rate_limit_closes, 0, "{snapshot:?}");
+    assert_eq!(snapshot.connects_refused, 0, "{snapshot:?}");
+    // Binance 1024 a connection, OKX 300, Bybit and Kraken 200 (a limit of
+    // our own), Coinbase 100.
+    let connections = service.metrics.encode();
+    service.stop().await;
+    assert!(
+        snapshot.connections >= 1 + 2 + 3 + 3 + 5,
+        "{snapshot:?}\n{connections}"
+    );
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

@@ -43,6 +43,8 @@ pub enum IngestError {
     Exchange(#[from] exchange::ExchangeError),
     #[error("backfill: {0}")]
     Backfill(#[from] backfill::BackfillError),
+    #[error("config: {0}")]
+    Pairs(#[from] crate::instruments::PairsError),
     #[error("lake spool: {0}")]
     Lake(std::io::Error),
     #[error("api.protect_reads is set but KLINES_API_KEY is not: set the key in the environment, or protect_reads = false")]
@@ -102,6 +104,54 @@ pub async fn run(
         None
     };
 
+    // Per exchange: its protocol, one REST client (one request budget, shared
+    // by the instruments refresh, the schedules and the API's backfills) and
+    // one clock: what the exchange says its time is. The merge and backfill
+    // schedules follow it, so a replay at any speed behaves like the live
+    // market.
+    let mut exchanges = std::collections::BTreeMap::new();
+    for (id, ex_config) in config.exchanges.iter().filter(|(_, e)| e.enabled) {
+        let exchange = exchange::build(*id, ex_config)?;
+        let clock = Arc::new(ExchangeClock::new());
+        let backfiller = Arc::new(backfill::for_exchange(
+            Arc::clone(&exchange),
+            ex_config,
+            &config.backfill,
+            pool.clone(),
+            Arc::clone(&partitions),
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+        )?);
+        exchanges.insert(*id, (exchange, backfiller, clock));
+    }
+    // The pairs: the configured ones the exchanges list as trading, and the
+    // ones `select` picks (see `instruments`). Every configured pair (the
+    // leader's schedules cover them all) and this shard's (its WebSocket
+    // workers).
+    let mut configured = Vec::new();
+    for (id, (_, backfiller, _)) in &exchanges {
+        let pairs = crate::instruments::pairs_at_start(
+            &backfiller.client,
+            &pool,
+            &config.exchanges[id],
+            config.ingest.allow_missing,
+            &shutdown,
+        )
+        .await?;
+        configured.push((*id, pairs));
+    }
+    let enabled: Vec<_> = configured
+        .iter()
+        .map(|(id, pairs)| {
+            let mine: Vec<_> = pairs.iter().filter(|p| shard.owns(p)).cloned().collect();
+            (*id, mine)
+        })
+        .collect();
+    let clocks: std::collections::BTreeMap<_, _> = exchanges
+        .iter()
+        .map(|(id, (_, _, clock))| (*id, Arc::clone(clock)))
+        .collect();
+
     let tasks = TaskTracker::new();
     let upkeep_stop = CancellationToken::new();
     tasks.spawn(partition_upkeep(
@@ -113,23 +163,6 @@ pub async fn run(
         upkeep_stop.clone(),
     ));
 
-    // One clock per exchange: what the exchange says its time is. The merge
-    // and backfill schedules follow it, so a replay at any speed behaves
-    // like the live market.
-    // Every configured pair (the leader's schedules cover them all) and
-    // this shard's (its WebSocket workers).
-    let configured = config.enabled_pairs();
-    let enabled: Vec<_> = configured
-        .iter()
-        .map(|(id, pairs)| {
-            let mine: Vec<_> = pairs.iter().filter(|p| shard.owns(p)).cloned().collect();
-            (*id, mine)
-        })
-        .collect();
-    let clocks: std::collections::BTreeMap<_, _> = enabled
-        .iter()
-        .map(|(id, _)| (*id, Arc::new(ExchangeClock::new())))
-        .collect();
     let leader = if config.merge.enabled || config.backfill.enabled {
         leader::spawn(
             pool.clone(),
@@ -202,20 +235,21 @@ pub async fn run(
             .map(|(_, ps)| ps.iter().map(|p| p.symbol.clone()).collect())
             .unwrap_or_default();
         let ex_config = &config.exchanges[&id];
-        let exchange = exchange::build(id, ex_config)?;
-        let clock = Arc::clone(&clocks[&id]);
-        let (outage_tx, outage_rx) = mpsc::channel(1024);
-        // One backfiller per exchange (one REST budget) for the schedules
-        // and the API's operator requests alike.
-        let backfiller = Arc::new(backfill::for_exchange(
-            Arc::clone(&exchange),
-            ex_config,
-            &config.backfill,
+        let (exchange, backfiller, clock) = &exchanges[&id];
+        let (exchange, backfiller, clock) = (
+            Arc::clone(exchange),
+            Arc::clone(backfiller),
+            Arc::clone(clock),
+        );
+        tasks.spawn(crate::instruments::refresh_periodically(
+            Arc::clone(&backfiller.client),
             pool.clone(),
-            Arc::clone(&partitions),
-            Arc::clone(&clock),
-            Arc::clone(&metrics),
-        )?);
+            ex_config.clone(),
+            all_symbols.clone(),
+            config.ingest.instruments_refresh,
+            upkeep_stop.clone(),
+        ));
+        let (outage_tx, outage_rx) = mpsc::channel(1024);
         api_backfillers.insert(id, Arc::clone(&backfiller));
         api_pairs.insert(
             id,

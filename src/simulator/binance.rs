@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::dataset::SimCandle;
 use super::ws::{serve, Protocol};
-use super::{partial_candle, split_symbol, RestVerdict, SimState};
+use super::{partial_candle, plain, quote_volume_24h, split_symbol, RestVerdict, SimState};
 use crate::domain::{ms_to_utc, Minute};
 
 /// Binance closes a connection whose client sends more than this many
@@ -40,6 +40,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/api/v3/klines", get(klines))
         .route("/api/v3/exchangeInfo", get(exchange_info))
         .route("/api/v3/time", get(server_time))
+        .route("/api/v3/ticker/24hr", get(ticker_24hr))
         .route("/api/v3/ping", get(ping))
 }
 
@@ -436,6 +437,26 @@ async fn klines(
         })
         .collect();
     with_weight(&sim, axum::Json(rows).into_response(), used)
+}
+
+/// Every symbol's 24 h ticker (`type=MINI` or the full form; the fields
+/// klines reads are in both): weight 80.
+async fn ticker_24hr(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response {
+    let used = match admit(&sim, &headers, "/api/v3/ticker/24hr", 80) {
+        Ok(used) => used,
+        Err(answer) => return *answer,
+    };
+    let now = sim.clock.now_ms();
+    let tickers: Vec<Value> = sim
+        .market
+        .symbols()
+        .into_iter()
+        .map(|s| {
+            json!({"symbol": s, "quoteVolume": plain(quote_volume_24h(&sim, &s)),
+                   "openTime": now - 86_400_000, "closeTime": now})
+        })
+        .collect();
+    with_weight(&sim, axum::Json(tickers).into_response(), used)
 }
 
 async fn exchange_info(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response {

@@ -31,6 +31,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/v5/market/kline", get(kline))
         .route("/v5/market/instruments-info", get(instruments))
         .route("/v5/market/time", get(time))
+        .route("/v5/market/tickers", get(tickers))
 }
 
 /// One `kline.1.SYMBOL` push.
@@ -222,6 +223,33 @@ async fn kline(
         0,
         "OK",
         json!({"category": category, "symbol": symbol, "list": rows}),
+    ))
+    .into_response()
+}
+
+/// Every spot ticker: `turnover24h` is the quote volume.
+async fn tickers(
+    State(sim): State<Arc<SimState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = admit(&sim, &headers, "/v5/market/tickers") {
+        return *r;
+    }
+    if q.get("category").map(String::as_str) != Some("spot") {
+        return Json(envelope(&sim, 10001, "params error: category", json!({}))).into_response();
+    }
+    let list: Vec<Value> = sim
+        .market
+        .symbols()
+        .into_iter()
+        .map(|s| json!({"symbol": s, "turnover24h": plain(super::quote_volume_24h(&sim, &s))}))
+        .collect();
+    Json(envelope(
+        &sim,
+        0,
+        "OK",
+        json!({"category": "spot", "list": list}),
     ))
     .into_response()
 }

@@ -29,7 +29,10 @@ use serde_json::{json, Value};
 
 use super::dataset::SimCandle;
 use super::ws::{serve, Protocol};
-use super::{client_of, market_symbol, plain, rest_minutes, split_symbol, RestVerdict, SimState};
+use super::{
+    client_of, market_symbol, plain, quote_volume_24h, rest_minutes, split_symbol, RestVerdict,
+    SimState,
+};
 use crate::domain::{ms_to_utc, Minute};
 
 /// Trades in a subscription snapshot, per product.
@@ -446,19 +449,13 @@ async fn products(
     if q.get("product_type").is_some_and(|t| t != "SPOT") {
         return Json(json!({"products": [], "num_products": 0})).into_response();
     }
-    let now = Minute::containing(ms_to_utc(sim.clock.now_ms()));
     let list: Vec<Value> = sim
         .market
         .symbols()
         .into_iter()
         .map(|s| {
             let (base, quote) = split_symbol(&s);
-            // The last 24 hours' quote volume of the replay, for top-N
-            // selection.
-            let quote_24h: Decimal = (1..=1440)
-                .filter_map(|back| sim.market.candle_at(&s, now.plus(-back)))
-                .map(|c| c.quote_volume)
-                .sum();
+            let quote_24h = quote_volume_24h(&sim, &s);
             json!({"product_id": product_id(&s), "base_currency_id": base, "quote_currency_id": quote,
                    "status": "online", "trading_disabled": false, "is_disabled": false,
                    "product_type": "SPOT", "approximate_quote_24h_volume": plain(quote_24h),

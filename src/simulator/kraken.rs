@@ -42,6 +42,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/0/public/OHLC", get(ohlc))
         .route("/0/public/AssetPairs", get(asset_pairs))
         .route("/0/public/Time", get(time))
+        .route("/0/public/Ticker", get(ticker))
 }
 
 /// `BTCUSDT` → `BTC/USDT` (WebSocket v2).
@@ -379,6 +380,34 @@ async fn asset_pairs(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Re
             json!({"altname": alt, "wsname": format!("{}/{}", kraken_asset(&base), kraken_asset(&quote)),
                    "base": kraken_asset(&base), "quote": quote, "pair_decimals": 2, "lot_decimals": 8,
                    "status": "online"}),
+        );
+    }
+    Json(json!({"error": [], "result": result})).into_response()
+}
+
+/// Every pair's ticker under its `AssetPairs` key; `v` and `p` are
+/// [today, last 24 hours] volume and vwap (quote volume / volume).
+async fn ticker(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admit(&sim, &headers, "/0/public/Ticker") {
+        return *r;
+    }
+    let now = Minute::containing(ms_to_utc(sim.clock.now_ms()));
+    let mut result = serde_json::Map::new();
+    for s in sim.market.symbols() {
+        let volume: Decimal = (1..=1440)
+            .filter_map(|back| sim.market.candle_at(&s, now.plus(-back)))
+            .map(|c| c.volume)
+            .sum();
+        let quote = super::quote_volume_24h(&sim, &s);
+        let vwap = if volume > Decimal::ZERO {
+            (quote / volume).round_dp(5)
+        } else {
+            Decimal::ZERO
+        };
+        let (v, p) = (volume.normalize().to_string(), vwap.normalize().to_string());
+        result.insert(
+            internal_name(&altname(&s)),
+            json!({"v": [v, v], "p": [p, p]}),
         );
     }
     Json(json!({"error": [], "result": result})).into_response()

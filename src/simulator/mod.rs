@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::rngs::StdRng;
@@ -284,6 +285,8 @@ pub struct SimStats {
     pub malformed_sent: AtomicU64,
     pub client_messages: AtomicU64,
     pub rate_limit_closes: AtomicU64,
+    /// WebSocket connection attempts refused for coming too often.
+    pub connects_refused: AtomicU64,
     pub rest_requests: AtomicU64,
     pub rest_429: AtomicU64,
     pub rest_418: AtomicU64,
@@ -308,6 +311,7 @@ pub struct StatsSnapshot {
     pub malformed_sent: u64,
     pub client_messages: u64,
     pub rate_limit_closes: u64,
+    pub connects_refused: u64,
     pub rest_requests: u64,
     pub rest_429: u64,
     pub rest_418: u64,
@@ -351,6 +355,22 @@ pub struct SimState {
     /// Connections that have subscribed to something.
     subscribed: AtomicU64,
     rest: Mutex<RestLedger>,
+    /// Per exchange: the wall times of recent connection attempts.
+    connects: Mutex<HashMap<&'static str, std::collections::VecDeque<std::time::Instant>>>,
+}
+
+/// Each exchange's documented limit on WebSocket connection attempts per IP:
+/// (attempts, window). Past it the simulator refuses the upgrade with 429.
+pub fn connect_limit(exchange: &str) -> (usize, Duration) {
+    match exchange {
+        "binance" => (300, Duration::from_secs(300)),
+        "okx" => (3, Duration::from_secs(1)),
+        "bybit" => (500, Duration::from_secs(300)),
+        // Cloudflare in front of Kraken: about 150 per rolling 10 minutes.
+        "kraken" => (150, Duration::from_secs(600)),
+        "coinbase" => (8, Duration::from_secs(1)),
+        _ => (usize::MAX, Duration::from_secs(1)),
+    }
 }
 
 /// One REST request as the simulator saw it, for tests to check a client's
@@ -422,6 +442,7 @@ impl SimState {
             next_conn: AtomicU64::new(1),
             subscribed: AtomicU64::new(0),
             rest: Mutex::new(RestLedger::default()),
+            connects: Mutex::new(HashMap::new()),
             config,
         }
     }
@@ -450,11 +471,33 @@ impl SimState {
             malformed_sent: get(&s.malformed_sent),
             client_messages: get(&s.client_messages),
             rate_limit_closes: get(&s.rate_limit_closes),
+            connects_refused: get(&s.connects_refused),
             rest_requests: get(&s.rest_requests),
             rest_429: get(&s.rest_429),
             rest_418: get(&s.rest_418),
             sim_now_ms: self.clock.now_ms(),
         }
+    }
+
+    /// Accounts a WebSocket connection attempt on `exchange`; false (and
+    /// counted) when it is over the exchange's [`connect_limit`].
+    pub fn admit_connection(&self, exchange: &'static str) -> bool {
+        let (limit, window) = connect_limit(exchange);
+        let now = std::time::Instant::now();
+        let mut all = self.connects.lock().expect("connects poisoned");
+        let recent = all.entry(exchange).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= limit {
+            SimStats::add(&self.stats.connects_refused);
+            return false;
+        }
+        recent.push_back(now);
+        true
     }
 
     /// A connection subscribed for the first time; starts the clock once
@@ -751,6 +794,23 @@ pub fn client_of(headers: &axum::http::HeaderMap) -> &str {
         .unwrap_or("")
 }
 
+/// `symbol`'s quote volume over the 24 hours before the clock's minute (a
+/// candle without a quote volume counts volume × close), for the 24 h
+/// tickers that `top = N` pair selection reads.
+pub fn quote_volume_24h(sim: &SimState, symbol: &str) -> Decimal {
+    let now = Minute::containing(crate::domain::ms_to_utc(sim.clock.now_ms()));
+    (1..=1440)
+        .filter_map(|back| sim.market.candle_at(symbol, now.plus(-back)))
+        .map(|c| {
+            if c.quote_volume > Decimal::ZERO {
+                c.quote_volume
+            } else {
+                (c.volume * c.close).round_dp(8)
+            }
+        })
+        .sum()
+}
+
 /// The simulated minutes of `symbol` that exist at `now_ms` (up to the open
 /// one) between `from` and `to` inclusive, newest first, at most `limit`,
 /// each with its candle as REST shows it then (the open minute partial).
@@ -790,17 +850,44 @@ pub fn router(state: Arc<SimState>) -> Router {
             stamp_date,
         ))
     };
+    let limited = |exchange: &'static str, routes: Router<Arc<SimState>>| {
+        stamped(routes).layer(axum::middleware::from_fn_with_state(
+            (Arc::clone(&state), exchange),
+            limit_connects,
+        ))
+    };
     Router::new()
-        .nest("/binance", stamped(binance::routes()))
-        .nest("/okx", stamped(okx::routes()))
-        .nest("/bybit", stamped(bybit::routes()))
-        .nest("/kraken", stamped(kraken::routes()))
-        .nest("/coinbase", stamped(coinbase::routes()))
+        .nest("/binance", limited("binance", binance::routes()))
+        .nest("/okx", limited("okx", okx::routes()))
+        .nest("/bybit", limited("bybit", bybit::routes()))
+        .nest("/kraken", limited("kraken", kraken::routes()))
+        .nest("/coinbase", limited("coinbase", coinbase::routes()))
         .route("/sim/stats", get(stats))
         .route("/sim/rest-log", get(rest_log))
         .route("/sim/pause", post(pause))
         .route("/sim/resume", post(resume))
         .with_state(state)
+}
+
+/// Refuses a WebSocket upgrade over the exchange's connection-attempt limit
+/// with 429, as the exchanges (or the CDN in front of them) do.
+async fn limit_connects(
+    State((sim, exchange)): State<(Arc<SimState>, &'static str)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let upgrade = request
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if upgrade && !sim.admit_connection(exchange) {
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too many connection attempts",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Every exchange response carries a `Date` of the simulated clock, as a

@@ -18,7 +18,10 @@ use serde_json::{json, Value};
 
 use super::dataset::SimCandle;
 use super::ws::{serve, Protocol};
-use super::{client_of, market_symbol, plain, rest_minutes, split_symbol, RestVerdict, SimState};
+use super::{
+    client_of, market_symbol, plain, quote_volume_24h, rest_minutes, split_symbol, RestVerdict,
+    SimState,
+};
 use crate::domain::{ms_to_utc, Minute};
 
 const HISTORY_MAX_LIMIT: usize = 100;
@@ -34,6 +37,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/api/v5/market/candles", get(candles))
         .route("/api/v5/public/instruments", get(instruments))
         .route("/api/v5/public/time", get(time))
+        .route("/api/v5/market/tickers", get(tickers))
 }
 
 /// `BTCUSDT` → `BTC-USDT`.
@@ -306,6 +310,28 @@ async fn instruments(
             json!({"instType": "SPOT", "instId": inst_id(&s), "baseCcy": base, "quoteCcy": quote,
                    "state": "live", "listTime": listed, "tickSz": "0.1", "lotSz": "0.00000001"})
         })
+        .collect();
+    Json(json!({"code": "0", "msg": "", "data": data})).into_response()
+}
+
+/// Every spot ticker: `volCcy24h` is the quote volume.
+async fn tickers(
+    State(sim): State<Arc<SimState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = admit(&sim, &headers, "/api/v5/market/tickers") {
+        return *r;
+    }
+    if q.get("instType").map(String::as_str) != Some("SPOT") {
+        return okx_error(StatusCode::BAD_REQUEST, "51000", "Parameter instType error");
+    }
+    let ts = sim.clock.now_ms().to_string();
+    let data: Vec<Value> = sim
+        .market
+        .symbols()
+        .into_iter()
+        .map(|s| json!({"instType": "SPOT", "instId": inst_id(&s), "volCcy24h": plain(quote_volume_24h(&sim, &s)), "ts": ts}))
         .collect();
     Json(json!({"code": "0", "msg": "", "data": data})).into_response()
 }
