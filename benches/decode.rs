@@ -4,7 +4,10 @@
 //! open and closed candles of several symbols, exactly as the exchange sent
 //! them). Bybit: the recorded v5 kline pushes. OKX and Kraken (no recording
 //! of their current shapes exists): the simulator's encoding of the
-//! documented shape, over the real BTCUSDT day. Decoding is the
+//! documented shape, over the real BTCUSDT day. Coinbase: the recorded
+//! `market_trades` session (two 100-trade snapshots and 57 updates), decoded
+//! in order from a fresh state each pass, in trades per second (klines
+//! builds Coinbase's candles from trades). Decoding is the
 //! whole step a worker does per frame: JSON, every price and volume to an
 //! exact `Decimal`, the candle event with its times.
 //!
@@ -16,6 +19,7 @@ use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use klines::exchange::binance::Binance;
 use klines::exchange::bybit::Bybit;
+use klines::exchange::coinbase::Coinbase;
 use klines::exchange::kraken::Kraken;
 use klines::exchange::okx::Okx;
 use klines::exchange::{DecodeState, Decoded, Exchange};
@@ -163,5 +167,67 @@ fn decode_others(c: &mut Criterion) {
     group(c, "kraken_ohlc", &kraken, &frames);
 }
 
-criterion_group!(benches, decode, decode_others);
+/// Coinbase: the recorded `market_trades` frames, in order, from a fresh
+/// decode state each pass (a replay into a used state would only find
+/// duplicates); throughput in trades, then in bytes.
+fn decode_coinbase(c: &mut Criterion) {
+    let coinbase = Coinbase::new(
+        "ws://127.0.0.1:9/coinbase".parse().unwrap(),
+        "http://127.0.0.1:9/coinbase".parse().unwrap(),
+    );
+    let text = std::fs::read_to_string(format!(
+        "{FIXTURES}/coinbase_advanced_trade_candles_market_trades_2026-08-09.jsonl"
+    ))
+    .unwrap();
+    let frames: Vec<String> = text
+        .lines()
+        .filter_map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let data = v["data"].as_str()?;
+            (v["t"] == "recv" && data.contains("\"channel\":\"market_trades\""))
+                .then(|| data.to_owned())
+        })
+        .collect();
+    let trades: usize = frames
+        .iter()
+        .map(|f| f.matches("\"trade_id\"").count())
+        .sum();
+    assert!(
+        frames.len() >= 50 && trades >= 250,
+        "{} {trades}",
+        frames.len()
+    );
+    let bytes: usize = frames.iter().map(String::len).sum();
+    let received = Utc::now();
+    let pass = |state: &mut DecodeState| {
+        for f in &frames {
+            match coinbase.decode(black_box(f), received, state) {
+                Ok(d) => {
+                    black_box(d);
+                }
+                Err(e) => panic!("{f}: {e}"),
+            }
+        }
+    };
+    let mut group = c.benchmark_group("coinbase_market_trades");
+    group.throughput(Throughput::Elements(trades as u64));
+    group.bench_function("trades", |b| {
+        b.iter_batched(
+            DecodeState::default,
+            |mut state| pass(&mut state),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("bytes", |b| {
+        b.iter_batched(
+            DecodeState::default,
+            |mut state| pass(&mut state),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, decode_others, decode_coinbase);
 criterion_main!(benches);

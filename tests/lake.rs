@@ -100,7 +100,7 @@ async fn a_replayed_day_lands_in_the_lake_and_loads_back_exactly() {
             candles += 1;
             let start = line.interval_start.unwrap();
             let want_dir = format!(
-                "exchange=binance/symbol=BTCUSDT/interval=1m/date={}/hour={}/",
+                "exchange=binance/interval=1m/date={}/hour={}/",
                 start.format("%Y-%m-%d"),
                 start.format("%H")
             );
@@ -478,7 +478,7 @@ async fn uploads_fail_clearly_keep_the_segment_and_never_overwrite() {
         .await
         .unwrap_err();
     assert!(
-        err.contains(&format!("lake store s3://{S3_BUCKET}/raw/exchange=binance/symbol=BTCUSDT/interval=1m/date=2023-01-21/hour=05/part-"))
+        err.contains(&format!("lake store s3://{S3_BUCKET}/raw/exchange=binance/interval=1m/date=2023-01-21/hour=05/part-"))
             && err.contains("PutObject failed")
             && err.to_lowercase().contains("connect"),
         "{err}"
@@ -512,7 +512,7 @@ async fn uploads_fail_clearly_keep_the_segment_and_never_overwrite() {
     assert_eq!(store.get(&keys[0]).await.unwrap(), first);
     assert_eq!(
         store.list_dirs("raw/exchange=binance").await.unwrap(),
-        ["symbol=BTCUSDT"]
+        ["interval=1m"]
     );
 }
 
@@ -627,5 +627,82 @@ async fn a_full_spool_disk_is_an_alert_not_a_crash() {
         lines.len()
     );
     sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+/// The lake's two layouts load alike: objects of one exchange and hour
+/// holding several symbols (`--symbol` keeps that pair's lines), and a lake
+/// written with the earlier `symbol=` level.
+#[tokio::test]
+async fn both_layouts_load_and_symbols_are_filtered_by_line() {
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+    let db = TestDb::new("lake_layouts").await;
+    let dir = tempdir();
+    let store = klines::lake::store::Store::local(dir.path());
+    let line = |symbol: &str, minute: u32, close: &str| {
+        format!(
+            r#"{{"kind":"candle","exchange":"binance","symbol":"{symbol}","interval_seconds":60,"interval_start":"2023-01-21T05:{minute:02}:00Z","interval_end":"2023-01-21T05:{:02}:00Z","is_final":true,"received_ts":"2023-01-21T05:{:02}:00.005Z","open":"1.0","high":"2.0","low":"0.5","close":"{close}","volume":"3","source":"ws","payload":"{{}}"}}"#,
+            minute + 1,
+            minute + 1
+        )
+    };
+    let gz = |lines: &[String]| {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for l in lines {
+            e.write_all(l.as_bytes()).unwrap();
+            e.write_all(b"\n").unwrap();
+        }
+        e.finish().unwrap()
+    };
+    store
+        .put_if_absent(
+            "exchange=binance/interval=1m/date=2023-01-21/hour=05/part-1-w-000001.jsonl.gz",
+            gz(&[line("BTCUSDT", 0, "1.5"), line("ETHUSDT", 0, "1.25")]),
+        )
+        .await
+        .unwrap();
+    store
+        .put_if_absent(
+            "exchange=binance/symbol=BTCUSDT/interval=1m/date=2023-01-21/hour=05/part-1-old-000001.jsonl.gz",
+            gz(&[line("BTCUSDT", 1, "1.75")]),
+        )
+        .await
+        .unwrap();
+    let spec = |symbol: Option<&str>| LoadSpec {
+        from: "2023-01-21T00:00:00Z".parse().unwrap(),
+        to: "2023-01-22T00:00:00Z".parse().unwrap(),
+        exchange: Some(klines::domain::ExchangeId::Binance),
+        symbol: symbol.map(String::from),
+    };
+    let btc = load(&db.pool, &store, "", &spec(Some("BTCUSDT")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (btc.objects, btc.finals, btc.inserted),
+        (2, 2, 2),
+        "{btc:?}"
+    );
+    let all = load(&db.pool, &store, "", &spec(None)).await.unwrap();
+    assert_eq!(
+        (all.finals, all.inserted, all.skipped),
+        (3, 1, 2),
+        "{all:?}"
+    );
+    let closes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT symbol, close::text FROM bronze.ohlcv_native WHERE source = 'lake'
+          ORDER BY symbol, interval_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        closes,
+        [
+            ("BTCUSDT".to_string(), "1.5".to_string()),
+            ("BTCUSDT".to_string(), "1.75".to_string()),
+            ("ETHUSDT".to_string(), "1.25".to_string())
+        ]
+    );
     db.drop().await;
 }

@@ -3,16 +3,16 @@
 -- computes the partitions from the key layout).
 --
 -- Replace my-bucket and raw/klines with `lake.bucket` and `lake.prefix`.
--- Symbols are many and change, so `symbol` is an injected projection:
--- queries name the symbol(s) they want in WHERE.
--- `exchange` and `symbol` are partition columns (from the key), so they are
--- not repeated among the data columns. Prices and volumes are strings, the
+-- `exchange`, `interval`, `date` and `hour` are partition columns (from the
+-- key), so `exchange` is not repeated among the data columns; `symbol` is a
+-- data column (one object holds every pair of an exchange and hour). Prices and volumes are strings, the
 -- exchange's exact decimals; cast them to DECIMAL(38,18) in queries.
 -- Not run by the test suite (no Athena here): the DuckDB snippet beside it
 -- is, against the same layout.
 
 CREATE EXTERNAL TABLE IF NOT EXISTS klines_lake (
   kind             string,
+  symbol           string,
   interval_seconds int,
   interval_start   string,
   interval_end     string,
@@ -32,7 +32,6 @@ CREATE EXTERNAL TABLE IF NOT EXISTS klines_lake (
 )
 PARTITIONED BY (
   exchange   string,
-  symbol     string,
   `interval` string,
   `date`     string,
   `hour`     string
@@ -46,7 +45,6 @@ TBLPROPERTIES (
   'projection.enabled'              = 'true',
   'projection.exchange.type'        = 'enum',
   'projection.exchange.values'      = 'binance,kraken,coinbase,okx,bybit',
-  'projection.symbol.type'          = 'injected',
   'projection.interval.type'        = 'enum',
   'projection.interval.values'      = '1m',
   'projection.date.type'            = 'date',
@@ -58,7 +56,7 @@ TBLPROPERTIES (
   'projection.hour.range'           = '0,23',
   'projection.hour.digits'          = '2',
   'storage.location.template'       =
-    's3://my-bucket/raw/klines/exchange=${exchange}/symbol=${symbol}/interval=${interval}/date=${date}/hour=${hour}/'
+    's3://my-bucket/raw/klines/exchange=${exchange}/interval=${interval}/date=${date}/hour=${hour}/'
 );
 
 -- The final candles of one pair and day (the newest final observation of

@@ -15,7 +15,8 @@
 -- Tested: tests/lake.rs runs this file against a replayed day.
 
 -- Every observation (in-progress updates and finals), with the partition
--- columns of the path (exchange, symbol, interval, date, hour).
+-- columns of the path (exchange, interval, date, hour); the symbol is a
+-- column of each line.
 CREATE OR REPLACE VIEW lake_observations AS
 SELECT exchange,
        symbol,
@@ -38,12 +39,12 @@ SELECT exchange,
        source,
        payload
   FROM read_json(
-         '{lake}/exchange=*/symbol=*/interval=*/date=*/hour=*/*.jsonl.gz',
+         '{lake}/exchange=*/interval=*/date=*/hour=*/*.jsonl.gz',
          format = 'newline_delimited',
          hive_partitioning = true,
          hive_types = {'date': DATE, 'hour': INTEGER},
          columns = {
-           kind: 'VARCHAR', interval_seconds: 'INTEGER',
+           kind: 'VARCHAR', symbol: 'VARCHAR', interval_seconds: 'INTEGER',
            interval_start: 'VARCHAR', interval_end: 'VARCHAR',
            is_final: 'BOOLEAN', event_ts: 'VARCHAR', received_ts: 'VARCHAR',
            open: 'VARCHAR', high: 'VARCHAR', low: 'VARCHAR', close: 'VARCHAR',

@@ -4,7 +4,8 @@
 
 The path is the lake's root (`lake.bucket` and `lake.prefix`; s3a:// needs
 hadoop-aws on the classpath, or pass a local directory). Spark discovers the
-partition columns (exchange, symbol, interval, date, hour) from the keys and
+partition columns (exchange, interval, date, hour) from the keys (the symbol
+is a column of each line) and
 reads the .gz objects by their extension. Prices and volumes are decimal
 strings in the lake; they are cast to DecimalType(38, 18), never to double.
 Not run by the test suite (no Spark here): the DuckDB snippet beside it is,
@@ -21,10 +22,11 @@ from pyspark.sql.types import (BooleanType, IntegerType, LongType, StringType,
 root = sys.argv[1].rstrip("/")
 spark = SparkSession.builder.appName("klines-lake").getOrCreate()
 
-# exchange and symbol come from the partition path; the schema leaves them
-# out so the data and partition columns do not clash.
+# exchange comes from the partition path; the schema leaves it out so the
+# data and partition columns do not clash.
 schema = StructType([
     StructField("kind", StringType()),
+    StructField("symbol", StringType()),
     StructField("interval_seconds", IntegerType()),
     StructField("interval_start", StringType()),
     StructField("interval_end", StringType()),
@@ -46,7 +48,7 @@ schema = StructType([
 observations = (
     spark.read.schema(schema)
     .option("basePath", root)
-    .json(f"{root}/exchange=*/symbol=*/interval=*/date=*/hour=*/")
+    .json(f"{root}/exchange=*/interval=*/date=*/hour=*/")
     .withColumn("interval_start", F.to_timestamp("interval_start"))
     .withColumn("received_ts", F.to_timestamp("received_ts"))
 )

@@ -66,8 +66,10 @@ fn wanted(key: &str, spec: &LoadSpec) -> bool {
             return false;
         }
     }
-    if let Some(s) = &spec.symbol {
-        if part(key, "symbol") != Some(s.as_str()) {
+    // Lakes written before the symbol became a column have a `symbol=`
+    // level; the lines are filtered by symbol either way.
+    if let (Some(s), Some(in_key)) = (&spec.symbol, part(key, "symbol")) {
+        if in_key != s {
             return false;
         }
     }
@@ -90,8 +92,9 @@ fn join(a: &str, b: &str) -> String {
 }
 
 /// The objects that can hold candles of `spec`, found by walking the
-/// layout down to one listing per pair and day, so a load of one day of
-/// a lake holding years lists one day, not years.
+/// layout down to one listing per exchange, interval and day (and per
+/// symbol in lakes of the earlier layout), so a load of one day of a lake
+/// holding years lists one day, not years.
 async fn candidate_keys(
     store: &Store,
     prefix: &str,
@@ -112,11 +115,17 @@ async fn candidate_keys(
         Some(e) => vec![join(&root, &format!("exchange={e}"))],
         None => dirs(root.clone(), "exchange").await?,
     };
-    let mut symbols = Vec::new();
+    // `interval=` under the exchange, or (the earlier layout) under each
+    // `symbol=` of it.
+    let mut intervals = Vec::new();
     for e in exchanges {
-        match &spec.symbol {
-            Some(s) => symbols.push(join(&e, &format!("symbol={s}"))),
-            None => symbols.extend(dirs(e, "symbol").await?),
+        intervals.extend(dirs(e.clone(), "interval").await?);
+        let old = match &spec.symbol {
+            Some(s) => vec![join(&e, &format!("symbol={s}"))],
+            None => dirs(e, "symbol").await?,
+        };
+        for s in old {
+            intervals.extend(dirs(s, "interval").await?);
         }
     }
     let mut days = Vec::new();
@@ -124,15 +133,13 @@ async fn candidate_keys(
         spec.from.date_naive(),
         (spec.to - chrono::Duration::nanoseconds(1)).date_naive(),
     );
-    for s in symbols {
-        for interval in dirs(s, "interval").await? {
-            let mut day = first;
-            while day <= last {
-                days.push(join(&interval, &format!("date={day}")));
-                match day.succ_opt() {
-                    Some(next) => day = next,
-                    None => break,
-                }
+    for interval in intervals {
+        let mut day = first;
+        while day <= last {
+            days.push(join(&interval, &format!("date={day}")));
+            match day.succ_opt() {
+                Some(next) => day = next,
+                None => break,
             }
         }
     }
@@ -206,6 +213,13 @@ pub async fn load(
             if line.kind != "candle" || line.is_final != Some(true) {
                 continue;
             }
+            if spec
+                .symbol
+                .as_ref()
+                .is_some_and(|s| line.symbol.as_ref() != Some(s))
+            {
+                continue;
+            }
             let Some(ev) = event(&line) else {
                 warn!(key = %key, "Skipped a lake line without the candle's fields");
                 continue;
@@ -264,14 +278,20 @@ mod tests {
             exchange: Some(ExchangeId::Binance),
             symbol: Some("BTCUSDT".into()),
         };
-        let key = |sym: &str, h: u32| {
+        let key = |h: u32| {
+            format!("p/exchange=binance/interval=1m/date=2023-01-21/hour={h:02}/part-1-w-000001.jsonl.gz")
+        };
+        assert!(wanted(&key(10), &spec));
+        assert!(wanted(&key(11), &spec));
+        assert!(!wanted(&key(12), &spec));
+        assert!(!wanted(&key(9), &spec));
+        assert!(!wanted(&key(11).replace("binance", "okx"), &spec));
+        // The earlier layout, a level per symbol.
+        let old = |sym: &str, h: u32| {
             format!("p/exchange=binance/symbol={sym}/interval=1m/date=2023-01-21/hour={h:02}/part-1-w-000001.jsonl.gz")
         };
-        assert!(wanted(&key("BTCUSDT", 10), &spec));
-        assert!(wanted(&key("BTCUSDT", 11), &spec));
-        assert!(!wanted(&key("BTCUSDT", 12), &spec));
-        assert!(!wanted(&key("BTCUSDT", 9), &spec));
-        assert!(!wanted(&key("ETHUSDT", 11), &spec));
+        assert!(wanted(&old("BTCUSDT", 11), &spec));
+        assert!(!wanted(&old("ETHUSDT", 11), &spec));
         assert!(!wanted(
             "p/kind=reject/exchange=binance/date=2023-01-21/hour=11/part-1-w-000001.jsonl.gz",
             &spec

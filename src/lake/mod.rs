@@ -3,9 +3,16 @@
 //! line, in hive-partitioned gzip objects:
 //!
 //! ```text
-//! {prefix}/exchange=binance/symbol=BTCUSDT/interval=1m/date=2026-11-21/hour=13/part-{first_ms}-{writer}-{seq}.jsonl.gz
+//! {prefix}/exchange=binance/interval=1m/date=2026-11-21/hour=13/part-{first_ms}-{writer}-{seq}.jsonl.gz
 //! {prefix}/kind=reject/exchange=binance/date=2026-11-21/hour=13/part-…   (frames that did not decode)
 //! ```
+//!
+//! The symbol is a column of every line, not a partition: a partition per
+//! symbol made every sealed segment thousands of small objects at thousands
+//! of pairs (5,000 pairs: 750 PUTs/s at Binance's cadence, more than the
+//! uploader or the S3 bill could take), while an exchange-hour partition
+//! makes a handful per segment at any pair count. Lakes written with the
+//! earlier `symbol=` level are still read by `klines lake load`.
 //!
 //! Observations go to a local write-ahead spool first ([`spool`], fsynced
 //! every flush interval), which is sealed on the hour, on size and on age,
@@ -148,23 +155,53 @@ impl LakeRecord {
     }
 }
 
-/// The hive partition of a line: candles by the hour of `interval_start`,
-/// rejects by the hour they were received.
+/// The hive partition of a line: candles by exchange, interval and the hour
+/// of `interval_start`; rejects by exchange and the hour they were received.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Partition {
     pub reject: bool,
     pub exchange: String,
-    pub symbol: String,
     pub interval: String,
     /// The partition's hour (UTC).
     pub hour: DateTime<Utc>,
 }
 
+/// The fields of a spool line that decide its partition, read without the
+/// rest of the line (the uploader reads every line of a segment).
+#[derive(Debug, Deserialize)]
+pub struct PartitionFields<'a> {
+    #[serde(borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub exchange: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    pub interval_seconds: Option<i32>,
+    #[serde(default)]
+    pub interval_start: Option<DateTime<Utc>>,
+    pub received_ts: DateTime<Utc>,
+}
+
 impl Partition {
     pub fn of(line: &LakeLine) -> Partition {
-        let (reject, at) = match (line.kind.as_str(), line.interval_start) {
+        Partition::from_fields(
+            &line.kind,
+            &line.exchange,
+            line.interval_seconds,
+            line.interval_start,
+            line.received_ts,
+        )
+    }
+
+    pub fn from_fields(
+        kind: &str,
+        exchange: &str,
+        interval_seconds: Option<i32>,
+        interval_start: Option<DateTime<Utc>>,
+        received_ts: DateTime<Utc>,
+    ) -> Partition {
+        let (reject, at) = match (kind, interval_start) {
             ("candle", Some(start)) => (false, start),
-            _ => (true, line.received_ts),
+            _ => (true, received_ts),
         };
         let hour = at
             .with_minute(0)
@@ -173,9 +210,8 @@ impl Partition {
             .unwrap_or(at);
         Partition {
             reject,
-            exchange: line.exchange.clone(),
-            symbol: line.symbol.clone().unwrap_or_default(),
-            interval: interval_name(line.interval_seconds.unwrap_or(60)),
+            exchange: exchange.to_owned(),
+            interval: interval_name(interval_seconds.unwrap_or(60)),
             hour,
         }
     }
@@ -193,8 +229,8 @@ impl Partition {
             format!("kind=reject/exchange={}/{date}", self.exchange)
         } else {
             format!(
-                "exchange={}/symbol={}/interval={}/{date}",
-                self.exchange, self.symbol, self.interval
+                "exchange={}/interval={}/{date}",
+                self.exchange, self.interval
             )
         }
     }
@@ -277,11 +313,11 @@ mod tests {
         let p = Partition::of(&line("candle", Some("2026-11-21T13:59:00Z")));
         assert_eq!(
             object_key("lake/raw/", &p, 1_763_733_602_345, "w1", 7),
-            "lake/raw/exchange=binance/symbol=BTCUSDT/interval=1m/date=2026-11-21/hour=13/part-1763733602345-w1-000007.jsonl.gz"
+            "lake/raw/exchange=binance/interval=1m/date=2026-11-21/hour=13/part-1763733602345-w1-000007.jsonl.gz"
         );
         assert_eq!(
             object_key("", &p, 1, "w", 1),
-            "exchange=binance/symbol=BTCUSDT/interval=1m/date=2026-11-21/hour=13/part-1-w-000001.jsonl.gz"
+            "exchange=binance/interval=1m/date=2026-11-21/hour=13/part-1-w-000001.jsonl.gz"
         );
         let r = Partition::of(&line("reject", None));
         assert_eq!(

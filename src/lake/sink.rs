@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use super::spool::{sealed_segments, spool_bytes, LakeSpool, Sealed};
 use super::store::{Put, Store};
-use super::{object_key, LakeLine, LakeRecord, Partition};
+use super::{object_key, LakeRecord, Partition, PartitionFields};
 use crate::config::LakeConfig;
 use crate::telemetry::Metrics;
 
@@ -271,46 +271,89 @@ pub async fn upload_pending(
 /// Puts of one segment's objects in flight at once.
 const UPLOAD_CONCURRENCY: usize = 32;
 
+/// One partition's share of a segment, compressed as it is read.
+struct Group {
+    first_ms: i64,
+    gz: GzEncoder<Vec<u8>>,
+}
+
+/// A segment's objects: per partition its gzip body and its first line's
+/// received time (ms), and the unreadable lines skipped.
+struct Grouped {
+    bodies: BTreeMap<Partition, (Vec<u8>, i64)>,
+    torn: u64,
+}
+
+/// Reads a sealed segment line by line and compresses each line into its
+/// partition's object at once, so memory holds the compressed objects, not
+/// the segment. A torn last line of a crashed segment is skipped (and
+/// counted). Blocking: run it off the async workers.
+fn group_segment(path: &std::path::Path) -> Result<Grouped, String> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut groups: BTreeMap<Partition, Group> = BTreeMap::new();
+    let mut torn = 0;
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        let n = reader
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        let line = raw.strip_suffix(b"\n").unwrap_or(&raw);
+        if line.is_empty() {
+            continue;
+        }
+        let Ok(f) = serde_json::from_slice::<PartitionFields<'_>>(line) else {
+            torn += 1;
+            continue;
+        };
+        let partition = Partition::from_fields(
+            &f.kind,
+            &f.exchange,
+            f.interval_seconds,
+            f.interval_start,
+            f.received_ts,
+        );
+        let group = groups.entry(partition).or_insert_with(|| Group {
+            first_ms: f.received_ts.timestamp_millis(),
+            // Level 1: most of the ratio of the default level for a third
+            // of the CPU, which the uploader shares with the feed.
+            gz: GzEncoder::new(Vec::new(), Compression::fast()),
+        });
+        group.gz.write_all(line).map_err(|e| e.to_string())?;
+        group.gz.write_all(b"\n").map_err(|e| e.to_string())?;
+    }
+    let mut bodies = BTreeMap::new();
+    for (partition, group) in groups {
+        let body = group.gz.finish().map_err(|e| e.to_string())?;
+        bodies.insert(partition, (body, group.first_ms));
+    }
+    Ok(Grouped { bodies, torn })
+}
+
 async fn upload_segment(
     store: &Store,
     prefix: &str,
     segment: &Sealed,
     metrics: &Metrics,
 ) -> Result<u64, String> {
-    let text = tokio::fs::read_to_string(&segment.path)
+    let path = segment.path.clone();
+    let Grouped { bodies, torn } = tokio::task::spawn_blocking(move || group_segment(&path))
         .await
-        .map_err(|e| format!("{}: {e}", segment.path.display()))?;
-    // Group lines by partition, keeping their order; a torn last line of a
-    // crashed segment is skipped.
-    let mut groups: BTreeMap<Partition, (i64, Vec<&str>)> = BTreeMap::new();
-    let mut torn = 0;
-    for raw in text.lines().filter(|l| !l.is_empty()) {
-        let Ok(line) = serde_json::from_str::<LakeLine>(raw) else {
-            torn += 1;
-            continue;
-        };
-        let group = groups
-            .entry(Partition::of(&line))
-            .or_insert_with(|| (line.received_ts.timestamp_millis(), Vec::new()));
-        group.1.push(raw);
-    }
+        .map_err(|e| format!("reading a spool segment: {e}"))??;
     if torn > 0 {
         warn!(segment = %segment.path.display(), lines = torn, "Skipped unreadable lines of a spool segment (cut off by a crash)");
     }
-    // One object per partition, put UPLOAD_CONCURRENCY at a time: with
-    // thousands of pairs a segment holds thousands of partitions, and one
-    // put after another cannot keep up with the feed.
-    let puts: Vec<_> = groups
+    // One object per partition (exchange and hour), put a few at a time.
+    let puts: Vec<_> = bodies
         .into_iter()
-        .map(|(partition, (first_ms, lines))| {
+        .map(|(partition, (body, first_ms))| {
             let key = object_key(prefix, &partition, first_ms, &segment.writer, segment.seq);
             async move {
-                let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-                for l in &lines {
-                    gz.write_all(l.as_bytes()).map_err(|e| e.to_string())?;
-                    gz.write_all(b"\n").map_err(|e| e.to_string())?;
-                }
-                let body = gz.finish().map_err(|e| e.to_string())?;
                 let began = std::time::Instant::now();
                 let put = store
                     .put_if_absent(&key, body)
