@@ -37,6 +37,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  [ -n "${LOAD_KEEP:-}" ] && cp -r "$work" "$LOAD_KEEP"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -1,5 +1,8 @@
 -- Step 5: recompute the buckets of gold.{table} ({width} wide, aligned to UTC
--- midnight) that contain a silver minute changed in this merge.
+-- midnight) that contain a row of the level below changed in this merge: for the
+-- 5-minute level the silver minutes of merge_changed, for the others the
+-- buckets of the level below that this merge really changed (gold_changed),
+-- so a level costs what changed below it, not what the merge touched.
 --
 -- {source} is silver 1m for gold.ohlcv_5m, and the next finer gold table for
 -- the others (15m from 5m, 30m from 15m, 1h from 30m, 1d from 1h). Each level
@@ -10,8 +13,8 @@
 -- Written only when values differ, so a re-run changes nothing.
 WITH buckets AS (
     SELECT DISTINCT exchange, symbol,
-           date_bin(interval '{width}', interval_start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start
-      FROM merge_changed
+           date_bin(interval '{width}', start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start
+      FROM {changed} c
 ),
 agg AS (
     SELECT x.exchange, x.symbol,
@@ -35,7 +38,8 @@ agg AS (
             date_bin(interval '{width}', x.start, TIMESTAMPTZ '2000-01-01 00:00:00+00'))
            IN (SELECT exchange, symbol, bucket_start FROM buckets)
      GROUP BY 1, 2, 3
-)
+),
+upserted AS (
 INSERT INTO gold.{table} AS g
        (exchange, symbol, bucket_start, bucket_end, open, high, low, close, volume,
         quote_volume, trade_count, vwap, minutes_present)
@@ -54,4 +58,8 @@ ON CONFLICT (exchange, symbol, bucket_start) DO UPDATE
        IS DISTINCT FROM
        (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume,
         EXCLUDED.quote_volume, EXCLUDED.trade_count, EXCLUDED.vwap,
-        EXCLUDED.minutes_present);
+        EXCLUDED.minutes_present)
+RETURNING g.exchange, g.symbol, g.bucket_start
+)
+INSERT INTO gold_changed (level, exchange, symbol, bucket_start)
+SELECT '{table}', exchange, symbol, bucket_start FROM upserted;

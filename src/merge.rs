@@ -50,6 +50,18 @@ fn for_hour(sql: &str, hour: i64) -> String {
         .replace("{silver}", &part("silver.fact_ohlcv", hour))
 }
 
+/// The `{changed}` relation of a gold level (`exchange, symbol, start`):
+/// the silver minutes this merge changed for the first, the buckets of the
+/// previous level it changed for the others.
+fn gold_changed(previous: Option<&str>) -> String {
+    match previous {
+        None => "(SELECT exchange, symbol, interval_start AS start FROM merge_changed)".to_owned(),
+        Some(table) => format!(
+            "(SELECT exchange, symbol, bucket_start AS start FROM gold_changed WHERE level = '{table}')"
+        ),
+    }
+}
+
 /// The `{source}` relation of a gold level: silver for the first, the
 /// previous gold table for the others.
 fn gold_source(previous: Option<&str>) -> String {
@@ -293,14 +305,23 @@ async fn merge_hour(
             let sql = GOLD_SQL
                 .replace("{table}", table)
                 .replace("{width}", width)
-                .replace("{source}", &gold_source(previous));
+                .replace("{source}", &gold_source(previous))
+                .replace("{changed}", &gold_changed(previous));
             previous = Some(table);
-            sqlx::query(&for_hour(&sql, hour))
+            let changed = sqlx::query(&for_hour(&sql, hour))
                 .bind(from)
                 .bind(to)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
             lap(table);
+            if changed == 0 {
+                // Nothing changed at this level: nothing above it can.
+                break;
+            }
+            sqlx::query("ANALYZE gold_changed")
+                .execute(&mut *tx)
+                .await?;
         }
     }
     tx.commit().await?;
@@ -353,8 +374,16 @@ async fn prepare_temp_tables(tx: &mut Transaction<'_, Postgres>) -> Result<(), s
     )
     .execute(&mut **tx)
     .await?;
+    sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS gold_changed (
+             level text COLLATE \"C\", exchange text COLLATE \"C\", symbol text COLLATE \"C\",
+             bucket_start timestamptz
+         ) ON COMMIT DELETE ROWS",
+    )
+    .execute(&mut **tx)
+    .await?;
     // A pooled connection may carry rows of a transaction that failed.
-    sqlx::query("TRUNCATE merge_touched, merge_changed")
+    sqlx::query("TRUNCATE merge_touched, merge_changed, gold_changed")
         .execute(&mut **tx)
         .await?;
     Ok(())
