@@ -6,7 +6,8 @@
 //! then INSERT … WHERE NOT EXISTS.
 //!
 //! Run: `cargo bench --bench merge` (uses DATABASE_URL, default the local
-//! server; creates and drops the database klines_bench_merge).
+//! server; creates and drops the database klines_bench_merge, or keeps it
+//! with KLINES_BENCH_KEEP=1).
 
 use std::time::Instant;
 
@@ -160,6 +161,9 @@ fn main() {
         println!("naive re-merge:          {naive_again:>7.3} s");
         println!("ratio first merge naive/klines: {:.1}x; re-merge: {:.0}x", naive_first / first, naive_again / noop);
 
-        db.drop().await;
+        // KLINES_BENCH_KEEP=1 keeps the database for EXPLAIN ANALYZE.
+        if std::env::var_os("KLINES_BENCH_KEEP").is_none() {
+            db.drop().await;
+        }
     });
 }

@@ -125,12 +125,17 @@ fn differences(
 }
 
 /// Silver's rows of a trade-built exchange (Coinbase) with the trade count
-/// set aside: a WebSocket minute counts the simulator's four trades, a REST
-/// minute has none (Coinbase's REST candles carry no count).
+/// set aside: a WebSocket minute counts the simulator's four trades, a
+/// filled one none, a REST minute has no count (Coinbase's REST candles
+/// carry none).
 fn without_built_trade_counts(rows: BTreeMap<i64, SilverRow>) -> BTreeMap<i64, SilverRow> {
     rows.into_iter()
         .map(|(m, (ohlc, v, n, source))| {
-            let expected = if source == "ws" { Some(4) } else { None };
+            let expected = match source.as_str() {
+                "ws" => Some(4),
+                "filled" => Some(0),
+                _ => None,
+            };
             // A count that is neither keeps the row unequal to the data.
             let n = if n == expected { None } else { Some(-1) };
             (m, (ohlc, v, n, source))
@@ -247,7 +252,36 @@ async fn coinbase_replayed_day_lands_in_silver_exactly() {
 /// at the previous close and the day is complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kraken_quiet_minutes_are_filled_only_after_rest_confirms_them() {
-    let db = TestDb::new("e2e_kraken_quiet").await;
+    quiet_minutes_are_filled_only_after_rest_confirms_them(ExchangeId::Kraken, "BTC/USDC").await;
+}
+
+/// The same quiet day over Coinbase's protocol: nothing is sent in a minute
+/// without trades (heartbeats keep the feed alive), its REST omits such
+/// minutes, and they are filled only once REST has covered them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coinbase_quiet_minutes_are_filled_only_after_rest_confirms_them() {
+    quiet_minutes_are_filled_only_after_rest_confirms_them(ExchangeId::Coinbase, "BTC-USDC")
+        .await;
+}
+
+async fn quiet_minutes_are_filled_only_after_rest_confirms_them(
+    exchange: ExchangeId,
+    symbol: &str,
+) {
+    let db = TestDb::new(&format!("e2e_{exchange}_quiet")).await;
+    let silver = |db: &TestDb, exchange: ExchangeId, symbol: &str| {
+        let (pool, symbol) = (db.pool.clone(), symbol.to_owned());
+        async move {
+            let rows = silver_of(&pool, exchange, &symbol).await;
+            if exchange == ExchangeId::Coinbase {
+                without_built_trade_counts(rows)
+            } else {
+                rows
+            }
+        }
+    };
+    // Kraken reports the trade count; Coinbase's is the simulator's.
+    let trades = |n: i64| (exchange == ExchangeId::Kraken).then_some(n);
     let dir = tempdir();
     let data = format!("BTCUSDC={KRAKEN_DAY}");
     let sim = simulator(&[&data], 60.0, |c| {
@@ -262,7 +296,7 @@ async fn kraken_quiet_minutes_are_filled_only_after_rest_confirms_them() {
         .map(|(m, c)| {
             (
                 m.index(),
-                ([c.open, c.high, c.low, c.close], c.volume, Some(c.trades)),
+                ([c.open, c.high, c.low, c.close], c.volume, trades(c.trades)),
             )
         })
         .collect();
@@ -270,14 +304,7 @@ async fn kraken_quiet_minutes_are_filled_only_after_rest_confirms_them() {
     assert!(quiet_before_six > 100, "{quiet_before_six}");
 
     // 1. The WebSocket alone, six hours: the traded minutes, exactly.
-    let ws_only = start_ingest(exchange_config(
-        &sim,
-        &db,
-        &dir,
-        ExchangeId::Kraken,
-        "BTC/USDC",
-        false,
-    ));
+    let ws_only = start_ingest(exchange_config(&sim, &db, &dir, exchange, symbol, false));
     let traded_in_silver = |rows: BTreeMap<i64, SilverRow>| {
         rows.into_iter()
             .filter(|(m, _)| *m < six.index())
@@ -285,12 +312,12 @@ async fn kraken_quiet_minutes_are_filled_only_after_rest_confirms_them() {
     };
     let settled = wait_until(Duration::from_secs(90), || async {
         // All but the minutes around a disconnect, which wait for REST.
-        traded_in_silver(silver(&db, ExchangeId::Kraken, "BTC/USDC").await).len()
+        traded_in_silver(silver(&db, exchange, symbol).await).len()
             >= traded_before_six.len() - 30
     })
     .await;
     sim.state.clock.pause();
-    let got = traded_in_silver(silver(&db, ExchangeId::Kraken, "BTC/USDC").await);
+    let got = traded_in_silver(silver(&db, exchange, symbol).await);
     assert!(
         settled,
         "the traded minutes arrive: {} of {}",
@@ -322,14 +349,7 @@ async fn kraken_quiet_minutes_are_filled_only_after_rest_confirms_them() {
 
     // 2. With the backfiller: REST confirms the quiet minutes, the merge
     // fills them; the whole day is exact.
-    let service = start_ingest(exchange_config(
-        &sim,
-        &db,
-        &dir,
-        ExchangeId::Kraken,
-        "BTC/USDC",
-        true,
-    ));
+    let service = start_ingest(exchange_config(&sim, &db, &dir, exchange, symbol, true));
     sim.state.clock.resume();
     let mut want = BTreeMap::new();
     let mut previous_close = None;
@@ -340,20 +360,20 @@ async fn kraken_quiet_minutes_are_filled_only_after_rest_confirms_them() {
                 previous_close = Some(c.close);
                 want.insert(
                     m.index(),
-                    ([c.open, c.high, c.low, c.close], c.volume, Some(c.trades)),
+                    ([c.open, c.high, c.low, c.close], c.volume, trades(c.trades)),
                 );
             }
             None => {
                 let p = previous_close.unwrap();
-                want.insert(m.index(), ([p; 4], Decimal::ZERO, Some(0)));
+                want.insert(m.index(), ([p; 4], Decimal::ZERO, trades(0)));
             }
         }
     }
     let exact = wait_until(Duration::from_secs(150), || async {
-        differences(&silver(&db, ExchangeId::Kraken, "BTC/USDC").await, &want).is_empty()
+        differences(&silver(&db, exchange, symbol).await, &want).is_empty()
     })
     .await;
-    let got = silver(&db, ExchangeId::Kraken, "BTC/USDC").await;
+    let got = silver(&db, exchange, symbol).await;
     let diff = differences(&got, &want);
     assert!(
         exact,
@@ -389,7 +409,9 @@ async fn kraken_quiet_minutes_are_filled_only_after_rest_confirms_them() {
     // Each filled minute is one REST confirmed empty.
     let confirmed = count(
         &db.pool,
-        "SELECT count(*) FROM bronze.empty_minutes WHERE exchange = 'kraken' AND symbol = 'BTC/USDC'",
+        &format!(
+            "SELECT count(*) FROM bronze.empty_minutes WHERE exchange = '{exchange}' AND symbol = '{symbol}'"
+        ),
     )
     .await;
     assert!(
