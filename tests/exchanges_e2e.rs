@@ -27,7 +27,18 @@ const KRAKEN_DAY: &str = concat!(
 /// A silver row: O, H, L, C, volume, trades, source.
 type SilverRow = ([Decimal; 4], Decimal, Option<i64>, String);
 
-async fn silver_of(
+/// Silver's 1-minute rows of a pair; a trade-built exchange's (Coinbase)
+/// with their trade counts checked and set aside ([`without_built_trade_counts`]).
+async fn silver(db: &TestDb, exchange: ExchangeId, symbol: &str) -> BTreeMap<i64, SilverRow> {
+    let rows = silver_rows(&db.pool, exchange, symbol).await;
+    if exchange == ExchangeId::Coinbase {
+        without_built_trade_counts(rows)
+    } else {
+        rows
+    }
+}
+
+async fn silver_rows(
     pool: &sqlx::PgPool,
     exchange: ExchangeId,
     symbol: &str,
@@ -156,17 +167,6 @@ async fn replayed_day_lands_in_silver_exactly(
         c.faults.drop_updates = drop_updates;
     })
     .await;
-    let silver = |db: &TestDb, exchange: ExchangeId, symbol: &str| {
-        let (pool, symbol) = (db.pool.clone(), symbol.to_owned());
-        async move {
-            let rows = silver_of(&pool, exchange, &symbol).await;
-            if exchange == ExchangeId::Coinbase {
-                without_built_trade_counts(rows)
-            } else {
-                rows
-            }
-        }
-    };
     let service = start_ingest(exchange_config(&sim, &db, &dir, exchange, symbol, true));
     let want: BTreeMap<i64, ([Decimal; 4], Decimal, Option<i64>)> = day(BTC_DAY)
         .into_iter()
@@ -276,17 +276,6 @@ async fn quiet_minutes_are_filled_only_after_rest_confirms_them(
     replay_symbol: &str,
 ) {
     let db = TestDb::new(&format!("e2e_{exchange}_quiet")).await;
-    let silver = |db: &TestDb, exchange: ExchangeId, symbol: &str| {
-        let (pool, symbol) = (db.pool.clone(), symbol.to_owned());
-        async move {
-            let rows = silver_of(&pool, exchange, &symbol).await;
-            if exchange == ExchangeId::Coinbase {
-                without_built_trade_counts(rows)
-            } else {
-                rows
-            }
-        }
-    };
     // Kraken reports the trade count; Coinbase's is the simulator's.
     let trades = |n: i64| (exchange == ExchangeId::Kraken).then_some(n);
     let dir = tempdir();

@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use super::client::Tally;
 use super::clock::ExchangeClock;
 use super::{JobReport, JobSpec, Progress};
 use crate::cli::BackfillArgs;
@@ -84,15 +83,9 @@ pub async fn run(
     )?;
 
     // Known symbols: ask the exchange.
-    let mut tally = Tally::default();
-    let listing = backfiller
-        .client
-        .get(&exchange.instruments_request(), &mut tally, &cancel)
+    let instruments = crate::instruments::fetch(&backfiller.client, false, &cancel)
         .await
-        .with_context(|| format!("cannot list {id}'s instruments to check the symbols"))?;
-    let instruments = exchange
-        .parse_instruments(&listing.body)
-        .with_context(|| format!("{id}'s instrument list does not decode"))?;
+        .with_context(|| format!("cannot check the symbols against {id}'s instruments"))?;
     let unknown: Vec<&str> = symbols
         .iter()
         .filter(|s| !instruments.iter().any(|i| &i.symbol == *s))
