@@ -244,12 +244,15 @@ impl TradeCandles {
                 Some((last, _)) if t.id <= last => continue, // seen: a duplicate
                 Some((last, last_time)) if t.id > last + 1 => {
                     // Trades last+1 .. t.id-1 were missed; they happened
-                    // between the two trades' times.
-                    let from = Minute::containing(last_time);
-                    for (_, b) in book.open.range_mut(from..=minute) {
-                        b.complete = false;
+                    // between the two trades' times (in either order: an
+                    // exchange's clock may step back).
+                    let (a, b) = (Minute::containing(last_time), minute);
+                    let (lo, hi) = (a.min(b), a.max(b));
+                    for (_, building) in book.open.range_mut(lo..=hi) {
+                        building.complete = false;
                     }
-                    book.complete_from = Some(minute.next());
+                    book.complete_from =
+                        Some(book.complete_from.map_or(hi.next(), |c| c.max(hi.next())));
                 }
                 Some(_) => {}
                 // The first trade of this connection: its minute may have
@@ -819,6 +822,25 @@ mod tests {
         let err = decode(&mut state, msg(&t(6, "1", "yesterday"))).unwrap_err();
         assert!(err.to_string().contains("time"), "{err}");
         let bad_id = msg(&t(6, "1", "2026-08-09T10:02:01Z")).replace("\"6\"", "\"six\"");
+        // A hole in the ids across a clock that stepped back (found by the
+        // fuzzer: it panicked on the reversed range): no minute of the span
+        // is final.
+        let mut state = DecodeState::default();
+        decode(&mut state, msg(&t(1, "10", "2026-08-09T10:05:10Z"))).unwrap();
+        decode(&mut state, msg(&t(2, "10", "2026-08-09T10:06:10Z"))).unwrap();
+        // 10:03 is closed already: reported, not applied.
+        let err = decode(&mut state, msg(&t(9, "11", "2026-08-09T10:03:00Z"))).unwrap_err();
+        assert!(err.to_string().contains("already closed"), "{err}");
+        let Decoded::Candles(ev) =
+            decode(&mut state, msg(&t(10, "12", "2026-08-09T10:08:00Z"))).unwrap()
+        else {
+            panic!()
+        };
+        assert!(
+            ev.iter().all(|e| !e.is_final),
+            "10:06 spans the hole: {ev:?}"
+        );
+        let mut state = DecodeState::default();
         assert!(decode(&mut state, bad_id)
             .unwrap_err()
             .to_string()
