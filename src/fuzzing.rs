@@ -89,8 +89,8 @@ pub fn ws_frames(data: &[u8]) {
     }
 }
 
-/// One REST body through every exchange's klines, instruments and server
-/// time parsers.
+/// One REST body through every exchange's klines, instruments, 24 h
+/// tickers and server time parsers.
 pub fn rest_bodies(data: &[u8]) {
     for ex in exchanges() {
         if let Ok(candles) = ex.parse_rest_klines("BTCUSDT", data, received()) {
@@ -99,6 +99,15 @@ pub fn rest_bodies(data: &[u8]) {
             }
         }
         let _ = ex.parse_instruments(data);
+        if let Ok(volumes) = ex.parse_volumes(data) {
+            for (symbol, v) in &volumes {
+                assert!(
+                    !v.is_sign_negative() || v.is_zero(),
+                    "{}: 24 h volume {v} of {symbol} is negative",
+                    ex.id()
+                );
+            }
+        }
         let _ = ex.parse_server_time(data);
     }
 }
