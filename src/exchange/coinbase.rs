@@ -32,7 +32,9 @@
 //!
 //! Duplicated trades (ids already applied) are skipped. A trade of a minute
 //! already closed (time going backwards between consecutive ids) cannot be
-//! applied to a final candle and is counted as a decode error instead.
+//! applied to a final candle: a message of only such trades is a decode
+//! error (counted, kept in the lake's rejects); in a message with other
+//! trades it is skipped and the rest is used.
 //!
 //! `-USDC` products: Coinbase's market-data channels answer them as the
 //! matching `-USD` product, so a configured `BTC-USDC` is refused with the
