@@ -9,13 +9,24 @@
 //! summed `price × size` (exact decimals), trade count the trades. Candles
 //! are stored with `source = 'ws'`.
 //!
-//! **Finality by trade ids.** Coinbase numbers the trades of a product
-//! consecutively (`trade_id`; every recorded snapshot and update is
-//! contiguous). A minute is final when a trade of a *later* minute arrives
-//! and every id between has been seen: then no trade of the minute can be
-//! missing. Two things make a minute incomplete, and such a minute is never
-//! written final (it goes to bronze as not final; the backfiller settles it
-//! from REST):
+//! **Finality: proof that no trade of the minute is missing.** Coinbase
+//! numbers the trades of a product consecutively (`trade_id`) and the
+//! messages of a connection consecutively across channels (`sequence_num`,
+//! from 0); every recorded snapshot and update is contiguous. A minute is
+//! final when either proves its trades are all in:
+//!
+//! - a trade of a later minute arrives and every trade id in between has
+//!   been seen; or
+//! - a message stamped by the server at least 5 s after the minute's end
+//!   arrives (a heartbeat every second, on a quiet pair too) and no message
+//!   of the connection has been lost: the clock rule of the exchanges
+//!   without a closed flag, made safe by the sequence numbers. After a lost
+//!   message (a number skipped) only the trade ids close minutes on that
+//!   connection.
+//!
+//! Two things make a minute incomplete, and such a minute is never written
+//! final (it goes to bronze as not final; the backfiller settles it from
+//! REST):
 //!
 //! - it began before what this connection can vouch for: the first trade a
 //!   connection sees (the oldest of the subscription snapshot, which holds
@@ -24,11 +35,9 @@
 //!   before the hole and the trade after it may lack trades.
 //!
 //! So a reconnect heals itself where it can: the snapshot's trades rebuild
-//! the minutes the connection missed, as far back as it reaches. A minute
-//! whose next trade has not come yet (a quiet pair) stays open: there is no
-//! clock rule here, because the end of a minute says nothing about whether
-//! its last trades were delivered. The subscription to `heartbeats` shows
-//! the feed alive while the market is quiet.
+//! the minutes the connection missed, as far back as it reaches. The
+//! subscription to `heartbeats` also shows the feed alive while the market
+//! is quiet.
 //!
 //! Duplicated trades (ids already applied) are skipped. A trade of a minute
 //! already closed (time going backwards between consecutive ids) cannot be
@@ -92,6 +101,9 @@ struct Envelope<'a> {
     channel: &'a str,
     #[serde(default)]
     timestamp: Option<&'a str>,
+    /// Counts every message of the connection, across channels, from 0.
+    #[serde(default)]
+    sequence_num: Option<u64>,
     #[serde(borrow)]
     events: Vec<&'a RawValue>,
 }
@@ -223,9 +235,66 @@ struct ProductBook {
 #[derive(Debug, Default)]
 pub struct TradeCandles {
     products: HashMap<String, ProductBook>,
+    /// The `sequence_num` the connection's next message should carry.
+    next_seq: Option<u64>,
+    /// A message of this connection was lost (a number skipped): the clock
+    /// rule no longer applies, only the trade ids'.
+    seq_broken: bool,
 }
 
+/// How long after a minute's end a message stamped by the server (with no
+/// message of the connection lost before it) proves the minute's trades
+/// were all sent: covers the time from the matching engine to the feed.
+const SETTLE_GRACE: chrono::Duration = chrono::Duration::seconds(5);
+
 impl TradeCandles {
+    /// Notes a message's per-connection sequence number; a number skipped
+    /// (or a first message not numbered 0) means messages were lost. A
+    /// repeated or late number is not a loss (its gap, if any, was seen).
+    fn sequence(&mut self, seq: Option<u64>) {
+        let Some(seq) = seq else {
+            self.seq_broken = true;
+            return;
+        };
+        match self.next_seq {
+            None => {
+                self.seq_broken |= seq != 0;
+                self.next_seq = Some(seq.saturating_add(1));
+            }
+            Some(next) if seq < next => {}
+            Some(next) => {
+                self.seq_broken |= seq != next;
+                self.next_seq = Some(seq.saturating_add(1));
+            }
+        }
+    }
+
+    /// The clock rule: a message stamped `now` (the server's time) with no
+    /// message of the connection lost before it proves every trade of the
+    /// open minutes that ended `SETTLE_GRACE` before `now` was delivered, so
+    /// they close (final when complete), quiet pairs included.
+    fn settle(&mut self, now: DateTime<Utc>, received: DateTime<Utc>, out: &mut Vec<CandleEvent>) {
+        if self.seq_broken {
+            return;
+        }
+        for book in self.products.values_mut() {
+            while let Some(entry) = book.open.first_entry() {
+                if entry.key().end() + SETTLE_GRACE > now {
+                    break;
+                }
+                let (m, b) = entry.remove_entry();
+                book.closed_through = Some(m);
+                out.push(CandleEvent {
+                    candle: b.candle,
+                    is_final: b.complete,
+                    source: Source::Ws,
+                    event_ts: Some(now),
+                    received_ts: received,
+                });
+            }
+        }
+    }
+
     /// Applies one message's trades of one product (any order); the closed
     /// minutes (final when complete), then the open minutes it touched.
     fn apply(
@@ -244,7 +313,7 @@ impl TradeCandles {
             let minute = Minute::containing(t.time);
             match book.last {
                 Some((last, _)) if t.id <= last => continue, // seen: a duplicate
-                Some((last, last_time)) if t.id > last + 1 => {
+                Some((last, last_time)) if t.id > last.saturating_add(1) => {
                     // Trades last+1 .. t.id-1 were missed; they happened
                     // between the two trades' times (in either order: an
                     // exchange's clock may step back).
@@ -460,9 +529,25 @@ impl Exchange for Coinbase {
                 return Err(DecodeError::Shape(format!("not a channel message: {e}")));
             }
         };
+        state.trades.sequence(env.sequence_num);
+        let event_ts = env
+            .timestamp
+            .map(|t| parse_time("timestamp", t))
+            .transpose()?;
         match env.channel {
             "market_trades" => {}
-            "heartbeats" => return Ok(Decoded::Control(Control::Quiet)),
+            "heartbeats" => {
+                // Alive and, maybe, quiet; its stamp may close minutes.
+                let mut out = Vec::new();
+                if let Some(now) = event_ts {
+                    state.trades.settle(now, received, &mut out);
+                }
+                return Ok(if out.is_empty() {
+                    Decoded::Control(Control::Quiet)
+                } else {
+                    Decoded::Candles(out)
+                });
+            }
             "subscriptions" => return Ok(Decoded::Control(Control::Ack)),
             "candles" => {
                 return Err(DecodeError::Unsupported(
@@ -471,10 +556,6 @@ impl Exchange for Coinbase {
             }
             other => return Err(DecodeError::Unsupported(format!("channel `{other}`"))),
         }
-        let event_ts = env
-            .timestamp
-            .map(|t| parse_time("timestamp", t))
-            .transpose()?;
         // Read the whole message before any of it changes the state.
         let mut by_product: BTreeMap<&str, Vec<Trade>> = BTreeMap::new();
         let mut parsed = Vec::with_capacity(env.events.len());
@@ -509,6 +590,9 @@ impl Exchange for Coinbase {
             {
                 first_err.get_or_insert(e);
             }
+        }
+        if let Some(now) = event_ts {
+            state.trades.settle(now, received, &mut out);
         }
         match first_err {
             // Late trades are reported, but what the message did build is
@@ -847,6 +931,91 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("trade_id"));
+    }
+
+    #[test]
+    fn a_stamped_message_with_none_lost_closes_quiet_minutes() {
+        let x = coinbase();
+        let mut state = DecodeState::default();
+        let trade = |seq: u64, id: u64, time: &str| {
+            format!(
+                r#"{{"channel":"market_trades","timestamp":"{time}","sequence_num":{seq},"events":[{{"type":"update","trades":[{{"product_id":"ETH-USD","trade_id":"{id}","price":"2000.5","size":"0.25","time":"{time}","side":"BUY"}}]}}]}}"#
+            )
+        };
+        let heartbeat = |seq: u64, time: &str| {
+            format!(
+                r#"{{"channel":"heartbeats","timestamp":"{time}","sequence_num":{seq},"events":[{{"current_time":"-","heartbeat_counter":{seq}}}]}}"#
+            )
+        };
+        let mut decode = |s: String| x.decode(&s, Utc::now(), &mut state).unwrap();
+        decode(trade(0, 1, "2026-08-09T09:59:50Z"));
+        decode(trade(1, 2, "2026-08-09T10:00:20Z"));
+        // 10:00 ended 3 s ago: not yet.
+        assert_eq!(
+            decode(heartbeat(2, "2026-08-09T10:01:03Z")),
+            Decoded::Control(Control::Quiet)
+        );
+        // 5 s after its end, with no message lost: 10:00 is final.
+        let Decoded::Candles(ev) = decode(heartbeat(3, "2026-08-09T10:01:06Z")) else {
+            panic!()
+        };
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].is_final);
+        assert_eq!(
+            ev[0].candle.interval_start.to_rfc3339(),
+            "2026-08-09T10:00:00+00:00"
+        );
+        assert_eq!(ev[0].candle.trade_count, Some(1));
+        // A repeated message is not a loss; a skipped number is, and from
+        // then on only the next trade closes a minute.
+        decode(heartbeat(3, "2026-08-09T10:01:06Z"));
+        decode(trade(5, 3, "2026-08-09T10:01:30Z"));
+        assert_eq!(
+            decode(heartbeat(6, "2026-08-09T10:02:10Z")),
+            Decoded::Control(Control::Quiet)
+        );
+        let Decoded::Candles(ev) = decode(trade(7, 4, "2026-08-09T10:02:20Z")) else {
+            panic!()
+        };
+        assert!(ev[0].is_final && ev[0].candle.interval_start.to_rfc3339().contains("10:01"));
+        // Numbers at the top of the range neither overflow nor panic.
+        let mut edge = DecodeState::default();
+        let max = u64::MAX;
+        x.decode(
+            &trade(max, max, "2026-08-09T09:59:50Z"),
+            Utc::now(),
+            &mut edge,
+        )
+        .unwrap();
+        x.decode(
+            &heartbeat(max, "2026-08-09T10:01:30Z"),
+            Utc::now(),
+            &mut edge,
+        )
+        .unwrap();
+        // A connection whose first message is not numbered 0 lost its start.
+        let mut late_start = DecodeState::default();
+        x.decode(
+            &trade(4, 1, "2026-08-09T09:59:50Z"),
+            Utc::now(),
+            &mut late_start,
+        )
+        .unwrap();
+        x.decode(
+            &trade(5, 2, "2026-08-09T10:00:20Z"),
+            Utc::now(),
+            &mut late_start,
+        )
+        .unwrap();
+        assert_eq!(
+            x.decode(
+                &heartbeat(6, "2026-08-09T10:01:30Z"),
+                Utc::now(),
+                &mut late_start
+            )
+            .unwrap(),
+            Decoded::Control(Control::Quiet)
+        );
     }
 
     #[test]
