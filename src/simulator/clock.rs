@@ -81,6 +81,11 @@ impl Clock {
         }
     }
 
+    /// The simulated instant the clock starts at.
+    pub fn origin_ms(&self) -> i64 {
+        self.origin_ms
+    }
+
     pub fn is_running(&self) -> bool {
         matches!(
             *self.state.lock().expect("clock poisoned"),

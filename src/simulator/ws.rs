@@ -122,14 +122,25 @@ pub async fn serve(
         }
     }
 
+    // Subscribed while the replay had not started: the schedule begins at
+    // the clock's origin, however late this task notices the start (on a
+    // loaded machine a replay at hundreds of minutes per second would
+    // otherwise skip this connection's first minutes).
+    let mut waiting_for_start = false;
     loop {
         if !subs.is_empty() && !counted_as_subscriber {
             counted_as_subscriber = true;
+            waiting_for_start = !sim.clock.is_started();
             sim.client_subscribed();
         }
         if schedule.is_none() && sim.clock.is_running() {
+            let from = if waiting_for_start {
+                sim.clock.origin_ms()
+            } else {
+                sim.clock.now_ms()
+            };
             schedule = Some(Schedule::new(
-                sim.clock.now_ms(),
+                from,
                 cfg.updates_per_minute,
                 cfg.final_delay,
                 sim.market.end(),
