@@ -60,8 +60,8 @@ use serde_json::value::RawValue;
 use url::Url;
 
 use super::{
-    join_path, json_error, parse_non_negative, ConnectionLimits, Control, DecodeError, DecodeState,
-    Decoded, Exchange, ExchangeError, Instrument, RestLimits, RestRequest,
+    dash_pair, join_path, json_error, parse_non_negative, ConnectionLimits, Control, DecodeError,
+    DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits, RestRequest,
 };
 use crate::domain::{ms_to_utc, Candle, CandleEvent, ExchangeId, Minute, Pair, Source};
 
@@ -230,6 +230,27 @@ struct ProductBook {
     closed_through: Option<Minute>,
 }
 
+impl ProductBook {
+    /// A minute taken out of `open`: its candle as written, final when
+    /// complete.
+    fn close(
+        &mut self,
+        minute: Minute,
+        b: Building,
+        event_ts: Option<DateTime<Utc>>,
+        received: DateTime<Utc>,
+    ) -> CandleEvent {
+        self.closed_through = Some(minute);
+        CandleEvent {
+            candle: b.candle,
+            is_final: b.complete,
+            source: Source::Ws,
+            event_ts,
+            received_ts: received,
+        }
+    }
+}
+
 /// Per-connection state of trade-built candles, kept in
 /// [`DecodeState`](super::DecodeState).
 #[derive(Debug, Default)]
@@ -283,14 +304,7 @@ impl TradeCandles {
                     break;
                 }
                 let (m, b) = entry.remove_entry();
-                book.closed_through = Some(m);
-                out.push(CandleEvent {
-                    candle: b.candle,
-                    is_final: b.complete,
-                    source: Source::Ws,
-                    event_ts: Some(now),
-                    received_ts: received,
-                });
+                out.push(book.close(m, b, Some(now), received));
             }
         }
     }
@@ -356,14 +370,7 @@ impl TradeCandles {
                     break;
                 }
                 let (m, b) = entry.remove_entry();
-                book.closed_through = Some(m);
-                out.push(CandleEvent {
-                    candle: b.candle,
-                    is_final: b.complete,
-                    source: Source::Ws,
-                    event_ts,
-                    received_ts: received,
-                });
+                out.push(book.close(m, b, event_ts, received));
             }
         }
         for m in touched {
@@ -467,24 +474,13 @@ impl Exchange for Coinbase {
     }
 
     fn normalize_symbol(&self, symbol: &str) -> Result<String, ExchangeError> {
-        let upper = symbol.trim().to_ascii_uppercase();
-        let parts: Vec<&str> = upper.split('-').collect();
-        let valid = parts.len() == 2
-            && parts.iter().all(|p| {
-                (1..=15).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric())
-            });
-        if !valid {
-            return Err(ExchangeError::BadSymbol {
-                symbol: symbol.to_owned(),
-                reason: "Coinbase products are BASE-QUOTE, e.g. BTC-USD".into(),
-            });
-        }
-        if parts[1] == "USDC" && !matches!(parts[0], "USDT" | "EURC") {
+        let (upper, dash) = dash_pair(symbol, "Coinbase products, e.g. BTC-USD,")?;
+        let (base, quote) = (&upper[..dash], &upper[dash + 1..]);
+        if quote == "USDC" && !matches!(base, "USDT" | "EURC") {
             return Err(ExchangeError::BadSymbol {
                 symbol: symbol.to_owned(),
                 reason: format!(
-                    "Coinbase's market data serves {upper} as {}-USD (the USD and USDC books are one); configure {}-USD",
-                    parts[0], parts[0]
+                    "Coinbase's market data serves {upper} as {base}-USD (the USD and USDC books are one); configure {base}-USD"
                 ),
             });
         }

@@ -319,6 +319,26 @@ pub(crate) fn ws_endpoint(base: &Url, own_paths: &[&str], path: &str) -> Url {
     join_path(&url, path)
 }
 
+/// Checks a `BASE-QUOTE` symbol (OKX, Coinbase): the symbol uppercased and
+/// the index of its dash; `what` names the exchange's instruments in the
+/// error.
+pub(crate) fn dash_pair(symbol: &str, what: &str) -> Result<(String, usize), ExchangeError> {
+    let upper = symbol.trim().to_ascii_uppercase();
+    let parts: Vec<&str> = upper.split('-').collect();
+    let valid = parts.len() == 2
+        && parts
+            .iter()
+            .all(|p| (1..=15).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
+    if !valid {
+        return Err(ExchangeError::BadSymbol {
+            symbol: symbol.to_owned(),
+            reason: format!("{what} are BASE-QUOTE"),
+        });
+    }
+    let dash = parts[0].len();
+    Ok((upper, dash))
+}
+
 /// The payload of a REST envelope (OKX `data`, Bybit and Kraken `result`),
 /// read once the envelope said the call succeeded.
 pub(crate) fn envelope_payload<'a, T: serde::Deserialize<'a>>(

@@ -17,9 +17,9 @@ use serde_json::Value;
 use url::Url;
 
 use super::{
-    envelope_payload, join_path, json_error, parse_non_negative, ws_endpoint, ConnectionLimits,
-    Control, DecodeError, DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits,
-    RestRequest,
+    dash_pair, envelope_payload, join_path, json_error, parse_non_negative, ws_endpoint,
+    ConnectionLimits, Control, DecodeError, DecodeState, Decoded, Exchange, ExchangeError,
+    Instrument, RestLimits, RestRequest,
 };
 use crate::domain::{ms_to_utc, Candle, CandleEvent, ExchangeId, Minute, Pair, Source};
 
@@ -176,19 +176,7 @@ impl Exchange for Okx {
     }
 
     fn normalize_symbol(&self, symbol: &str) -> Result<String, ExchangeError> {
-        let upper = symbol.trim().to_ascii_uppercase();
-        let parts: Vec<&str> = upper.split('-').collect();
-        let valid = parts.len() == 2
-            && parts.iter().all(|p| {
-                (1..=15).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric())
-            });
-        if !valid {
-            return Err(ExchangeError::BadSymbol {
-                symbol: symbol.to_owned(),
-                reason: "OKX spot instruments are BASE-QUOTE, e.g. BTC-USDT".into(),
-            });
-        }
-        Ok(upper)
+        dash_pair(symbol, "OKX spot instruments, e.g. BTC-USDT,").map(|(upper, _)| upper)
     }
 
     fn connect_url(&self, _pairs: &[Pair]) -> Url {

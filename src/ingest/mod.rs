@@ -128,18 +128,24 @@ pub async fn run(
     // ones `select` picks (see `instruments`). Every configured pair (the
     // leader's schedules cover them all) and this shard's (its WebSocket
     // workers).
-    let mut configured = Vec::new();
-    for (id, (_, backfiller, _)) in &exchanges {
-        let pairs = crate::instruments::pairs_at_start(
-            &backfiller.client,
-            &pool,
-            &config.exchanges[id],
-            config.ingest.allow_missing,
-            &shutdown,
-        )
+    // Every exchange's list at once: one slow or unreachable exchange
+    // (up to its start-up timeout) does not delay the others.
+    let configured: Vec<_> =
+        futures_util::future::try_join_all(exchanges.iter().map(|(id, (_, backfiller, _))| {
+            let (pool, shutdown, config) = (&pool, &shutdown, &config);
+            async move {
+                crate::instruments::pairs_at_start(
+                    &backfiller.client,
+                    pool,
+                    &config.exchanges[id],
+                    config.ingest.allow_missing,
+                    shutdown,
+                )
+                .await
+                .map(|pairs| (*id, pairs))
+            }
+        }))
         .await?;
-        configured.push((*id, pairs));
-    }
     let enabled: Vec<_> = configured
         .iter()
         .map(|(id, pairs)| {

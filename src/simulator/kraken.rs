@@ -391,14 +391,9 @@ async fn ticker(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Respons
     if let Err(r) = admit(&sim, &headers, "/0/public/Ticker") {
         return *r;
     }
-    let now = Minute::containing(ms_to_utc(sim.clock.now_ms()));
     let mut result = serde_json::Map::new();
     for s in sim.market.symbols() {
-        let volume: Decimal = (1..=1440)
-            .filter_map(|back| sim.market.candle_at(&s, now.plus(-back)))
-            .map(|c| c.volume)
-            .sum();
-        let quote = super::quote_volume_24h(&sim, &s);
+        let (volume, quote) = super::volumes_24h(&sim, &s);
         let vwap = if volume > Decimal::ZERO {
             (quote / volume).round_dp(5)
         } else {

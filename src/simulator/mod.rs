@@ -798,17 +798,23 @@ pub fn client_of(headers: &axum::http::HeaderMap) -> &str {
 /// candle without a quote volume counts volume × close), for the 24 h
 /// tickers that `top = N` pair selection reads.
 pub fn quote_volume_24h(sim: &SimState, symbol: &str) -> Decimal {
+    volumes_24h(sim, symbol).1
+}
+
+/// `symbol`'s (base, quote) volume over the 24 hours before the clock's
+/// minute; see [`quote_volume_24h`].
+pub fn volumes_24h(sim: &SimState, symbol: &str) -> (Decimal, Decimal) {
     let now = Minute::containing(crate::domain::ms_to_utc(sim.clock.now_ms()));
     (1..=1440)
         .filter_map(|back| sim.market.candle_at(symbol, now.plus(-back)))
-        .map(|c| {
-            if c.quote_volume > Decimal::ZERO {
+        .fold((Decimal::ZERO, Decimal::ZERO), |(base, quote), c| {
+            let q = if c.quote_volume > Decimal::ZERO {
                 c.quote_volume
             } else {
                 (c.volume * c.close).round_dp(8)
-            }
+            };
+            (base + c.volume, quote + q)
         })
-        .sum()
 }
 
 /// The simulated minutes of `symbol` that exist at `now_ms` (up to the open
