@@ -9,61 +9,55 @@
 -- (ops.unrecoverable_gaps) are counted as unrecoverable.
 WITH hours AS (
     SELECT DISTINCT exchange, symbol,
-           date_bin('1 hour', interval_start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour_start
+           date_bin('1 hour', bucket_start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour_start
       FROM merge_changed
     UNION
     SELECT e, s, h
       FROM unnest($1::text[], $2::text[]) AS p(e, s)
      CROSS JOIN unnest($3::timestamptz[]) AS hh(h)
 ),
-counts AS (
-    SELECT s.exchange, s.symbol,
-           date_bin('1 hour', s.interval_start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour_start,
-           count(*)                                       AS present,
-           count(*) FILTER (WHERE s.source = 'ws')        AS from_ws,
-           count(*) FILTER (WHERE s.source = 'rest')      AS from_rest,
-           count(*) FILTER (WHERE s.source = 'lake')      AS from_lake,
-           count(*) FILTER (WHERE s.source = 'filled')    AS filled
-      FROM {silver} s
-     WHERE s.interval_seconds = 60
-       AND s.interval_start >= $4 AND s.interval_start < $5
-       AND (s.exchange, s.symbol) IN (SELECT exchange, symbol FROM hours)
-     GROUP BY 1, 2, 3
-),
-expected AS (
-    SELECT h.exchange, h.symbol, h.hour_start,
-           greatest(0, extract(epoch FROM
-               least(h.hour_start + interval '1 hour', coalesce(i.delisted_at, 'infinity'))
-             - greatest(h.hour_start, coalesce(i.listed_at, '-infinity'))) / 60)::integer AS expected
+-- Each hour's numbers are read by index for that pair and hour alone (the
+-- LATERAL subqueries): the cost follows the hours touched, and there is no
+-- join order for a misestimate to get wrong (a freshly filled silver hour
+-- has no statistics yet; a planned join of all counts against all hours
+-- once ran 2,500 times over).
+counted AS (
+    SELECT h.exchange, h.symbol, h.hour_start, e.expected, n.present, n.from_ws,
+           n.from_rest, n.from_lake, n.filled, u.unrecoverable
       FROM hours h
-      LEFT JOIN ref.instruments i USING (exchange, symbol)
-),
-unrecoverable AS (
-    SELECT h.exchange, h.symbol, h.hour_start, count(*) AS unrecoverable
-      FROM hours h
-      JOIN ops.unrecoverable_gaps g
-        ON g.exchange = h.exchange AND g.symbol = h.symbol
-       AND g.range_from < h.hour_start + interval '1 hour' AND g.range_to > h.hour_start
-     CROSS JOIN LATERAL generate_series(greatest(g.range_from, h.hour_start),
-                                        least(g.range_to, h.hour_start + interval '1 hour')
-                                          - interval '1 minute',
-                                        interval '1 minute') AS m(minute)
-     WHERE NOT EXISTS (
-             SELECT 1 FROM {silver} s
-              WHERE s.exchange = h.exchange AND s.symbol = h.symbol
-                AND s.interval_seconds = 60 AND s.interval_start = m.minute
-                AND s.interval_start >= $4 AND s.interval_start < $5)
-     GROUP BY 1, 2, 3
-),
-joined AS (
-    SELECT h.exchange, h.symbol, h.hour_start, e.expected,
-           coalesce(c.present, 0) AS present, coalesce(c.from_ws, 0) AS from_ws,
-           coalesce(c.from_rest, 0) AS from_rest, coalesce(c.from_lake, 0) AS from_lake,
-           coalesce(c.filled, 0) AS filled, coalesce(u.unrecoverable, 0) AS unrecoverable
-      FROM hours h
-      JOIN expected e USING (exchange, symbol, hour_start)
-      LEFT JOIN counts c USING (exchange, symbol, hour_start)
-      LEFT JOIN unrecoverable u USING (exchange, symbol, hour_start)
+     CROSS JOIN LATERAL (
+           SELECT greatest(0, extract(epoch FROM
+                      least(h.hour_start + interval '1 hour', coalesce(max(i.delisted_at), 'infinity'))
+                    - greatest(h.hour_start, coalesce(max(i.listed_at), '-infinity'))) / 60)::integer
+                  AS expected
+             FROM ref.instruments i
+            WHERE i.exchange = h.exchange AND i.symbol = h.symbol) e
+     CROSS JOIN LATERAL (
+           SELECT count(*)                                    AS present,
+                  count(*) FILTER (WHERE s.source = 'ws')     AS from_ws,
+                  count(*) FILTER (WHERE s.source = 'rest')   AS from_rest,
+                  count(*) FILTER (WHERE s.source = 'lake')   AS from_lake,
+                  count(*) FILTER (WHERE s.source = 'filled') AS filled
+             FROM {silver} s
+            WHERE s.exchange = h.exchange AND s.symbol = h.symbol AND s.interval_seconds = 60
+              AND s.interval_start >= h.hour_start
+              AND s.interval_start < h.hour_start + interval '1 hour'
+              -- The bound prunes silver to this hour's partition.
+              AND s.interval_start >= $4 AND s.interval_start < $5) n
+     CROSS JOIN LATERAL (
+           SELECT count(*) AS unrecoverable
+             FROM ops.unrecoverable_gaps g
+            CROSS JOIN LATERAL generate_series(greatest(g.range_from, h.hour_start),
+                                               least(g.range_to, h.hour_start + interval '1 hour')
+                                                 - interval '1 minute',
+                                               interval '1 minute') AS m(minute)
+            WHERE g.exchange = h.exchange AND g.symbol = h.symbol
+              AND g.range_from < h.hour_start + interval '1 hour' AND g.range_to > h.hour_start
+              AND NOT EXISTS (
+                    SELECT 1 FROM {silver} s
+                     WHERE s.exchange = h.exchange AND s.symbol = h.symbol
+                       AND s.interval_seconds = 60 AND s.interval_start = m.minute
+                       AND s.interval_start >= $4 AND s.interval_start < $5)) u
 )
 INSERT INTO silver.completeness_hourly AS c
        (exchange, symbol, hour_start, expected, present, from_ws, from_rest, from_lake,
@@ -72,7 +66,7 @@ SELECT exchange, symbol, hour_start, expected, present, from_ws, from_rest, from
        filled, greatest(expected - present, 0),
        CASE WHEN expected = 0 THEN 1 ELSE round(least(present, expected)::numeric / expected, 6) END,
        unrecoverable
-  FROM joined
+  FROM counted
  ORDER BY exchange, symbol, hour_start
 ON CONFLICT (exchange, symbol, hour_start) DO UPDATE
    SET expected = EXCLUDED.expected, present = EXCLUDED.present,

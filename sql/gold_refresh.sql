@@ -1,6 +1,6 @@
 -- Step 5: recompute the buckets of gold.{table} ({width} wide, aligned to UTC
 -- midnight) that contain a row of the level below changed in this merge: for the
--- 5-minute level the silver minutes of merge_changed, for the others the
+-- 5-minute level the buckets of merge_changed (silver minutes changed), for the others the
 -- buckets of the level below that this merge really changed (gold_changed),
 -- so a level costs what changed below it, not what the merge touched.
 --
@@ -19,10 +19,14 @@ WITH buckets AS (
 agg AS (
     SELECT x.exchange, x.symbol,
            date_bin(interval '{width}', x.start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start,
-           (array_agg(x.open ORDER BY x.start))[1]             AS open,
+           -- The open of the bucket's first row and the close of its last:
+           -- the [start, price] pair with the smallest (largest) start, a
+           -- plain min/max that needs no sort per bucket (array_agg with
+           -- ORDER BY sorts every bucket on its own).
+           (min(ARRAY[extract(epoch FROM x.start), x.open]))[2] AS open,
            max(x.high)                                         AS high,
            min(x.low)                                          AS low,
-           (array_agg(x.close ORDER BY x.start DESC))[1]       AS close,
+           (max(ARRAY[extract(epoch FROM x.start), x.close]))[2] AS close,
            sum(x.volume)                                       AS volume,
            sum(x.quote_volume)                                 AS quote_volume,
            sum(x.trade_count)                                  AS trade_count,
@@ -39,27 +43,42 @@ agg AS (
            IN (SELECT exchange, symbol, bucket_start FROM buckets)
      GROUP BY 1, 2, 3
 ),
-upserted AS (
-INSERT INTO gold.{table} AS g
-       (exchange, symbol, bucket_start, bucket_end, open, high, low, close, volume,
-        quote_volume, trade_count, vwap, minutes_present)
-SELECT exchange, symbol, bucket_start, bucket_start + interval '{width}', open, high, low,
-       close, volume, quote_volume, trade_count, vwap, minutes_present
-  FROM agg
- ORDER BY exchange, symbol, bucket_start
-ON CONFLICT (exchange, symbol, bucket_start) DO UPDATE
-   SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
-       close = EXCLUDED.close, volume = EXCLUDED.volume,
-       quote_volume = EXCLUDED.quote_volume, trade_count = EXCLUDED.trade_count,
-       vwap = EXCLUDED.vwap, minutes_present = EXCLUDED.minutes_present,
-       refreshed_at = now()
- WHERE (g.open, g.high, g.low, g.close, g.volume, g.quote_volume, g.trade_count,
-        g.vwap, g.minutes_present)
-       IS DISTINCT FROM
-       (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume,
-        EXCLUDED.quote_volume, EXCLUDED.trade_count, EXCLUDED.vwap,
-        EXCLUDED.minutes_present)
-RETURNING g.exchange, g.symbol, g.bucket_start
+-- New buckets are inserted and existing ones updated only where a value
+-- differs: a plain insert costs half of INSERT … ON CONFLICT. No other merge
+-- writes these buckets meanwhile: the buckets of 5 minutes to 1 hour lie in
+-- the merged hour (its advisory lock), and the caller takes the day's lock
+-- before the daily level.
+existing AS (
+    SELECT a.*, g.exchange IS NOT NULL AS existed
+      FROM agg a
+      LEFT JOIN gold.{table} g USING (exchange, symbol, bucket_start)
+),
+inserted AS (
+    INSERT INTO gold.{table}
+           (exchange, symbol, bucket_start, bucket_end, open, high, low, close, volume,
+            quote_volume, trade_count, vwap, minutes_present)
+    SELECT exchange, symbol, bucket_start, bucket_start + interval '{width}', open, high, low,
+           close, volume, quote_volume, trade_count, vwap, minutes_present
+      FROM existing
+     WHERE NOT existed
+    RETURNING exchange, symbol, bucket_start
+),
+updated AS (
+    UPDATE gold.{table} g
+       SET open = e.open, high = e.high, low = e.low, close = e.close, volume = e.volume,
+           quote_volume = e.quote_volume, trade_count = e.trade_count, vwap = e.vwap,
+           minutes_present = e.minutes_present, refreshed_at = now()
+      FROM existing e
+     WHERE e.existed
+       AND (g.exchange, g.symbol, g.bucket_start) = (e.exchange, e.symbol, e.bucket_start)
+       AND (g.open, g.high, g.low, g.close, g.volume, g.quote_volume, g.trade_count,
+            g.vwap, g.minutes_present)
+           IS DISTINCT FROM
+           (e.open, e.high, e.low, e.close, e.volume, e.quote_volume, e.trade_count,
+            e.vwap, e.minutes_present)
+    RETURNING g.exchange, g.symbol, g.bucket_start
 )
 INSERT INTO gold_changed (level, exchange, symbol, bucket_start)
-SELECT '{table}', exchange, symbol, bucket_start FROM upserted;
+SELECT '{table}', exchange, symbol, bucket_start FROM inserted
+UNION ALL
+SELECT '{table}', exchange, symbol, bucket_start FROM updated;

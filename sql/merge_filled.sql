@@ -4,11 +4,12 @@
 -- every minute back to a real candle is present or confirmed empty, so
 -- nothing is ever filled across an unconfirmed gap. The minute before the
 -- hour (real or itself filled) anchors runs that started earlier.
--- $1, $2: the hour [from, to). Changed keys go to merge_changed.
+-- $1, $2: the hour [from, to); {shard:e}: this connection's pair range. The
+-- 5-minute buckets of changed keys go to merge_changed.
 WITH empties AS (
     SELECT e.exchange, e.symbol, e.interval_seconds, e.interval_start
       FROM bronze.empty_minutes e
-     WHERE e.interval_start >= $1 AND e.interval_start < $2
+     WHERE e.interval_start >= $1 AND e.interval_start < $2 {shard:e}
        AND NOT EXISTS (
              SELECT 1 FROM {silver} s
               WHERE (s.exchange, s.symbol, s.interval_seconds, s.interval_start)
@@ -68,7 +69,9 @@ upserted AS (
     RETURNING s.exchange, s.symbol, s.interval_start
 ),
 remembered AS (
-    INSERT INTO merge_changed (exchange, symbol, interval_start)
-    SELECT exchange, symbol, interval_start FROM upserted
+    INSERT INTO merge_changed (exchange, symbol, bucket_start)
+    SELECT DISTINCT exchange, symbol,
+           date_bin('5 minutes', interval_start, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+      FROM upserted
 )
 SELECT count(*) FROM upserted;

@@ -8,26 +8,39 @@
 -- New keys are inserted; existing rows are updated only when the winning
 -- values really differ, so a re-run reports 0 inserted, 0 updated. (The
 -- caller holds this hour's advisory lock: no other merge writes these keys.)
--- Changed keys are remembered in merge_changed for completeness and gold.
+-- The 5-minute buckets of the changed keys are remembered in merge_changed,
+-- for completeness and gold.
 -- $1, $2: the hour [from, to). Lines marked @only-touched are dropped when
 -- the merge covers every key of the hour (then merge_touched is not filled).
-WITH winners AS (
-    SELECT DISTINCT ON (b.exchange, b.symbol, b.interval_seconds, b.interval_start)
-           b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.interval_end,
+-- {shard:b}: in a merge split by pair ranges, this connection's range.
+WITH ranked AS (
+    -- Observations of a key come out of bronze's key index together; only
+    -- those few are sorted by rank (an incremental sort), instead of sorting
+    -- the whole hour, and the winners come out in key order, the order the
+    -- silver index takes them fastest.
+    SELECT b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.interval_end,
            b.open, b.high, b.low, b.close, b.volume, b.quote_volume, b.trade_count,
            b.vwap, b.source, b.event_ts,
-           s.exchange IS NOT NULL AS existed
+           row_number() OVER (
+               PARTITION BY b.exchange, b.symbol, b.interval_seconds, b.interval_start
+               ORDER BY CASE b.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 ELSE 2 END,
+                        b.ingestion_ts DESC, b.id DESC) AS rank
       FROM {bronze} b
+     WHERE b.is_final
+       AND b.interval_start >= $1 AND b.interval_start < $2 {shard:b}
+       AND (b.exchange, b.symbol, b.interval_seconds, b.interval_start) IN (SELECT exchange, symbol, interval_seconds, interval_start FROM merge_touched) -- @only-touched
+),
+winners AS (
+    SELECT r.exchange, r.symbol, r.interval_seconds, r.interval_start, r.interval_end,
+           r.open, r.high, r.low, r.close, r.volume, r.quote_volume, r.trade_count,
+           r.vwap, r.source, r.event_ts,
+           s.exchange IS NOT NULL AS existed
+      FROM ranked r
       LEFT JOIN {silver} s
         ON (s.exchange, s.symbol, s.interval_seconds, s.interval_start)
-         = (b.exchange, b.symbol, b.interval_seconds, b.interval_start)
+         = (r.exchange, r.symbol, r.interval_seconds, r.interval_start)
        AND s.interval_start >= $1 AND s.interval_start < $2
-     WHERE b.is_final
-       AND b.interval_start >= $1 AND b.interval_start < $2
-       AND (b.exchange, b.symbol, b.interval_seconds, b.interval_start) IN (SELECT exchange, symbol, interval_seconds, interval_start FROM merge_touched) -- @only-touched
-     ORDER BY b.exchange, b.symbol, b.interval_seconds, b.interval_start,
-              CASE b.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 ELSE 2 END,
-              b.ingestion_ts DESC, b.id DESC
+     WHERE r.rank = 1
 ),
 inserted AS (
     INSERT INTO {silver}
@@ -62,10 +75,12 @@ updated AS (
     RETURNING s.exchange, s.symbol, s.interval_start
 ),
 remembered AS (
-    INSERT INTO merge_changed (exchange, symbol, interval_start)
-    SELECT exchange, symbol, interval_start FROM inserted
-    UNION ALL
-    SELECT exchange, symbol, interval_start FROM updated
+    INSERT INTO merge_changed (exchange, symbol, bucket_start)
+    SELECT DISTINCT exchange, symbol,
+           date_bin('5 minutes', interval_start, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+      FROM (SELECT exchange, symbol, interval_start FROM inserted
+            UNION ALL
+            SELECT exchange, symbol, interval_start FROM updated) changed
 )
 SELECT (SELECT count(*) FROM winners)       AS keys,
        (SELECT count(*) FROM inserted)      AS inserted,

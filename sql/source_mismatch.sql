@@ -3,6 +3,7 @@
 -- compared; a later agreement removes the record.
 -- $1, $2: the hour [from, to). Returns how many mismatches are recorded now.
 -- Lines marked @only-touched are dropped when the merge covers every key.
+-- {shard:b}, {shard:r}: this connection's pair range.
 WITH newest AS (
     SELECT DISTINCT ON (b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source)
            b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source,
@@ -10,13 +11,13 @@ WITH newest AS (
       FROM {bronze} b
       JOIN merge_touched t ON (t.exchange, t.symbol, t.interval_seconds, t.interval_start) = (b.exchange, b.symbol, b.interval_seconds, b.interval_start) -- @only-touched
      WHERE b.is_final AND b.source IN ('ws', 'rest')
-       AND b.interval_start >= $1 AND b.interval_start < $2
+       AND b.interval_start >= $1 AND b.interval_start < $2 {shard:b}
        -- Only minutes that have a REST candle at all (usually none).
        AND (b.exchange, b.symbol, b.interval_seconds, b.interval_start) IN (
              SELECT r.exchange, r.symbol, r.interval_seconds, r.interval_start
                FROM {bronze} r
               WHERE r.is_final AND r.source = 'rest'
-                AND r.interval_start >= $1 AND r.interval_start < $2)
+                AND r.interval_start >= $1 AND r.interval_start < $2 {shard:r})
      ORDER BY b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source,
               b.ingestion_ts DESC, b.id DESC
 ),

@@ -264,6 +264,11 @@ pub struct MergeConfig {
     pub sweep_every: Duration,
     #[serde(with = "humantime_serde")]
     pub sweep_window: Duration,
+    /// Connections a bulk merge of one hour (50,000 rows or more: a first
+    /// merge, a catch-up after downtime) may use at once, each merging its
+    /// own range of pairs. 1 merges on one connection. A busy pool gets
+    /// fewer: the merge never takes the pool's last free connection.
+    pub parallelism: usize,
 }
 
 impl Default for MergeConfig {
@@ -274,6 +279,7 @@ impl Default for MergeConfig {
             recent_window: Duration::from_secs(2 * 3600),
             sweep_every: Duration::from_secs(3600),
             sweep_window: Duration::from_secs(24 * 3600),
+            parallelism: 2,
         }
     }
 }
@@ -581,6 +587,7 @@ impl Config {
         nonzero("merge.recent_window", self.merge.recent_window)?;
         nonzero("merge.sweep_every", self.merge.sweep_every)?;
         nonzero("merge.sweep_window", self.merge.sweep_window)?;
+        positive("merge.parallelism", self.merge.parallelism)?;
         nonzero("backfill.lookback", self.backfill.lookback)?;
         nonzero("lake.flush_interval", self.lake.flush_interval)?;
         nonzero("lake.segment_max_age", self.lake.segment_max_age)?;

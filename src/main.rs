@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
             let partitions = klines::db::partitions::Partitions::new();
+            klines::merge::set_parallelism(config.merge.parallelism);
             let r = klines::merge::run_job(
                 &pool,
                 &partitions,

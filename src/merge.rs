@@ -13,6 +13,10 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgArguments;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use thiserror::Error;
 use tracing::info;
@@ -55,7 +59,7 @@ fn for_hour(sql: &str, hour: i64) -> String {
 /// previous level it changed for the others.
 fn gold_changed(previous: Option<&str>) -> String {
     match previous {
-        None => "(SELECT exchange, symbol, interval_start AS start FROM merge_changed)".to_owned(),
+        None => "(SELECT exchange, symbol, bucket_start AS start FROM merge_changed)".to_owned(),
         Some(table) => format!(
             "(SELECT exchange, symbol, bucket_start AS start FROM gold_changed WHERE level = '{table}')"
         ),
@@ -180,6 +184,93 @@ pub async fn merge_range(
     Ok(report)
 }
 
+/// An hour with at least this many final bronze rows to look at is merged by
+/// several connections at once, one range of pairs each (see `Shard`).
+const BULK_ROWS: i64 = 50_000;
+
+/// How many connections a bulk merge of one hour may use (set from
+/// `merge.parallelism`; 1 merges every hour on one connection).
+static PARALLELISM: AtomicUsize = AtomicUsize::new(2);
+
+/// Sets how many connections a bulk merge of one hour may use (at least 1).
+pub fn set_parallelism(connections: usize) {
+    PARALLELISM.store(connections.max(1), Ordering::Relaxed);
+}
+
+/// A range of symbols, `[lower, upper)` in bytewise order (the "C"
+/// collation of the column); `None` is open. A bulk merge splits an hour
+/// into such ranges and merges each in its own transaction on its own
+/// connection: every step of the merge (silver, filled minutes, mismatches,
+/// completeness, gold) concerns one pair at a time, and a pair's symbol is
+/// in exactly one range, so the ranges never write the same rows. (The range
+/// is on the symbol alone, not on (exchange, symbol): PostgreSQL estimates a
+/// row comparison from its first column only, and with one exchange it took
+/// half of an hour's rows for none and planned quadratic joins.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Shard {
+    lower: Option<String>,
+    upper: Option<String>,
+}
+
+impl Shard {
+    /// `sql` with every `{shard:ALIAS}` replaced by this range's condition on
+    /// `ALIAS.symbol`, its parameters numbered from `first` (nothing for the
+    /// whole range).
+    fn apply(&self, sql: &str, first: usize) -> String {
+        let mut out = String::with_capacity(sql.len() + 128);
+        let mut rest = sql;
+        while let Some(at) = rest.find("{shard:") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + "{shard:".len()..];
+            let close = after.find('}').unwrap_or(after.len());
+            let alias = &after[..close];
+            let mut n = first;
+            if self.lower.is_some() {
+                out.push_str(&format!("AND {alias}.symbol >= ${n}"));
+                n += 1;
+            }
+            if self.upper.is_some() {
+                out.push_str(&format!(" AND {alias}.symbol < ${n}"));
+            }
+            rest = after.get(close + 1..).unwrap_or("");
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Binds the parameters `apply` numbered.
+    fn bind<'q>(
+        &'q self,
+        mut query: sqlx::query::Query<'q, Postgres, PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+        for symbol in [&self.lower, &self.upper].into_iter().flatten() {
+            query = query.bind(symbol.as_str());
+        }
+        query
+    }
+
+    fn contains(&self, symbol: &str) -> bool {
+        self.lower.as_deref().is_none_or(|l| symbol >= l)
+            && self.upper.as_deref().is_none_or(|u| symbol < u)
+    }
+
+    /// Up to `n` ranges that split `symbols` (sorted, distinct) into runs of
+    /// about the same length.
+    fn split(symbols: &[String], n: usize) -> Vec<Shard> {
+        let n = n.min(symbols.len()).max(1);
+        let mut bounds = vec![None];
+        bounds.extend((1..n).map(|i| Some(symbols[i * symbols.len() / n].clone())));
+        bounds.push(None);
+        bounds
+            .windows(2)
+            .map(|w| Shard {
+                lower: w[0].clone(),
+                upper: w[1].clone(),
+            })
+            .collect()
+    }
+}
+
 async fn merge_hour(
     pool: &PgPool,
     partitions: &Partitions,
@@ -192,19 +283,30 @@ async fn merge_hour(
     // The statements name this hour's partitions (and the previous hour's
     // silver one), so they must exist.
     partitions.ensure_hours(pool, [hour - 1, hour]).await?;
-    // Cheap check first: a no-op incremental merge stops here.
-    let anything: bool = sqlx::query_scalar(&for_hour(
-        "SELECT EXISTS (SELECT 1 FROM {bronze} WHERE is_final \
-         AND interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8) \
-         OR EXISTS (SELECT 1 FROM bronze.empty_minutes \
-         WHERE interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8)",
+    // Cheap check first: a no-op incremental merge stops here. The count
+    // (up to BULK_ROWS) tells a bulk merge from the usual minute's.
+    let rows: i64 = sqlx::query_scalar(&for_hour(
+        "SELECT count(*) FROM (SELECT 1 FROM {bronze} WHERE is_final \
+         AND interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8 \
+         LIMIT $4) r",
         hour,
     ))
     .bind(from)
     .bind(to)
     .bind(scope.xid())
+    .bind(BULK_ROWS)
     .fetch_one(pool)
     .await?;
+    let anything = rows > 0
+        || sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM bronze.empty_minutes \
+             WHERE interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8)",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(scope.xid())
+        .fetch_one(pool)
+        .await?;
     if !anything && sweep_pairs.is_empty() {
         return Ok(MergeReport::default());
     }
@@ -216,15 +318,128 @@ async fn merge_hour(
     );
 
     let mut tx = pool.begin().await?;
-    // One merge of an hour at a time, across processes.
+    // One merge of an hour at a time, across processes. A bulk merge holds
+    // it here while its connections merge their ranges of pairs.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('klines.merge'), $1)")
         .bind(i32::try_from(hour).unwrap_or(i32::MAX))
         .execute(&mut *tx)
         .await?;
-    prepare_temp_tables(&mut tx).await?;
-    // Sorts and hashes of a busy hour (300k rows) stay in memory.
-    sqlx::query("SET LOCAL work_mem = '64MB'")
-        .execute(&mut *tx)
+    if rows >= BULK_ROWS {
+        let want = PARALLELISM.load(Ordering::Relaxed);
+        if want > 1 {
+            let workers = spare_connections(pool, want).await;
+            let shards = if workers.len() > 1 {
+                let symbols = sample_symbols(&mut tx, hour, from, to).await?;
+                Shard::split(&symbols, workers.len())
+            } else {
+                Vec::new()
+            };
+            if shards.len() > 1 {
+                tracing::debug!(hour, shards = shards.len(), "Merging in parallel");
+                let runs = workers.into_iter().zip(shards).map(|(mut conn, shard)| {
+                    let sweep: Vec<Pair> = sweep_pairs
+                        .iter()
+                        .filter(|p| shard.contains(&p.symbol))
+                        .cloned()
+                        .collect();
+                    async move {
+                        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                        let r = merge_shard(&mut tx, hour, scope, &sweep, true, &shard).await?;
+                        tx.commit().await?;
+                        Ok::<_, MergeError>(r)
+                    }
+                });
+                let mut report = MergeReport::default();
+                let mut failed = None;
+                for r in futures_util::future::join_all(runs).await {
+                    match r {
+                        Ok(r) => report.add(r),
+                        Err(e) => failed = failed.or(Some(e)),
+                    }
+                }
+                // Ranges that committed stay merged; a failed one is merged
+                // again by the next run (its job's watermark stays put).
+                tx.commit().await?;
+                report.hours = report.hours.min(1);
+                return failed.map_or(Ok(report), Err);
+            }
+        }
+    }
+    let report = merge_shard(
+        &mut tx,
+        hour,
+        scope,
+        sweep_pairs,
+        anything,
+        &Shard::default(),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::debug!(hour, ms = began.elapsed().as_millis() as u64, "Merged hour");
+    Ok(report)
+}
+
+/// Up to `want` more connections of the pool for a bulk merge, never the
+/// last free one (ingestion and the API keep theirs) and never after
+/// waiting: a busy pool merges on one connection instead.
+async fn spare_connections(pool: &PgPool, want: usize) -> Vec<PoolConnection<Postgres>> {
+    let max = pool.options().get_max_connections() as usize;
+    let mut conns = Vec::with_capacity(want);
+    while conns.len() < want {
+        if pool.num_idle() == 0 && pool.size() as usize + 2 > max {
+            break;
+        }
+        match tokio::time::timeout(std::time::Duration::from_millis(250), pool.acquire()).await {
+            Ok(Ok(conn)) => conns.push(conn),
+            _ => break,
+        }
+    }
+    conns
+}
+
+/// The symbols of an hour, sorted, from a sample of its bronze pages:
+/// enough to cut the hour into ranges of about the same size.
+async fn sample_symbols(
+    tx: &mut Transaction<'_, Postgres>,
+    hour: i64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(&for_hour(
+        "SELECT DISTINCT symbol FROM {bronze} TABLESAMPLE SYSTEM (5) REPEATABLE (0) \
+         WHERE is_final AND interval_start >= $1 AND interval_start < $2 \
+         ORDER BY symbol",
+        hour,
+    ))
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Merges the pairs of `shard` (all of them by default) in the hour, in the
+/// caller's transaction: silver, filled minutes, mismatches, completeness
+/// and gold. `anything`: bronze has something to look at (else only the
+/// sweep's completeness rows are written).
+async fn merge_shard(
+    tx: &mut Transaction<'_, Postgres>,
+    hour: i64,
+    scope: &Scope,
+    sweep_pairs: &[Pair],
+    anything: bool,
+    shard: &Shard,
+) -> Result<MergeReport, MergeError> {
+    let (from, to) = (hour_start(hour), hour_start(hour + 1));
+    prepare_temp_tables(tx).await?;
+    // Sorts and hashes of a busy hour (300k rows) stay in memory, and the
+    // hours a merge reads are recent, so cached: an index read costs little
+    // more than a sequential one (the default 4× keeps PostgreSQL from
+    // reading bronze in key order, which spares the merge a sort).
+    sqlx::query("SET LOCAL work_mem = '128MB'")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("SET LOCAL random_page_cost = 1.1")
+        .execute(&mut **tx)
         .await?;
 
     let mut report = MergeReport::default();
@@ -243,23 +458,26 @@ async fn merge_hour(
         report.hours = 1;
         let full = *scope == Scope::Full;
         if !full {
-            sqlx::query(&for_hour(TOUCHED_SQL, hour))
-                .bind(from)
-                .bind(to)
-                .bind(scope.xid())
-                .execute(&mut *tx)
+            shard
+                .bind(
+                    sqlx::query(&shard.apply(&for_hour(TOUCHED_SQL, hour), 4))
+                        .bind(from)
+                        .bind(to)
+                        .bind(scope.xid()),
+                )
+                .execute(&mut **tx)
                 .await?;
             // The planner knows nothing of a freshly filled temp table;
             // without statistics it would join it to bronze row by row.
             sqlx::query("ANALYZE merge_touched")
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             lap("touched");
         }
-        let row = sqlx::query(&for_hour(&for_scope(SILVER_SQL, full), hour))
-            .bind(from)
-            .bind(to)
-            .fetch_one(&mut *tx)
+        let sql = shard.apply(&for_hour(&for_scope(SILVER_SQL, full), hour), 3);
+        let row = shard
+            .bind(sqlx::query(&sql).bind(from).bind(to))
+            .fetch_one(&mut **tx)
             .await?;
         let keys = row.get::<i64, _>("keys") as u64;
         report.keys = keys;
@@ -267,20 +485,15 @@ async fn merge_hour(
         report.updated = row.get::<i64, _>("updated") as u64;
         report.unchanged = keys.saturating_sub(report.inserted + report.updated);
         lap("silver");
-        report.filled = hour_count(&mut tx, &for_hour(FILLED_SQL, hour), from, to).await?;
+        report.filled = hour_count(tx, &for_hour(FILLED_SQL, hour), from, to, shard).await?;
         lap("filled");
-        report.mismatches = hour_count(
-            &mut tx,
-            &for_hour(&for_scope(MISMATCH_SQL, full), hour),
-            from,
-            to,
-        )
-        .await?;
+        let sql = for_hour(&for_scope(MISMATCH_SQL, full), hour);
+        report.mismatches = hour_count(tx, &sql, from, to, shard).await?;
         lap("mismatch");
     }
     if report.inserted + report.updated + report.filled > 0 {
         sqlx::query("ANALYZE merge_changed")
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
     let exchanges: Vec<&str> = sweep_pairs.iter().map(|p| p.exchange.as_str()).collect();
@@ -296,12 +509,20 @@ async fn merge_hour(
         .bind(&hours)
         .bind(from)
         .bind(to)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     lap("completeness");
     if report.inserted + report.updated + report.filled > 0 {
         let mut previous = None;
         for &(table, width) in GOLD_LEVELS {
+            if width == "1 day" {
+                // A day's bucket sums the hours of the day, which other
+                // merges (of other hours) may be writing: one at a time.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('klines.merge.day'), $1)")
+                    .bind(i32::try_from(hour.div_euclid(24)).unwrap_or(i32::MAX))
+                    .execute(&mut **tx)
+                    .await?;
+            }
             let sql = GOLD_SQL
                 .replace("{table}", table)
                 .replace("{width}", width)
@@ -311,7 +532,7 @@ async fn merge_hour(
             let changed = sqlx::query(&for_hour(&sql, hour))
                 .bind(from)
                 .bind(to)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?
                 .rows_affected();
             lap(table);
@@ -320,27 +541,28 @@ async fn merge_hour(
                 break;
             }
             sqlx::query("ANALYZE gold_changed")
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
     }
-    tx.commit().await?;
-    lap("commit");
     Ok(report)
 }
 
-/// Runs a merge step of the hour `[from, to)` that returns one count.
+/// Runs a merge step of the hour `[from, to)` over `shard` that returns one
+/// count.
 async fn hour_count(
     tx: &mut Transaction<'_, Postgres>,
     sql: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    shard: &Shard,
 ) -> Result<u64, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(sql)
-        .bind(from)
-        .bind(to)
+    let sql = shard.apply(sql, 3);
+    let n: i64 = shard
+        .bind(sqlx::query(&sql).bind(from).bind(to))
         .fetch_one(&mut **tx)
-        .await?;
+        .await?
+        .get(0);
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -369,7 +591,7 @@ async fn prepare_temp_tables(tx: &mut Transaction<'_, Postgres>) -> Result<(), s
     .await?;
     sqlx::query(
         "CREATE TEMP TABLE IF NOT EXISTS merge_changed (
-             exchange text COLLATE \"C\", symbol text COLLATE \"C\", interval_start timestamptz
+             exchange text COLLATE \"C\", symbol text COLLATE \"C\", bucket_start timestamptz
          ) ON COMMIT DELETE ROWS",
     )
     .execute(&mut **tx)

@@ -181,6 +181,7 @@ pub async fn run(
         leader::Leader::always()
     };
     if config.merge.enabled {
+        crate::merge::set_parallelism(config.merge.parallelism);
         let pairs: Vec<crate::domain::Pair> = configured
             .iter()
             .flat_map(|(_, pairs)| pairs.iter().cloned())
