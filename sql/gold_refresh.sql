@@ -16,32 +16,37 @@ WITH buckets AS (
            date_bin(interval '{width}', start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start
       FROM {changed} c
 ),
+-- Each bucket is aggregated from its own rows, read by index (LATERAL): the
+-- cost follows the buckets changed, and there is no join for a misestimate
+-- to get wrong (a freshly filled hour has no statistics; a planned join of
+-- all rows against all buckets once rescanned the buckets for every row).
 agg AS (
-    SELECT x.exchange, x.symbol,
-           date_bin(interval '{width}', x.start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start,
-           -- The open of the bucket's first row and the close of its last:
-           -- the [start, price] pair with the smallest (largest) start, a
-           -- plain min/max that needs no sort per bucket (array_agg with
-           -- ORDER BY sorts every bucket on its own).
-           (min(ARRAY[extract(epoch FROM x.start), x.open]))[2] AS open,
-           max(x.high)                                         AS high,
-           min(x.low)                                          AS low,
-           (max(ARRAY[extract(epoch FROM x.start), x.close]))[2] AS close,
-           sum(x.volume)                                       AS volume,
-           sum(x.quote_volume)                                 AS quote_volume,
-           sum(x.trade_count)                                  AS trade_count,
-           sum(x.quote_volume) / nullif(sum(x.volume), 0)      AS vwap,
-           sum(x.minutes)                                      AS minutes_present
-      FROM {source} x
-     -- The buckets of this merge lie within [lo, hi): the merged hour widened
-     -- to whole buckets. The bound lets PostgreSQL read only those partitions.
-     WHERE x.start >= date_bin(interval '{width}', $1::timestamptz, TIMESTAMPTZ '2000-01-01 00:00:00+00')
-       AND x.start <  date_bin(interval '{width}', $2::timestamptz - interval '1 microsecond',
-                               TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '{width}'
-       AND (x.exchange, x.symbol,
-            date_bin(interval '{width}', x.start, TIMESTAMPTZ '2000-01-01 00:00:00+00'))
-           IN (SELECT exchange, symbol, bucket_start FROM buckets)
-     GROUP BY 1, 2, 3
+    SELECT b.exchange, b.symbol, b.bucket_start, a.*
+      FROM buckets b
+     CROSS JOIN LATERAL (
+           SELECT -- The open of the bucket's first row and the close of its
+                  -- last: the [start, price] pair with the smallest (largest)
+                  -- start, a plain min/max (array_agg with ORDER BY would sort
+                  -- every bucket on its own).
+                  (min(ARRAY[extract(epoch FROM x.start), x.open]))[2]  AS open,
+                  max(x.high)                                           AS high,
+                  min(x.low)                                            AS low,
+                  (max(ARRAY[extract(epoch FROM x.start), x.close]))[2] AS close,
+                  sum(x.volume)                                         AS volume,
+                  sum(x.quote_volume)                                   AS quote_volume,
+                  sum(x.trade_count)                                    AS trade_count,
+                  sum(x.quote_volume) / nullif(sum(x.volume), 0)        AS vwap,
+                  sum(x.minutes)                                        AS minutes_present
+             FROM {source} x
+            WHERE x.exchange = b.exchange AND x.symbol = b.symbol
+              AND x.start >= b.bucket_start
+              AND x.start < b.bucket_start + interval '{width}'
+              -- The merged hour widened to whole buckets holds every bucket
+              -- here; the bound lets PostgreSQL read only those partitions.
+              AND x.start >= date_bin(interval '{width}', $1::timestamptz, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+              AND x.start <  date_bin(interval '{width}', $2::timestamptz - interval '1 microsecond',
+                                      TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '{width}') a
+     WHERE a.minutes_present > 0
 ),
 -- New buckets are inserted and existing ones updated only where a value
 -- differs: a plain insert costs half of INSERT … ON CONFLICT. No other merge
@@ -49,9 +54,12 @@ agg AS (
 -- the merged hour (its advisory lock), and the caller takes the day's lock
 -- before the daily level.
 existing AS (
-    SELECT a.*, g.exchange IS NOT NULL AS existed
+    SELECT a.*, g.existed IS NOT NULL AS existed
       FROM agg a
-      LEFT JOIN gold.{table} g USING (exchange, symbol, bucket_start)
+      LEFT JOIN LATERAL (
+            SELECT true AS existed FROM gold.{table} g
+             WHERE (g.exchange, g.symbol, g.bucket_start) = (a.exchange, a.symbol, a.bucket_start)
+           ) g ON true
 ),
 inserted AS (
     INSERT INTO gold.{table}

@@ -113,6 +113,9 @@ pub struct MergeReport {
     pub filled: u64,
     /// Minutes where WebSocket and REST disagree, recorded in this run.
     pub mismatches: u64,
+    /// The most connections that merged one hour at once (2 or more: a bulk
+    /// hour split by symbol ranges).
+    pub connections: u64,
 }
 
 impl MergeReport {
@@ -124,6 +127,7 @@ impl MergeReport {
         self.unchanged += other.unchanged;
         self.filled += other.filled;
         self.mismatches += other.mismatches;
+        self.connections = self.connections.max(other.connections);
     }
 }
 
@@ -335,7 +339,8 @@ async fn merge_hour(
                 Vec::new()
             };
             if shards.len() > 1 {
-                tracing::debug!(hour, shards = shards.len(), "Merging in parallel");
+                let shard_count = shards.len() as u64;
+                tracing::debug!(hour, shards = shard_count, "Merging in parallel");
                 let runs = workers.into_iter().zip(shards).map(|(mut conn, shard)| {
                     let sweep: Vec<Pair> = sweep_pairs
                         .iter()
@@ -361,11 +366,12 @@ async fn merge_hour(
                 // again by the next run (its job's watermark stays put).
                 tx.commit().await?;
                 report.hours = report.hours.min(1);
+                report.connections = shard_count;
                 return failed.map_or(Ok(report), Err);
             }
         }
     }
-    let report = merge_shard(
+    let mut report = merge_shard(
         &mut tx,
         hour,
         scope,
@@ -374,6 +380,7 @@ async fn merge_hour(
         &Shard::default(),
     )
     .await?;
+    report.connections = 1;
     tx.commit().await?;
     tracing::debug!(hour, ms = began.elapsed().as_millis() as u64, "Merged hour");
     Ok(report)
@@ -680,7 +687,8 @@ pub async fn run_job(
                 info!(
                     kind, run = run_id, %from, %to, hours = r.hours, keys = r.keys,
                     inserted = r.inserted, updated = r.updated, unchanged = r.unchanged,
-                    filled = r.filled, mismatches = r.mismatches, ms = started.elapsed().as_millis() as u64,
+                    filled = r.filled, mismatches = r.mismatches, connections = r.connections,
+                    ms = started.elapsed().as_millis() as u64,
                     "Merged"
                 );
             } else {
@@ -698,4 +706,71 @@ pub async fn run_job(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    fn symbols(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_whole_range_adds_nothing() {
+        let sql = "WHERE b.is_final {shard:b} AND x {shard:r}";
+        assert_eq!(Shard::default().apply(sql, 3), "WHERE b.is_final  AND x ");
+        assert!(Shard::default().contains("ANYTHING"));
+    }
+
+    #[test]
+    fn ranges_number_their_parameters_and_repeat_them_per_alias() {
+        let both = Shard {
+            lower: Some("B".into()),
+            upper: Some("D".into()),
+        };
+        assert_eq!(
+            both.apply("a {shard:b} c {shard:r}", 3),
+            "a AND b.symbol >= $3 AND b.symbol < $4 c AND r.symbol >= $3 AND r.symbol < $4"
+        );
+        let upper = Shard {
+            lower: None,
+            upper: Some("D".into()),
+        };
+        assert_eq!(upper.apply("{shard:e}", 4), " AND e.symbol < $4");
+        let lower = Shard {
+            lower: Some("D".into()),
+            upper: None,
+        };
+        assert_eq!(lower.apply("{shard:e}", 4), "AND e.symbol >= $4");
+    }
+
+    #[test]
+    fn a_split_covers_every_symbol_exactly_once() {
+        let all = symbols(&["A", "B", "BTCUSDT", "C", "ETHUSDT", "X", "Z"]);
+        for n in 1..=9 {
+            let shards = Shard::split(&all, n);
+            assert_eq!(shards.len(), n.min(all.len()));
+            assert_eq!(shards.first().unwrap().lower, None);
+            assert_eq!(shards.last().unwrap().upper, None);
+            for probe in ["", "A", "AB", "BTCUSDC", "BTCUSDT", "Y", "ZZ", "~"] {
+                let owners = shards.iter().filter(|s| s.contains(probe)).count();
+                assert_eq!(owners, 1, "{probe} with {n} shards");
+            }
+        }
+        assert_eq!(Shard::split(&[], 2), vec![Shard::default()]);
+    }
+
+    #[test]
+    fn ranges_order_bytes_as_the_c_collation_does() {
+        let shard = Shard {
+            lower: Some("B".into()),
+            upper: Some("b".into()),
+        };
+        // Bytewise, every uppercase letter sorts before every lowercase one.
+        assert!(shard.contains("Z"));
+        assert!(shard.contains("a"));
+        assert!(!shard.contains("b"));
+        assert!(!shard.contains("A"));
+    }
 }

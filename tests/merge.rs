@@ -632,3 +632,220 @@ async fn confirmed_empty_minutes_are_filled_flat_but_never_across_a_gap() {
     );
     db.drop().await;
 }
+
+/// One hour of 500 symbols on two exchanges (60,000 WebSocket finals: a
+/// bulk hour) with every kind of history: REST disagreeing (a mismatch), a
+/// REST-only minute, confirmed-empty minutes (filled), an unconfirmed hole,
+/// a lake-only minute, a newer WebSocket observation of a minute, and a
+/// configured pair with no data at all.
+async fn load_bulk_hour(db: &TestDb) -> Vec<klines::domain::Pair> {
+    let hour = Minute::from_epoch_ms(t("2024-03-04T05:00:00Z").timestamp_millis()).unwrap();
+    let candle = |exchange, symbol: &str, m: i64, close: i64, volume: i64, source| {
+        let price = rust_decimal::Decimal::new(10_000 + m * 3, 2);
+        CandleEvent {
+            candle: klines::domain::Candle {
+                exchange,
+                symbol: symbol.to_string(),
+                interval_seconds: 60,
+                interval_start: hour.plus(m).start(),
+                open: price,
+                high: price + rust_decimal::Decimal::new(50, 2),
+                low: price - rust_decimal::Decimal::new(40, 2),
+                close: price + rust_decimal::Decimal::new(close, 2),
+                volume: rust_decimal::Decimal::new(volume, 4),
+                quote_volume: Some(rust_decimal::Decimal::new(volume * 101, 4)),
+                trade_count: Some(volume % 97),
+                vwap: None,
+            },
+            is_final: true,
+            source,
+            event_ts: None,
+            received_ts: Utc::now(),
+        }
+    };
+    let mut pairs = Vec::new();
+    let mut first = Vec::new();
+    let mut later = Vec::new();
+    let mut empties = Vec::new();
+    for exchange in [ExchangeId::Binance, ExchangeId::Bybit] {
+        for i in 0..500i64 {
+            let symbol = format!("S{i:04}USDT");
+            pairs.push(klines::domain::Pair::new(exchange, symbol.clone()));
+            for m in 0..60i64 {
+                let hole = i % 17 == 0 && (10..14).contains(&m);
+                let lake_only = i % 19 == 0 && m == 20;
+                if !hole && !lake_only {
+                    first.push(candle(exchange, &symbol, m, 7, 1000 + i + m, Source::Ws));
+                }
+                if i % 13 == 0 && m % 7 == 0 {
+                    first.push(candle(exchange, &symbol, m, 9, 1000 + i + m, Source::Rest));
+                }
+                if i % 23 == 0 && m == 30 {
+                    later.push(candle(exchange, &symbol, m, 7, 5000 + i, Source::Ws));
+                }
+            }
+            if i % 17 == 0 {
+                first.push(candle(exchange, &symbol, 10, 7, 77, Source::Rest));
+                empties.push((exchange.as_str(), symbol.clone(), hour.plus(11).start()));
+                empties.push((exchange.as_str(), symbol.clone(), hour.plus(12).start()));
+            }
+            if i % 19 == 0 {
+                first.push(candle(exchange, &symbol, 20, 5, 55, Source::Lake));
+                first.push(candle(exchange, &symbol, 20, 5, 56, Source::Rest));
+            }
+        }
+    }
+    pairs.push(klines::domain::Pair::new(ExchangeId::Bybit, "NODATAUSDT"));
+    let parts = Partitions::new();
+    for chunk in first.chunks(20_000) {
+        write_batch(&db.pool, &parts, chunk).await.unwrap();
+    }
+    write_batch(&db.pool, &parts, &later).await.unwrap();
+    for (exchange, symbol, start) in empties {
+        sqlx::query(
+            "INSERT INTO bronze.empty_minutes (exchange, symbol, interval_start) VALUES ($1, $2, $3)",
+        )
+        .bind(exchange)
+        .bind(symbol)
+        .bind(start)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("ANALYZE bronze.ohlcv_native")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    pairs
+}
+
+/// Everything a merge writes, as text rows in key order (timestamps of the
+/// writes themselves left out).
+async fn merged_tables(pool: &sqlx::PgPool) -> Vec<String> {
+    let mut rows = Vec::new();
+    let mut tables = vec![
+        "SELECT concat_ws('|', 'silver', exchange, symbol, interval_start, open, high, low, close, volume, quote_volume, trade_count, vwap, source) FROM silver.fact_ohlcv".to_string(),
+        "SELECT concat_ws('|', 'completeness', exchange, symbol, hour_start, expected, present, from_ws, from_rest, from_lake, filled, missing, ratio, unrecoverable) FROM silver.completeness_hourly".to_string(),
+        "SELECT concat_ws('|', 'mismatch', exchange, symbol, interval_start, ws_close, rest_close) FROM ops.source_mismatch".to_string(),
+    ];
+    for level in ["5m", "15m", "30m", "1h", "1d"] {
+        tables.push(format!(
+            "SELECT concat_ws('|', '{level}', exchange, symbol, bucket_start, open, high, low, close, volume, quote_volume, trade_count, vwap, minutes_present) FROM gold.ohlcv_{level}"
+        ));
+    }
+    for sql in tables {
+        let mut part: Vec<String> = sqlx::query_scalar(&format!("{sql} ORDER BY 1"))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.append(&mut part);
+    }
+    rows
+}
+
+async fn clear_merged(pool: &sqlx::PgPool) {
+    sqlx::query(
+        "TRUNCATE silver.fact_ohlcv, silver.completeness_hourly, ops.source_mismatch, \
+         gold.ohlcv_5m, gold.ohlcv_15m, gold.ohlcv_30m, gold.ohlcv_1h, gold.ohlcv_1d",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A bulk hour merged by two connections (one range of symbols each) writes
+/// exactly what one connection writes; a re-run changes nothing; two
+/// processes merging it at once neither deadlock nor double-write; and a
+/// pool with no connection to spare merges on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
+    let db = TestDb::new("merge_bulk").await;
+    let pairs = load_bulk_hour(&db).await;
+    let (from, to) = (t("2024-03-04T05:00:00Z"), t("2024-03-04T06:00:00Z"));
+    let merge = |pool: sqlx::PgPool, pairs: Vec<klines::domain::Pair>| async move {
+        merge::merge_range(&pool, &Partitions::new(), from, to, &Scope::Full, &pairs)
+            .await
+            .unwrap()
+    };
+
+    merge::set_parallelism(1);
+    let one = merge(db.pool.clone(), pairs.clone()).await;
+    assert_eq!(one.connections, 1);
+    assert_eq!(
+        one.keys,
+        2 * 500 * 60 - 2 * 30 * 3,
+        "the holes and the unconfirmed minute"
+    );
+    let expected = merged_tables(&db.pool).await;
+    // What the history above must give, checked on the one-connection run.
+    let has = |prefix: &str| expected.iter().filter(|r| r.starts_with(prefix)).count();
+    assert_eq!(
+        has("silver|"),
+        one.keys as usize + 2 * 30 * 2,
+        "plus the filled minutes"
+    );
+    assert!(expected.iter().any(|r| r
+        .starts_with("silver|bybit|S0017USDT|2024-03-04 05:10:00+00")
+        && r.ends_with("|rest")));
+    assert!(expected.iter().any(|r| r
+        .starts_with("silver|binance|S0019USDT|2024-03-04 05:20:00+00")
+        && r.ends_with("|lake")));
+    assert!(expected.iter().any(
+        |r| r.starts_with("completeness|bybit|NODATAUSDT|") && r.contains("|60|0|0|0|0|0|60|")
+    ));
+    assert!(expected
+        .iter()
+        .any(|r| r.starts_with("completeness|binance|S0017USDT|")
+            && r.contains("|60|59|56|1|0|2|1|")));
+    assert_eq!(
+        has("mismatch|"),
+        2 * 39 * 9,
+        "every REST minute beside a WebSocket one"
+    );
+    assert_eq!(has("1d|"), 2 * 500);
+
+    clear_merged(&db.pool).await;
+    merge::set_parallelism(2);
+    let two = merge(db.pool.clone(), pairs.clone()).await;
+    assert_eq!(two.connections, 2, "the bulk hour was split");
+    assert_eq!(
+        (two.keys, two.inserted, two.filled),
+        (one.keys, one.inserted, one.filled)
+    );
+    assert_eq!(merged_tables(&db.pool).await, expected);
+    let again = merge(db.pool.clone(), pairs.clone()).await;
+    assert_eq!((again.inserted, again.updated, again.filled), (0, 0, 0));
+
+    // Two processes (two pools) at once.
+    clear_merged(&db.pool).await;
+    let other = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        merge(db.pool.clone(), pairs.clone()),
+        merge(other.clone(), pairs.clone())
+    );
+    assert_eq!(
+        a.inserted + b.inserted,
+        one.inserted,
+        "each key inserted once"
+    );
+    assert_eq!(a.updated + b.updated, 0);
+    assert_eq!(merged_tables(&db.pool).await, expected);
+    other.close().await;
+
+    // A pool of two has no connection to spare beyond the hour's own.
+    clear_merged(&db.pool).await;
+    let small = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let r = merge(small.clone(), pairs.clone()).await;
+    assert_eq!(r.connections, 1);
+    assert_eq!(merged_tables(&db.pool).await, expected);
+    small.close().await;
+    db.drop().await;
+}
