@@ -1,8 +1,6 @@
 -- Step 5: recompute the buckets of gold.{table} ({width} wide, aligned to UTC
--- midnight) that contain a row of the level below changed in this merge: for the
--- 5-minute level the buckets of merge_changed (silver minutes changed), for the others the
--- buckets of the level below that this merge really changed (gold_changed),
--- so a level costs what changed below it, not what the merge touched.
+-- midnight) that contain a row of the level below changed in this merge, and
+-- write those whose values differ.
 --
 -- {source} is silver 1m for gold.ohlcv_5m, and the next finer gold table for
 -- the others (15m from 5m, 30m from 15m, 1h from 30m, 1d from 1h). Each level
@@ -10,44 +8,15 @@
 -- aggregating silver 1m directly (first open, last close, max high, min low,
 -- summed volumes and trades, vwap = Σquote / Σbase, minutes present) while a
 -- daily bucket costs 24 rows instead of 1440 per pair.
--- Written only when values differ, so a re-run changes nothing.
-WITH buckets AS (
-    SELECT DISTINCT exchange, symbol,
-           date_bin(interval '{width}', start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start
-      FROM {changed} c
-),
--- Each bucket is aggregated from its own rows, read by index (LATERAL): the
--- cost follows the buckets changed, and there is no join for a misestimate
--- to get wrong (a freshly filled hour has no statistics; a planned join of
--- all rows against all buckets once rescanned the buckets for every row).
-agg AS (
-    SELECT b.exchange, b.symbol, b.bucket_start, a.*
-      FROM buckets b
-     CROSS JOIN LATERAL (
-           SELECT -- The open of the bucket's first row and the close of its
-                  -- last: the [start, price] pair with the smallest (largest)
-                  -- start, a plain min/max (array_agg with ORDER BY would sort
-                  -- every bucket on its own).
-                  (min(ARRAY[extract(epoch FROM x.start), x.open]))[2]  AS open,
-                  max(x.high)                                           AS high,
-                  min(x.low)                                            AS low,
-                  (max(ARRAY[extract(epoch FROM x.start), x.close]))[2] AS close,
-                  sum(x.volume)                                         AS volume,
-                  sum(x.quote_volume)                                   AS quote_volume,
-                  sum(x.trade_count)                                    AS trade_count,
-                  sum(x.quote_volume) / nullif(sum(x.volume), 0)        AS vwap,
-                  sum(x.minutes)                                        AS minutes_present
-             FROM {source} x
-            WHERE x.exchange = b.exchange AND x.symbol = b.symbol
-              AND x.start >= b.bucket_start
-              AND x.start < b.bucket_start + interval '{width}'
-              -- The merged hour widened to whole buckets holds every bucket
-              -- here; the bound lets PostgreSQL read only those partitions.
-              AND x.start >= date_bin(interval '{width}', $1::timestamptz, TIMESTAMPTZ '2000-01-01 00:00:00+00')
-              AND x.start <  date_bin(interval '{width}', $2::timestamptz - interval '1 microsecond',
-                                      TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '{width}') a
-     WHERE a.minutes_present > 0
-),
+--
+-- The CTE `agg` of the recomputed buckets (the placeholder after WITH) comes
+-- from one of two files:
+-- gold_agg_changed.sql (the usual merge: only the buckets whose rows below
+-- changed, each read by index) or gold_agg_hour.sql (a bulk merge, where
+-- nearly every bucket changed: every bucket of the hour in one pass).
+-- Written only when values differ, so a re-run changes nothing, whichever
+-- form computed them.
+WITH {agg},
 -- New buckets are inserted and existing ones updated only where a value
 -- differs: a plain insert costs half of INSERT … ON CONFLICT. No other merge
 -- writes these buckets meanwhile: the buckets of 5 minutes to 1 hour lie in

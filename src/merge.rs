@@ -30,6 +30,13 @@ const FILLED_SQL: &str = include_str!("../sql/merge_filled.sql");
 const MISMATCH_SQL: &str = include_str!("../sql/source_mismatch.sql");
 const COMPLETENESS_SQL: &str = include_str!("../sql/completeness_hourly.sql");
 const GOLD_SQL: &str = include_str!("../sql/gold_refresh.sql");
+const GOLD_AGG_CHANGED_SQL: &str = include_str!("../sql/gold_agg_changed.sql");
+const GOLD_AGG_HOUR_SQL: &str = include_str!("../sql/gold_agg_hour.sql");
+
+/// A merge that changed at least this many silver minutes recomputes every
+/// gold bucket of the hour (of its pairs) in one pass: nearly all of them
+/// changed, and one pass costs less than looking up each bucket.
+const GOLD_HOUR_KEYS: u64 = 10_000;
 
 /// Gold tables, finest first, with their width. The first is built from
 /// silver 1m, each other one from the level before it.
@@ -498,11 +505,8 @@ async fn merge_shard(
         report.mismatches = hour_count(tx, &sql, from, to, shard).await?;
         lap("mismatch");
     }
-    if report.inserted + report.updated + report.filled > 0 {
-        sqlx::query("ANALYZE merge_changed")
-            .execute(&mut **tx)
-            .await?;
-    }
+    // merge_changed and gold_changed need no statistics: completeness and
+    // gold read them once and look up each of their rows by index.
     let exchanges: Vec<&str> = sweep_pairs.iter().map(|p| p.exchange.as_str()).collect();
     let symbols: Vec<&str> = sweep_pairs.iter().map(|p| p.symbol.as_str()).collect();
     let hours: Vec<DateTime<Utc>> = if sweep_pairs.is_empty() {
@@ -519,7 +523,9 @@ async fn merge_shard(
         .execute(&mut **tx)
         .await?;
     lap("completeness");
-    if report.inserted + report.updated + report.filled > 0 {
+    let changed = report.inserted + report.updated + report.filled;
+    if changed > 0 {
+        let whole_hour = changed >= GOLD_HOUR_KEYS;
         let mut previous = None;
         for &(table, width) in GOLD_LEVELS {
             if width == "1 day" {
@@ -530,26 +536,36 @@ async fn merge_shard(
                     .execute(&mut **tx)
                     .await?;
             }
+            let agg = if whole_hour {
+                GOLD_AGG_HOUR_SQL
+            } else {
+                GOLD_AGG_CHANGED_SQL
+            };
             let sql = GOLD_SQL
+                .replace("{agg}", agg)
                 .replace("{table}", table)
                 .replace("{width}", width)
                 .replace("{source}", &gold_source(previous))
                 .replace("{changed}", &gold_changed(previous));
             previous = Some(table);
-            let changed = sqlx::query(&for_hour(&sql, hour))
-                .bind(from)
-                .bind(to)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
+            // The whole-hour form reads only this connection's pairs; the
+            // other one follows the changed buckets, which are its own.
+            let sql = for_hour(&sql, hour);
+            let sql = if whole_hour {
+                shard.apply(&sql, 3)
+            } else {
+                sql
+            };
+            let mut query = sqlx::query(&sql).bind(from).bind(to);
+            if whole_hour {
+                query = shard.bind(query);
+            }
+            let written = query.execute(&mut **tx).await?.rows_affected();
             lap(table);
-            if changed == 0 {
+            if written == 0 {
                 // Nothing changed at this level: nothing above it can.
                 break;
             }
-            sqlx::query("ANALYZE gold_changed")
-                .execute(&mut **tx)
-                .await?;
         }
     }
     Ok(report)
