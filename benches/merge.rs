@@ -147,7 +147,7 @@ fn main() {
         sqlx::query("ANALYZE bronze.ohlcv_native").execute(&pool).await.unwrap();
 
         let (first, r) = timed_job(&pool, &parts, from, to).await;
-        println!("klines first merge:      {first:>7.3} s  (inserted {}, updated {})", r.inserted, r.updated);
+        println!("klines first merge:      {first:>7.3} s  (inserted {}, updated {}, {} connections)", r.inserted, r.updated, r.connections);
         let (noop, r) = timed_job(&pool, &parts, from, to).await;
         println!("klines no-op re-merge:   {noop:>7.3} s  (keys {}, inserted {}, updated {})", r.keys, r.inserted, r.updated);
         let minute: Vec<CandleEvent> = (0..PAIRS).map(|p| event(p, hour.plus(60), 0)).collect();
@@ -160,6 +160,18 @@ fn main() {
         println!("naive first merge:       {naive_first:>7.3} s  (ROW_NUMBER + UPDATE + INSERT WHERE NOT EXISTS)");
         println!("naive re-merge:          {naive_again:>7.3} s");
         println!("ratio first merge naive/klines: {:.1}x; re-merge: {:.0}x", naive_first / first, naive_again / noop);
+
+        // The first merge again, on one connection (merge.parallelism = 1).
+        sqlx::raw_sql(
+            "TRUNCATE silver.fact_ohlcv, silver.completeness_hourly, gold.ohlcv_5m, gold.ohlcv_15m,
+               gold.ohlcv_30m, gold.ohlcv_1h, gold.ohlcv_1d, ops.merge_watermark",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        merge::set_parallelism(1);
+        let (single, r) = timed_job(&pool, &parts, from, to).await;
+        println!("klines first merge, one connection: {single:.3} s  (inserted {}, {} connection)", r.inserted + r.filled, r.connections);
 
         // KLINES_BENCH_KEEP=1 keeps the database for EXPLAIN ANALYZE.
         if std::env::var_os("KLINES_BENCH_KEEP").is_none() {
