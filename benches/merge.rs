@@ -7,7 +7,9 @@
 //!
 //! Run: `cargo bench --bench merge` (uses DATABASE_URL, default the local
 //! server; creates and drops the database klines_bench_merge, or keeps it
-//! with KLINES_BENCH_KEEP=1).
+//! with KLINES_BENCH_KEEP=1). KLINES_BENCH_PARALLELISM sets how many
+//! connections the bulk first merge may use (merge.parallelism, default 2);
+//! the first merge is then repeated on one connection.
 
 use std::time::Instant;
 
@@ -115,7 +117,13 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let db = common::bench_database(DB, 4).await;
+        // KLINES_BENCH_PARALLELISM sets merge.parallelism (default 2).
+        let parallelism: usize = std::env::var("KLINES_BENCH_PARALLELISM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        merge::set_parallelism(parallelism);
+        let db = common::bench_database(DB, parallelism as u32 + 3).await;
         let pool = db.pool.clone();
         sqlx::raw_sql(
             "CREATE TABLE naive_silver (exchange text, symbol text, interval_seconds int,
