@@ -299,6 +299,12 @@ fn bad_numbers_are_rejected() {
         "",
     );
     rejected(
+        &format!("{BASE}\n[merge]\nparallelism = 0\n"),
+        &[],
+        "merge.parallelism",
+        "at least 1",
+    );
+    rejected(
         &format!("{BASE}max_pairs_per_connection = 2000\n"),
         &[],
         "exchanges.binance.max_pairs_per_connection",
