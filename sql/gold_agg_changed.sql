@@ -16,19 +16,7 @@ agg AS (
     SELECT b.exchange, b.symbol, b.bucket_start, a.*
       FROM buckets b
      CROSS JOIN LATERAL (
-           SELECT -- The open of the bucket's first row and the close of its
-                  -- last: the [start, price] pair with the smallest (largest)
-                  -- start, a plain min/max (array_agg with ORDER BY would sort
-                  -- every bucket on its own).
-                  (min(ARRAY[extract(epoch FROM x.start), x.open]))[2]  AS open,
-                  max(x.high)                                           AS high,
-                  min(x.low)                                            AS low,
-                  (max(ARRAY[extract(epoch FROM x.start), x.close]))[2] AS close,
-                  sum(x.volume)                                         AS volume,
-                  sum(x.quote_volume)                                   AS quote_volume,
-                  sum(x.trade_count)                                    AS trade_count,
-                  sum(x.quote_volume) / nullif(sum(x.volume), 0)        AS vwap,
-                  sum(x.minutes)                                        AS minutes_present
+           SELECT {aggregates}
              FROM {source} x
             WHERE x.exchange = b.exchange AND x.symbol = b.symbol
               AND x.start >= b.bucket_start

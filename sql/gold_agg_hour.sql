@@ -5,15 +5,7 @@
 agg AS (
     SELECT x.exchange, x.symbol,
            date_bin(interval '{width}', x.start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start,
-           (min(ARRAY[extract(epoch FROM x.start), x.open]))[2]  AS open,
-           max(x.high)                                           AS high,
-           min(x.low)                                            AS low,
-           (max(ARRAY[extract(epoch FROM x.start), x.close]))[2] AS close,
-           sum(x.volume)                                         AS volume,
-           sum(x.quote_volume)                                   AS quote_volume,
-           sum(x.trade_count)                                    AS trade_count,
-           sum(x.quote_volume) / nullif(sum(x.volume), 0)        AS vwap,
-           sum(x.minutes)                                        AS minutes_present
+           {aggregates}
       FROM {source} x
      WHERE x.start >= date_bin(interval '{width}', $1::timestamptz, TIMESTAMPTZ '2000-01-01 00:00:00+00')
        AND x.start <  date_bin(interval '{width}', $2::timestamptz - interval '1 microsecond',

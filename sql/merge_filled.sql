@@ -4,8 +4,8 @@
 -- every minute back to a real candle is present or confirmed empty, so
 -- nothing is ever filled across an unconfirmed gap. The minute before the
 -- hour (real or itself filled) anchors runs that started earlier.
--- $1, $2: the hour [from, to); {shard:e}: this connection's pair range. The
--- 5-minute buckets of changed keys go to merge_changed.
+-- $1, $2: the hour [from, to); the shard placeholder on e: this connection's
+-- range of symbols. The 5-minute buckets of changed keys go to merge_changed.
 WITH empties AS (
     SELECT e.exchange, e.symbol, e.interval_seconds, e.interval_start
       FROM bronze.empty_minutes e

@@ -12,7 +12,7 @@
 -- for completeness and gold.
 -- $1, $2: the hour [from, to). Lines marked @only-touched are dropped when
 -- the merge covers every key of the hour (then merge_touched is not filled).
--- {shard:b}: in a merge split by pair ranges, this connection's range.
+-- the shard placeholder on b: in a merge split by ranges of symbols, this connection's range.
 WITH ranked AS (
     -- Observations of a key come out of bronze's key index together; only
     -- those few are sorted by rank (an incremental sort), instead of sorting

@@ -3,7 +3,7 @@
 -- compared; a later agreement removes the record.
 -- $1, $2: the hour [from, to). Returns how many mismatches are recorded now.
 -- Lines marked @only-touched are dropped when the merge covers every key.
--- {shard:b}, {shard:r}: this connection's pair range.
+-- the shard placeholder on b, the shard placeholder on r: this connection's range of symbols.
 WITH newest AS (
     SELECT DISTINCT ON (b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source)
            b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.source,

@@ -32,6 +32,7 @@ const COMPLETENESS_SQL: &str = include_str!("../sql/completeness_hourly.sql");
 const GOLD_SQL: &str = include_str!("../sql/gold_refresh.sql");
 const GOLD_AGG_CHANGED_SQL: &str = include_str!("../sql/gold_agg_changed.sql");
 const GOLD_AGG_HOUR_SQL: &str = include_str!("../sql/gold_agg_hour.sql");
+const GOLD_AGGREGATES_SQL: &str = include_str!("../sql/gold_aggregates.sql");
 
 /// A merge that changed at least this many silver minutes recomputes every
 /// gold bucket of the hour (of its pairs) in one pass: nearly all of them
@@ -394,8 +395,8 @@ async fn merge_hour(
 }
 
 /// Up to `want` more connections of the pool for a bulk merge, never the
-/// last free one (ingestion and the API keep theirs) and never after
-/// waiting: a busy pool merges on one connection instead.
+/// last free one (ingestion and the API keep theirs) and never by waiting
+/// for one to be returned: a busy pool merges on one connection instead.
 async fn spare_connections(pool: &PgPool, want: usize) -> Vec<PoolConnection<Postgres>> {
     let max = pool.options().get_max_connections() as usize;
     let mut conns = Vec::with_capacity(want);
@@ -403,7 +404,9 @@ async fn spare_connections(pool: &PgPool, want: usize) -> Vec<PoolConnection<Pos
         if pool.num_idle() == 0 && pool.size() as usize + 2 > max {
             break;
         }
-        match tokio::time::timeout(std::time::Duration::from_millis(250), pool.acquire()).await {
+        // The pool has room: this opens a connection (or takes one just
+        // returned), which a loaded server may take a while to set up.
+        match tokio::time::timeout(std::time::Duration::from_secs(2), pool.acquire()).await {
             Ok(Ok(conn)) => conns.push(conn),
             _ => break,
         }
@@ -543,6 +546,7 @@ async fn merge_shard(
             };
             let sql = GOLD_SQL
                 .replace("{agg}", agg)
+                .replace("{aggregates}", GOLD_AGGREGATES_SQL)
                 .replace("{table}", table)
                 .replace("{width}", width)
                 .replace("{source}", &gold_source(previous))
