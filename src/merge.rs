@@ -331,7 +331,11 @@ async fn merge_hour(
 
     let mut tx = pool.begin().await?;
     // One merge of an hour at a time, across processes. A bulk merge holds
-    // it here while its connections merge their ranges of pairs.
+    // it here while its connections merge their ranges of symbols; those
+    // take no hour lock themselves and commit each on its own, and the only
+    // lock they wait for (the day's, before the daily gold level) is held
+    // by transactions that never wait for this one: no cycle, in PostgreSQL
+    // or through this process.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('klines.merge'), $1)")
         .bind(i32::try_from(hour).unwrap_or(i32::MAX))
         .execute(&mut *tx)
