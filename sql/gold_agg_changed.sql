@@ -7,6 +7,9 @@ buckets AS (
     SELECT DISTINCT exchange, symbol,
            date_bin(interval '{width}', start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start
       FROM {changed} c
+     -- The changes are this connection's own already; naming its range of
+     -- symbols gives both forms of `agg` the same parameters.
+     WHERE true {shard:c}
 ),
 -- Each bucket is aggregated from its own rows, read by index (LATERAL): the
 -- cost follows the buckets changed, and there is no join for a misestimate

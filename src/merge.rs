@@ -297,10 +297,13 @@ async fn merge_hour(
     partitions.ensure_hours(pool, [hour - 1, hour]).await?;
     // Cheap check first: a no-op incremental merge stops here. The count
     // (up to BULK_ROWS) tells a bulk merge from the usual minute's.
-    let rows: i64 = sqlx::query_scalar(&for_hour(
-        "SELECT count(*) FROM (SELECT 1 FROM {bronze} WHERE is_final \
-         AND interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8 \
-         LIMIT $4) r",
+    let (rows, empties): (i64, bool) = sqlx::query_as(&for_hour(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM {bronze} WHERE is_final \
+                   AND interval_start >= $1 AND interval_start < $2 \
+                   AND ingest_xid >= $3::text::xid8 LIMIT $4) r), \
+                EXISTS (SELECT 1 FROM bronze.empty_minutes \
+                   WHERE interval_start >= $1 AND interval_start < $2 \
+                   AND ingest_xid >= $3::text::xid8)",
         hour,
     ))
     .bind(from)
@@ -309,16 +312,7 @@ async fn merge_hour(
     .bind(BULK_ROWS)
     .fetch_one(pool)
     .await?;
-    let anything = rows > 0
-        || sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM bronze.empty_minutes \
-             WHERE interval_start >= $1 AND interval_start < $2 AND ingest_xid >= $3::text::xid8)",
-        )
-        .bind(from)
-        .bind(to)
-        .bind(scope.xid())
-        .fetch_one(pool)
-        .await?;
+    let anything = rows > 0 || empties;
     if !anything && sweep_pairs.is_empty() {
         return Ok(MergeReport::default());
     }
@@ -556,18 +550,8 @@ async fn merge_shard(
                 .replace("{source}", &gold_source(previous))
                 .replace("{changed}", &gold_changed(previous));
             previous = Some(table);
-            // The whole-hour form reads only this connection's pairs; the
-            // other one follows the changed buckets, which are its own.
-            let sql = for_hour(&sql, hour);
-            let sql = if whole_hour {
-                shard.apply(&sql, 3)
-            } else {
-                sql
-            };
-            let mut query = sqlx::query(&sql).bind(from).bind(to);
-            if whole_hour {
-                query = shard.bind(query);
-            }
+            let sql = shard.apply(&for_hour(&sql, hour), 3);
+            let query = shard.bind(sqlx::query(&sql).bind(from).bind(to));
             let written = query.execute(&mut **tx).await?.rows_affected();
             lap(table);
             if written == 0 {
