@@ -35,8 +35,9 @@ const GOLD_AGG_HOUR_SQL: &str = include_str!("../sql/gold_agg_hour.sql");
 const GOLD_AGGREGATES_SQL: &str = include_str!("../sql/gold_aggregates.sql");
 
 /// A merge that changed at least this many silver minutes recomputes every
-/// gold bucket of the hour (of its pairs) in one pass: nearly all of them
-/// changed, and one pass costs less than looking up each bucket.
+/// gold bucket of the hour of each changed pair (one index read per pair):
+/// nearly all of them changed, and reading a pair's hour at once costs less
+/// than looking up each bucket.
 const GOLD_HOUR_KEYS: u64 = 10_000;
 
 /// Gold tables, finest first, with their width. The first is built from
@@ -454,6 +455,12 @@ async fn merge_shard(
         .execute(&mut **tx)
         .await?;
     sqlx::query("SET LOCAL random_page_cost = 1.1")
+        .execute(&mut **tx)
+        .await?;
+    // The merge's statements are short and their plans small, but their cost
+    // estimates grow with the tables (months of gold): past jit_above_cost
+    // PostgreSQL would compile each of them, 30 ms and more, every merge.
+    sqlx::query("SET LOCAL jit = off")
         .execute(&mut **tx)
         .await?;
 
