@@ -146,6 +146,45 @@ async fn gold_history(pool: &PgPool, hour: DateTime<Utc>) -> u32 {
     days
 }
 
+/// Writes out what the load left dirty before a timed merge, so that a
+/// checkpoint (every 1 GB of WAL by default, and the load alone writes a
+/// few hundred MB) does not fall into some runs and not others.
+async fn checkpoint(pool: &PgPool) {
+    sqlx::query("CHECKPOINT").execute(pool).await.unwrap();
+}
+
+/// CPU seconds used so far by the local PostgreSQL server's processes (all
+/// of them: backends, WAL writer, checkpointer), from /proc; 0 where that
+/// cannot be read. Less at the mercy of a shared machine than wall time.
+fn server_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if std::fs::read_to_string(path.join("comm")).map_or(true, |c| c.trim() != "postgres") {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        for i in [11, 12] {
+            ticks += fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
+}
+
 async fn timed_job(
     pool: &PgPool,
     parts: &Partitions,
@@ -206,6 +245,7 @@ fn main() {
         println!("loaded {rows} bronze rows ({PAIRS} pairs x 60 minutes + 10% duplicates) in {:.2} s", t.elapsed().as_secs_f64());
         sqlx::query("ANALYZE bronze.ohlcv_native").execute(&pool).await.unwrap();
 
+        checkpoint(&pool).await;
         let (first, r) = timed_job(&pool, &parts, from, to).await;
         println!("klines first merge:      {first:>7.3} s  (inserted {}, updated {}, {} connections)", r.inserted, r.updated, r.connections);
         let (noop, r) = timed_job(&pool, &parts, from, to).await;
@@ -215,6 +255,7 @@ fn main() {
         let (incr, r) = timed_job(&pool, &parts, from, to).await;
         println!("klines +1 minute merge:  {incr:>7.3} s  (keys {}, inserted {}, updated {})", r.keys, r.inserted, r.updated);
 
+        checkpoint(&pool).await;
         let naive_first = naive_merge(&pool, from, to).await;
         let naive_again = naive_merge(&pool, from, to).await;
         println!("naive first merge:       {naive_first:>7.3} s  (ROW_NUMBER + UPDATE + INSERT WHERE NOT EXISTS)");
@@ -233,6 +274,7 @@ fn main() {
         for connections in [parallelism, 1] {
             merge::set_parallelism(connections);
             let mut runs = Vec::with_capacity(repeat);
+            let mut cpu = Vec::with_capacity(repeat);
             for _ in 0..repeat {
                 sqlx::raw_sql(
                     "TRUNCATE silver.fact_ohlcv, silver.completeness_hourly, ops.merge_watermark;
@@ -252,18 +294,23 @@ fn main() {
                 .execute(&pool)
                 .await
                 .unwrap();
+                checkpoint(&pool).await;
+                let cpu_before = server_cpu_seconds();
                 let (t, r) = timed_job(&pool, &parts, from, from + Duration::hours(1)).await;
+                cpu.push(server_cpu_seconds() - cpu_before);
                 assert_eq!(r.inserted, 300_000);
                 runs.push(t);
             }
             runs.sort_by(f64::total_cmp);
+            cpu.sort_by(f64::total_cmp);
             let runs_text: Vec<String> = runs.iter().map(|t| format!("{t:.2}")).collect();
             println!(
                 "klines first merge again, {connections} connection(s), {history} days of gold before it: \
-                 min {:.3} s, median {:.3} s  (runs {})",
+                 min {:.3} s, median {:.3} s  (runs {}); server CPU median {:.2} s",
                 runs[0],
                 runs[runs.len() / 2],
-                runs_text.join(", ")
+                runs_text.join(", "),
+                cpu[cpu.len() / 2]
             );
         }
 

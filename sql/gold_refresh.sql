@@ -22,13 +22,16 @@ WITH {agg},
 -- writes these buckets meanwhile: the buckets of 5 minutes to 1 hour lie in
 -- the merged hour (its advisory lock), and the caller takes the day's lock
 -- before the daily level.
+-- The look-up is an EXISTS in the select list, one index probe per bucket on
+-- the whole key: as a join, PostgreSQL once probed a pair's rows by
+-- (exchange, symbol) alone and filtered the bucket afterwards (every bucket
+-- of the pair in the table, for each bucket merged).
 existing AS (
-    SELECT a.*, g.existed IS NOT NULL AS existed
+    SELECT a.*,
+           EXISTS (SELECT 1 FROM gold.{table} g
+                    WHERE (g.exchange, g.symbol, g.bucket_start)
+                        = (a.exchange, a.symbol, a.bucket_start)) AS existed
       FROM agg a
-      LEFT JOIN LATERAL (
-            SELECT true AS existed FROM gold.{table} g
-             WHERE (g.exchange, g.symbol, g.bucket_start) = (a.exchange, a.symbol, a.bucket_start)
-           ) g ON true
 ),
 inserted AS (
     INSERT INTO gold.{table}

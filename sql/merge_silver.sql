@@ -1,10 +1,7 @@
 -- Step 2: the winning final observation of every touched key goes to silver.
 --
--- Winner rules, in order:
---   1. source: a WebSocket candle beats a lake reload (the same WebSocket data
---      replayed), which beats REST; so REST or lake data never replaces a
---      WebSocket candle;
---   2. within a source, the newest observation wins (latest ingestion).
+-- The winner of a key is its observation ranked first (silver_ranked.sql:
+-- WebSocket over lake over REST, then the newest).
 -- New keys are inserted; existing rows are updated only when the winning
 -- values really differ, so a re-run reports 0 inserted, 0 updated. (The
 -- caller holds this hour's advisory lock: no other merge writes these keys.)
@@ -13,23 +10,7 @@
 -- $1, $2: the hour [from, to). Lines marked @only-touched are dropped when
 -- the merge covers every key of the hour (then merge_touched is not filled).
 -- the shard placeholder on b: in a merge split by ranges of symbols, this connection's range.
-WITH ranked AS (
-    -- Observations of a key come out of bronze's key index together; only
-    -- those few are sorted by rank (an incremental sort), instead of sorting
-    -- the whole hour, and the winners come out in key order, the order the
-    -- silver index takes them fastest.
-    SELECT b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.interval_end,
-           b.open, b.high, b.low, b.close, b.volume, b.quote_volume, b.trade_count,
-           b.vwap, b.source, b.event_ts,
-           row_number() OVER (
-               PARTITION BY b.exchange, b.symbol, b.interval_seconds, b.interval_start
-               ORDER BY CASE b.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 ELSE 2 END,
-                        b.ingestion_ts DESC, b.id DESC) AS rank
-      FROM {bronze} b
-     WHERE b.is_final
-       AND b.interval_start >= $1 AND b.interval_start < $2 {shard:b}
-       AND (b.exchange, b.symbol, b.interval_seconds, b.interval_start) IN (SELECT exchange, symbol, interval_seconds, interval_start FROM merge_touched) -- @only-touched
-),
+WITH {ranked},
 winners AS (
     SELECT r.exchange, r.symbol, r.interval_seconds, r.interval_start, r.interval_end,
            r.open, r.high, r.low, r.close, r.volume, r.quote_volume, r.trade_count,

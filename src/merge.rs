@@ -26,6 +26,8 @@ use crate::domain::Pair;
 
 const TOUCHED_SQL: &str = include_str!("../sql/merge_touched.sql");
 const SILVER_SQL: &str = include_str!("../sql/merge_silver.sql");
+const SILVER_FRESH_SQL: &str = include_str!("../sql/merge_silver_fresh.sql");
+const SILVER_RANKED_SQL: &str = include_str!("../sql/silver_ranked.sql");
 const FILLED_SQL: &str = include_str!("../sql/merge_filled.sql");
 const MISMATCH_SQL: &str = include_str!("../sql/source_mismatch.sql");
 const COMPLETENESS_SQL: &str = include_str!("../sql/completeness_hourly.sql");
@@ -125,6 +127,9 @@ pub struct MergeReport {
     /// The most connections that merged one hour at once (2 or more: a bulk
     /// hour split by symbol ranges).
     pub connections: u64,
+    /// Ranges of symbols (one per connection; the whole hour on one) that a
+    /// bulk merge found without silver rows and filled by plain insert.
+    pub fresh_ranges: u64,
 }
 
 impl MergeReport {
@@ -137,6 +142,7 @@ impl MergeReport {
         self.filled += other.filled;
         self.mismatches += other.mismatches;
         self.connections = self.connections.max(other.connections);
+        self.fresh_ranges += other.fresh_ranges;
     }
 }
 
@@ -356,7 +362,8 @@ async fn merge_hour(
                         .collect();
                     async move {
                         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                        let r = merge_shard(&mut tx, hour, scope, &sweep, true, &shard).await?;
+                        let r =
+                            merge_shard(&mut tx, hour, scope, &sweep, true, true, &shard).await?;
                         tx.commit().await?;
                         Ok::<_, MergeError>(r)
                     }
@@ -384,6 +391,7 @@ async fn merge_hour(
         scope,
         sweep_pairs,
         anything,
+        rows >= BULK_ROWS,
         &Shard::default(),
     )
     .await?;
@@ -436,13 +444,15 @@ async fn sample_symbols(
 /// Merges the pairs of `shard` (all of them by default) in the hour, in the
 /// caller's transaction: silver, filled minutes, mismatches, completeness
 /// and gold. `anything`: bronze has something to look at (else only the
-/// sweep's completeness rows are written).
+/// sweep's completeness rows are written); `bulk`: at least `BULK_ROWS` of
+/// it (a range still without silver rows is then filled by plain insert).
 async fn merge_shard(
     tx: &mut Transaction<'_, Postgres>,
     hour: i64,
     scope: &Scope,
     sweep_pairs: &[Pair],
     anything: bool,
+    bulk: bool,
     shard: &Shard,
 ) -> Result<MergeReport, MergeError> {
     let (from, to) = (hour_start(hour), hour_start(hour + 1));
@@ -476,9 +486,12 @@ async fn merge_shard(
         step = Instant::now();
     };
     lap("prepare");
+    // A bulk merge into a range with no silver rows yet inserts every key of
+    // it (all of bronze is new to silver, whatever the watermark says).
+    let fresh = bulk && anything && silver_range_is_empty(tx, hour, shard).await?;
     if anything {
         report.hours = 1;
-        let full = *scope == Scope::Full;
+        let full = *scope == Scope::Full || fresh;
         if !full {
             shard
                 .bind(
@@ -496,7 +509,14 @@ async fn merge_shard(
                 .await?;
             lap("touched");
         }
-        let sql = shard.apply(&for_hour(&for_scope(SILVER_SQL, full), hour), 3);
+        let silver = if fresh {
+            report.fresh_ranges = 1;
+            SILVER_FRESH_SQL
+        } else {
+            SILVER_SQL
+        };
+        let silver = silver.replace("{ranked}", SILVER_RANKED_SQL);
+        let sql = shard.apply(&for_hour(&for_scope(&silver, full), hour), 3);
         let row = shard
             .bind(sqlx::query(&sql).bind(from).bind(to))
             .fetch_one(&mut **tx)
@@ -533,7 +553,15 @@ async fn merge_shard(
     lap("completeness");
     let changed = report.inserted + report.updated + report.filled;
     if changed > 0 {
-        let whole_hour = changed >= GOLD_HOUR_KEYS;
+        // (a fresh range's merge_changed holds its pairs, not their buckets)
+        let whole_hour = fresh || changed >= GOLD_HOUR_KEYS;
+        // Gold is read and written by key only (a pair's rows below, a
+        // bucket's row in the level), but a gold table that was empty at its
+        // last vacuum looks empty to the planner: it then scanned the table
+        // for each of 60,000 buckets while filling it (a 2 s merge took 30).
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut **tx)
+            .await?;
         let mut previous = None;
         for &(table, width) in GOLD_LEVELS {
             if width == "1 day" {
@@ -599,6 +627,23 @@ fn for_scope(sql: &str, full: bool) -> String {
     } else {
         sql.to_owned()
     }
+}
+
+/// Whether the hour's silver has no row in `shard`'s range of symbols.
+async fn silver_range_is_empty(
+    tx: &mut Transaction<'_, Postgres>,
+    hour: i64,
+    shard: &Shard,
+) -> Result<bool, sqlx::Error> {
+    let sql = shard.apply(
+        &for_hour(
+            "SELECT NOT EXISTS (SELECT 1 FROM {silver} s WHERE true {shard:s})",
+            hour,
+        ),
+        1,
+    );
+    let row = shard.bind(sqlx::query(&sql)).fetch_one(&mut **tx).await?;
+    Ok(row.get::<bool, _>(0))
 }
 
 /// The per-connection scratch tables of a merge, emptied at every commit.

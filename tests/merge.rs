@@ -771,6 +771,7 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     merge::set_parallelism(1);
     let one = merge(db.pool.clone(), pairs.clone()).await;
     assert_eq!(one.connections, 1);
+    assert_eq!(one.fresh_ranges, 1, "silver had nothing of the hour");
     assert_eq!(
         one.keys,
         2 * 500 * 60 - 2 * 30 * 3,
@@ -808,6 +809,7 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     merge::set_parallelism(2);
     let two = merge(db.pool.clone(), pairs.clone()).await;
     assert_eq!(two.connections, 2, "the bulk hour was split");
+    assert_eq!(two.fresh_ranges, 2);
     assert_eq!(
         (two.keys, two.inserted, two.filled),
         (one.keys, one.inserted, one.filled)
@@ -815,6 +817,7 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     assert_eq!(merged_tables(&db.pool).await, expected);
     let again = merge(db.pool.clone(), pairs.clone()).await;
     assert_eq!((again.inserted, again.updated, again.filled), (0, 0, 0));
+    assert_eq!(again.fresh_ranges, 0);
 
     // Two processes (two pools) at once.
     clear_merged(&db.pool).await;
@@ -847,5 +850,55 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     assert_eq!(r.connections, 1);
     assert_eq!(merged_tables(&db.pool).await, expected);
     small.close().await;
+
+    // Over what is already there: gold of the day before for every pair at
+    // every level, and one silver row of the hour (wrong) already merged.
+    // The range holding it takes the general path and corrects it, the
+    // other is filled fresh; the hour comes out the same and the history
+    // is untouched.
+    clear_merged(&db.pool).await;
+    for (level, width) in [
+        ("5m", "5 minutes"),
+        ("15m", "15 minutes"),
+        ("30m", "30 minutes"),
+        ("1h", "1 hour"),
+        ("1d", "1 day"),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO gold.ohlcv_{level} (exchange, symbol, bucket_start, bucket_end, open, high,
+                 low, close, volume, quote_volume, trade_count, vwap, minutes_present)
+             SELECT e, format('S%sUSDT', lpad(i::text, 4, '0')), b, b + interval '{width}',
+                    1, 2, 0.5, 1.5, 10, 15, 7, 1.5, 1
+               FROM unnest(ARRAY['binance', 'bybit']) e, generate_series(0, 499) i,
+                    generate_series(timestamptz '2024-03-03 00:00+00',
+                                    timestamptz '2024-03-04 00:00+00' - interval '{width}',
+                                    interval '{width}') b"
+        ))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let mut want = merged_tables(&db.pool).await;
+    want.extend(expected.iter().cloned());
+    want.sort();
+    sqlx::query(
+        "INSERT INTO silver.fact_ohlcv (exchange, symbol, interval_start, interval_end, open, high,
+             low, close, volume, source)
+         VALUES ('binance', 'S0001USDT', '2024-03-04 05:00+00', '2024-03-04 05:01+00', 1, 1, 1, 1,
+                 1, 'rest')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    merge::set_parallelism(2);
+    let over = merge(db.pool.clone(), pairs.clone()).await;
+    assert_eq!((over.connections, over.fresh_ranges), (2, 1));
+    assert_eq!(
+        (over.inserted, over.updated, over.filled),
+        (one.inserted - 1, 1, one.filled)
+    );
+    let mut got = merged_tables(&db.pool).await;
+    got.sort();
+    assert_eq!(got, want);
     db.drop().await;
 }

@@ -1,0 +1,26 @@
+-- The CTE `ranked` of merge_silver.sql and merge_silver_fresh.sql: the final
+-- observations of the hour's keys (of this connection's range of symbols),
+-- each ranked by the winner rules: rank 1 wins.
+--   1. source: a WebSocket candle beats a lake reload (the same WebSocket data
+--      replayed), which beats REST; so REST or lake data never replaces a
+--      WebSocket candle;
+--   2. within a source, the newest observation wins (latest ingestion).
+-- $1, $2: the hour [from, to). The line marked @only-touched is dropped when
+-- the merge covers every key of the hour (then merge_touched is not filled).
+ranked AS (
+    -- Observations of a key come out of bronze's key index together; only
+    -- those few are sorted by rank (an incremental sort), instead of sorting
+    -- the whole hour, and the winners come out in key order, the order the
+    -- silver index takes them fastest.
+    SELECT b.exchange, b.symbol, b.interval_seconds, b.interval_start, b.interval_end,
+           b.open, b.high, b.low, b.close, b.volume, b.quote_volume, b.trade_count,
+           b.vwap, b.source, b.event_ts,
+           row_number() OVER (
+               PARTITION BY b.exchange, b.symbol, b.interval_seconds, b.interval_start
+               ORDER BY CASE b.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 ELSE 2 END,
+                        b.ingestion_ts DESC, b.id DESC) AS rank
+      FROM {bronze} b
+     WHERE b.is_final
+       AND b.interval_start >= $1 AND b.interval_start < $2 {shard:b}
+       AND (b.exchange, b.symbol, b.interval_seconds, b.interval_start) IN (SELECT exchange, symbol, interval_seconds, interval_start FROM merge_touched) -- @only-touched
+)
