@@ -243,7 +243,10 @@ fn main() {
         let t = Instant::now();
         load(&pool, &parts, events).await;
         println!("loaded {rows} bronze rows ({PAIRS} pairs x 60 minutes + 10% duplicates) in {:.2} s", t.elapsed().as_secs_f64());
-        sqlx::query("ANALYZE bronze.ohlcv_native").execute(&pool).await.unwrap();
+        // What autovacuum does to an hour of bronze while it fills, done now
+        // rather than during a timed merge (on two cores it competed with
+        // the merge for one of them).
+        sqlx::query("VACUUM ANALYZE bronze.ohlcv_native").execute(&pool).await.unwrap();
 
         checkpoint(&pool).await;
         let (first, r) = timed_job(&pool, &parts, from, to).await;
