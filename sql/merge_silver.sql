@@ -24,14 +24,7 @@ winners AS (
      WHERE r.rank = 1
 ),
 inserted AS (
-    INSERT INTO {silver}
-           (exchange, symbol, interval_seconds, interval_start, interval_end,
-            open, high, low, close, volume, quote_volume, trade_count, vwap,
-            source, event_ts, merged_at)
-    SELECT exchange, symbol, interval_seconds, interval_start, interval_end,
-           open, high, low, close, volume, quote_volume, trade_count, vwap,
-           source, event_ts, now()
-      FROM winners
+    {insert_winners}
      -- (winners come out in key order already; sorting them again for the
      -- insert cost 0.4 s per 300,000 rows)
      WHERE NOT existed

@@ -9,16 +9,11 @@
 -- $1, $2: the hour [from, to); the shard placeholder on b: this connection's
 -- range of symbols.
 WITH {ranked},
+winners AS (
+    SELECT * FROM ranked WHERE rank = 1
+),
 inserted AS (
-    INSERT INTO {silver}
-           (exchange, symbol, interval_seconds, interval_start, interval_end,
-            open, high, low, close, volume, quote_volume, trade_count, vwap,
-            source, event_ts, merged_at)
-    SELECT exchange, symbol, interval_seconds, interval_start, interval_end,
-           open, high, low, close, volume, quote_volume, trade_count, vwap,
-           source, event_ts, now()
-      FROM ranked
-     WHERE rank = 1
+    {insert_winners}
     RETURNING exchange, symbol
 ),
 remembered AS (

@@ -28,6 +28,7 @@ const TOUCHED_SQL: &str = include_str!("../sql/merge_touched.sql");
 const SILVER_SQL: &str = include_str!("../sql/merge_silver.sql");
 const SILVER_FRESH_SQL: &str = include_str!("../sql/merge_silver_fresh.sql");
 const SILVER_RANKED_SQL: &str = include_str!("../sql/silver_ranked.sql");
+const SILVER_INSERT_SQL: &str = include_str!("../sql/silver_insert.sql");
 const FILLED_SQL: &str = include_str!("../sql/merge_filled.sql");
 const MISMATCH_SQL: &str = include_str!("../sql/source_mismatch.sql");
 const COMPLETENESS_SQL: &str = include_str!("../sql/completeness_hourly.sql");
@@ -515,7 +516,9 @@ async fn merge_shard(
         } else {
             SILVER_SQL
         };
-        let silver = silver.replace("{ranked}", SILVER_RANKED_SQL);
+        let silver = silver
+            .replace("{ranked}", SILVER_RANKED_SQL)
+            .replace("{insert_winners}", SILVER_INSERT_SQL);
         let sql = shard.apply(&for_hour(&for_scope(&silver, full), hour), 3);
         let row = shard
             .bind(sqlx::query(&sql).bind(from).bind(to))
