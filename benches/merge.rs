@@ -30,6 +30,20 @@ mod common;
 
 const DB: &str = "klines_bench_merge";
 
+/// The gold tables and their widths.
+const GOLD: [(&str, &str); 5] = [
+    ("ohlcv_5m", "5 minutes"),
+    ("ohlcv_15m", "15 minutes"),
+    ("ohlcv_30m", "30 minutes"),
+    ("ohlcv_1h", "1 hour"),
+    ("ohlcv_1d", "1 day"),
+];
+
+/// Midnight (UTC) of the day holding `t`: where the merged hour's gold begins.
+fn day_of(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc()
+}
+
 fn event(pair: usize, minute: Minute, version: i64) -> CandleEvent {
     let base = Decimal::new(100_000 + pair as i64 * 7 + minute.index() % 97, 2);
     CandleEvent {
@@ -110,14 +124,8 @@ async fn gold_history(pool: &PgPool, hour: DateTime<Utc>) -> u32 {
         return 0;
     }
     let started = Instant::now();
-    let day = hour.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
-    for (table, width) in [
-        ("ohlcv_5m", "5 minutes"),
-        ("ohlcv_15m", "15 minutes"),
-        ("ohlcv_30m", "30 minutes"),
-        ("ohlcv_1h", "1 hour"),
-        ("ohlcv_1d", "1 day"),
-    ] {
+    let day = day_of(hour);
+    for (table, width) in GOLD {
         sqlx::query(&format!(
             "INSERT INTO gold.{table} (exchange, symbol, bucket_start, bucket_end, open, high, low,
                  close, volume, quote_volume, trade_count, vwap, minutes_present)
@@ -135,10 +143,12 @@ async fn gold_history(pool: &PgPool, hour: DateTime<Utc>) -> u32 {
         .await
         .unwrap();
     }
-    sqlx::query("VACUUM ANALYZE gold.ohlcv_5m, gold.ohlcv_15m, gold.ohlcv_30m, gold.ohlcv_1h, gold.ohlcv_1d")
-        .execute(pool)
-        .await
-        .unwrap();
+    for (table, _) in GOLD {
+        sqlx::query(&format!("VACUUM ANALYZE gold.{table}"))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
     println!(
         "gold history: {days} days of {PAIRS} pairs at every level, loaded in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -279,24 +289,24 @@ fn main() {
             let mut runs = Vec::with_capacity(repeat);
             let mut cpu = Vec::with_capacity(repeat);
             for _ in 0..repeat {
-                sqlx::raw_sql(
-                    "TRUNCATE silver.fact_ohlcv, silver.completeness_hourly, ops.merge_watermark;
-                     DELETE FROM gold.ohlcv_5m WHERE bucket_start >= '2025-11-21';
-                     DELETE FROM gold.ohlcv_15m WHERE bucket_start >= '2025-11-21';
-                     DELETE FROM gold.ohlcv_30m WHERE bucket_start >= '2025-11-21';
-                     DELETE FROM gold.ohlcv_1h WHERE bucket_start >= '2025-11-21';
-                     DELETE FROM gold.ohlcv_1d WHERE bucket_start >= '2025-11-21';",
-                )
-                .execute(&pool)
-                .await
-                .unwrap();
-                // (on its own: VACUUM refuses a multi-statement string)
                 sqlx::query(
-                    "VACUUM gold.ohlcv_5m, gold.ohlcv_15m, gold.ohlcv_30m, gold.ohlcv_1h, gold.ohlcv_1d",
+                    "TRUNCATE silver.fact_ohlcv, silver.completeness_hourly, ops.merge_watermark",
                 )
                 .execute(&pool)
                 .await
                 .unwrap();
+                // The hour's day of gold goes; the history before it stays.
+                for (table, _) in GOLD {
+                    sqlx::query(&format!("DELETE FROM gold.{table} WHERE bucket_start >= $1"))
+                        .bind(day_of(from))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    sqlx::query(&format!("VACUUM gold.{table}"))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
                 checkpoint(&pool).await;
                 let cpu_before = server_cpu_seconds();
                 let (t, r) = timed_job(&pool, &parts, from, from + Duration::hours(1)).await;

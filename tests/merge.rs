@@ -743,6 +743,15 @@ async fn merged_tables(pool: &sqlx::PgPool) -> Vec<String> {
     rows
 }
 
+/// A second pool on the test database: another process, or a small one.
+async fn pool_of(url: &str, connections: u32) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
 async fn clear_merged(pool: &sqlx::PgPool) {
     sqlx::query(
         "TRUNCATE silver.fact_ohlcv, silver.completeness_hourly, ops.source_mismatch, \
@@ -821,11 +830,7 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
 
     // Two processes (two pools) at once.
     clear_merged(&db.pool).await;
-    let other = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&db.url)
-        .await
-        .unwrap();
+    let other = pool_of(&db.url, 4).await;
     let (a, b) = tokio::join!(
         merge(db.pool.clone(), pairs.clone()),
         merge(other.clone(), pairs.clone())
@@ -841,11 +846,7 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
 
     // A pool of two has no connection to spare beyond the hour's own.
     clear_merged(&db.pool).await;
-    let small = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&db.url)
-        .await
-        .unwrap();
+    let small = pool_of(&db.url, 2).await;
     let r = merge(small.clone(), pairs.clone()).await;
     assert_eq!(r.connections, 1);
     assert_eq!(merged_tables(&db.pool).await, expected);
