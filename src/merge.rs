@@ -303,6 +303,11 @@ async fn merge_hour(
     // The statements name this hour's partitions (and the previous hour's
     // silver one), so they must exist.
     partitions.ensure_hours(pool, [hour - 1, hour]).await?;
+    // The check and the hour's transaction share one connection: a
+    // connection given back goes home on a task of its own after a round
+    // trip, and while it is on its way the pool looks busy to
+    // `spare_connections`.
+    let mut conn = pool.acquire().await?;
     // Cheap check first: a no-op incremental merge stops here. The count
     // (up to BULK_ROWS) tells a bulk merge from the usual minute's.
     let (rows, empties): (i64, bool) = sqlx::query_as(&for_hour(
@@ -318,7 +323,7 @@ async fn merge_hour(
     .bind(to)
     .bind(scope.xid())
     .bind(BULK_ROWS)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     let anything = rows > 0 || empties;
     if !anything && sweep_pairs.is_empty() {
@@ -331,7 +336,7 @@ async fn merge_hour(
         "Merge step"
     );
 
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     // One merge of an hour at a time, across processes. A bulk merge holds
     // it here while its connections merge their ranges of symbols; those
     // take no hour lock themselves and commit each on its own, and the only
@@ -409,17 +414,53 @@ async fn spare_connections(pool: &PgPool, want: usize) -> Vec<PoolConnection<Pos
     let max = pool.options().get_max_connections() as usize;
     let mut conns = Vec::with_capacity(want);
     while conns.len() < want {
-        if pool.num_idle() == 0 && pool.size() as usize + 2 > max {
+        if pool.num_idle() == 0 && pool.size() as usize + 2 > max && !idle_soon(pool).await {
             break;
         }
         // The pool has room: this opens a connection (or takes one just
         // returned), which a loaded server may take a while to set up.
         match tokio::time::timeout(std::time::Duration::from_secs(2), pool.acquire()).await {
             Ok(Ok(conn)) => conns.push(conn),
-            _ => break,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, got = conns.len(), want, "No connection for a parallel merge");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    got = conns.len(),
+                    want,
+                    "No connection for a parallel merge within 2 s"
+                );
+                break;
+            }
         }
     }
+    if conns.len() < want {
+        tracing::debug!(
+            got = conns.len(),
+            want,
+            size = pool.size(),
+            idle = pool.num_idle(),
+            max,
+            "Fewer connections than wanted for a bulk merge"
+        );
+    }
     conns
+}
+
+/// Whether the pool has an idle connection within a moment. sqlx returns a
+/// released connection on a task of its own, after a ping: just after a
+/// query elsewhere the pool can look full while a connection is on its way
+/// back (a loaded machine made the bulk merge fall back to one connection).
+async fn idle_soon(pool: &PgPool) -> bool {
+    let deadline = Instant::now() + std::time::Duration::from_millis(250);
+    while pool.num_idle() == 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    true
 }
 
 /// The symbols of an hour, sorted, from a sample of its bronze pages:

@@ -158,10 +158,11 @@ async fn replayed_day_lands_in_silver_exactly(
     symbol: &str,
     trades: bool,
     drop_updates: f64,
+    minutes_per_second: f64,
 ) {
     let db = TestDb::new(&format!("e2e_{exchange}")).await;
     let dir = tempdir();
-    let sim = simulator(&[BTC_DAY], 120.0, |c| {
+    let sim = simulator(&[BTC_DAY], minutes_per_second, |c| {
         c.faults.disconnect_every = Some(Duration::from_secs(2));
         c.faults.duplicate = 0.02;
         c.faults.drop_updates = drop_updates;
@@ -181,14 +182,23 @@ async fn replayed_day_lands_in_silver_exactly(
     .await;
     let got = silver(&db, exchange, symbol).await;
     let diff = differences(&got, &want);
-    assert!(
-        exact,
-        "{exchange}: {} minutes differ, e.g. {:?}\nsimulator: {:?}\n{}",
-        diff.len(),
-        &diff[..diff.len().min(5)],
-        sim.state.snapshot(),
-        service.metrics.encode()
-    );
+    if !exact {
+        let unrecoverable: Vec<(String, String)> = sqlx::query_as(
+            "SELECT range_from::text, range_to::text FROM ops.unrecoverable_gaps
+              WHERE exchange = $1 ORDER BY range_from",
+        )
+        .bind(exchange.to_string())
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        panic!(
+            "{exchange}: {} minutes differ, e.g. {:?}\nunrecoverable: {unrecoverable:?}\nsimulator: {:?}\n{}",
+            diff.len(),
+            &diff[..diff.len().min(5)],
+            sim.state.snapshot(),
+            service.metrics.encode()
+        );
+    }
     let snapshot = sim.state.snapshot();
     assert!(snapshot.disconnects_injected >= 3, "{snapshot:?}");
     assert!(snapshot.duplicated > 0, "{snapshot:?}");
@@ -221,17 +231,24 @@ async fn replayed_day_lands_in_silver_exactly(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn okx_replayed_day_lands_in_silver_exactly() {
-    replayed_day_lands_in_silver_exactly(ExchangeId::Okx, "BTC-USDT", false, 0.0).await;
+    replayed_day_lands_in_silver_exactly(ExchangeId::Okx, "BTC-USDT", false, 0.0, 120.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bybit_replayed_day_lands_in_silver_exactly() {
-    replayed_day_lands_in_silver_exactly(ExchangeId::Bybit, "BTCUSDT", false, 0.0).await;
+    replayed_day_lands_in_silver_exactly(ExchangeId::Bybit, "BTCUSDT", false, 0.0, 120.0).await;
 }
 
+/// Kraken's REST serves only its last 720 minutes: at 120 minutes a second
+/// a disconnect's minutes leave that window 6 wall seconds after they
+/// close. A loaded CI machine once left three minutes of a disconnect
+/// unfilled, most likely by delaying their backfill past that window (they
+/// are then recorded unrecoverable, as in production after 12 hours; the
+/// failure now prints those records). Half the speed gives the backfiller
+/// 12 seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kraken_replayed_day_lands_in_silver_exactly() {
-    replayed_day_lands_in_silver_exactly(ExchangeId::Kraken, "BTC/USDT", true, 0.0).await;
+    replayed_day_lands_in_silver_exactly(ExchangeId::Kraken, "BTC/USDT", true, 0.0, 60.0).await;
 }
 
 /// Coinbase: candles built from the trades of `market_trades`, finality by
@@ -239,7 +256,8 @@ async fn kraken_replayed_day_lands_in_silver_exactly() {
 /// minutes go to bronze as not final and REST settles them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coinbase_replayed_day_lands_in_silver_exactly() {
-    replayed_day_lands_in_silver_exactly(ExchangeId::Coinbase, "BTC-USDT", false, 0.01).await;
+    replayed_day_lands_in_silver_exactly(ExchangeId::Coinbase, "BTC-USDT", false, 0.01, 120.0)
+        .await;
 }
 
 /// Kraken's real XBTUSDC day of 2023-01-10 (718 traded minutes of 1440):

@@ -752,6 +752,19 @@ async fn pool_of(url: &str, connections: u32) -> sqlx::PgPool {
         .unwrap()
 }
 
+/// Opens `n` connections of `pool` and waits until they are back in it,
+/// idle (sqlx returns a released connection on a task of its own).
+async fn warm(pool: &sqlx::PgPool, n: usize) {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(pool.acquire().await.unwrap());
+    }
+    drop(held);
+    while pool.num_idle() < n {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 async fn clear_merged(pool: &sqlx::PgPool) {
     sqlx::query(
         "TRUNCATE silver.fact_ohlcv, silver.completeness_hourly, ops.source_mismatch, \
@@ -816,6 +829,9 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
 
     clear_merged(&db.pool).await;
     merge::set_parallelism(2);
+    // The merge takes spare connections without waiting long for new ones
+    // to open: have them open, so that a loaded machine still splits.
+    warm(&db.pool, 3).await;
     let two = merge(db.pool.clone(), pairs.clone()).await;
     assert_eq!(two.connections, 2, "the bulk hour was split");
     assert_eq!(two.fresh_ranges, 2);
@@ -892,6 +908,7 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     .await
     .unwrap();
     merge::set_parallelism(2);
+    warm(&db.pool, 3).await;
     let over = merge(db.pool.clone(), pairs.clone()).await;
     assert_eq!((over.connections, over.fresh_ranges), (2, 1));
     assert_eq!(
