@@ -10,7 +10,7 @@
 //! finished by then, so nothing can commit behind the watermark unseen, and
 //! the cost follows what arrived, not the window.
 
-use std::time::Instant;
+use std::time::{Duration as Elapsed, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +27,7 @@ use crate::domain::Pair;
 const TOUCHED_SQL: &str = include_str!("../sql/merge_touched.sql");
 const SILVER_SQL: &str = include_str!("../sql/merge_silver.sql");
 const SILVER_FRESH_SQL: &str = include_str!("../sql/merge_silver_fresh.sql");
+const FRESH_PAIRS_SQL: &str = include_str!("../sql/merge_fresh_pairs.sql");
 const SILVER_RANKED_SQL: &str = include_str!("../sql/silver_ranked.sql");
 const SILVER_INSERT_SQL: &str = include_str!("../sql/silver_insert.sql");
 const FILLED_SQL: &str = include_str!("../sql/merge_filled.sql");
@@ -131,9 +132,52 @@ pub struct MergeReport {
     /// Ranges of symbols (one per connection; the whole hour on one) that a
     /// bulk merge found without silver rows and filled by plain insert.
     pub fresh_ranges: u64,
+    /// Where the time went.
+    pub steps: StepTimes,
+}
+
+/// Where a merge's time went, by step, in wall time. Hours merged one after
+/// another add up; for the ranges of one hour merged at once, each step
+/// counts its slowest range.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepTimes {
+    /// Bronze → silver: the touched keys and the winners written (step 2 of
+    /// `sql/README.md`, what a pipeline's dedup-and-upsert does).
+    pub silver: Elapsed,
+    /// Filled minutes, the cross-source check and completeness.
+    pub checks: Elapsed,
+    /// The five gold levels.
+    pub gold: Elapsed,
+}
+
+impl StepTimes {
+    /// Everything but the hour's check and lock.
+    pub fn total(&self) -> Elapsed {
+        self.silver + self.checks + self.gold
+    }
+
+    fn add(&mut self, other: StepTimes) {
+        self.silver += other.silver;
+        self.checks += other.checks;
+        self.gold += other.gold;
+    }
+
+    fn max(&mut self, other: StepTimes) {
+        self.silver = self.silver.max(other.silver);
+        self.checks = self.checks.max(other.checks);
+        self.gold = self.gold.max(other.gold);
+    }
 }
 
 impl MergeReport {
+    /// Adds the report of a range of the same hour merged at the same time.
+    fn add_concurrent(&mut self, other: MergeReport) {
+        let mut steps = self.steps;
+        steps.max(other.steps);
+        self.add(other);
+        self.steps = steps;
+    }
+
     fn add(&mut self, other: MergeReport) {
         self.hours += other.hours;
         self.keys += other.keys;
@@ -144,6 +188,7 @@ impl MergeReport {
         self.mismatches += other.mismatches;
         self.connections = self.connections.max(other.connections);
         self.fresh_ranges += other.fresh_ranges;
+        self.steps.add(other.steps);
     }
 }
 
@@ -378,7 +423,7 @@ async fn merge_hour(
                 let mut failed = None;
                 for r in futures_util::future::join_all(runs).await {
                     match r {
-                        Ok(r) => report.add(r),
+                        Ok(r) => report.add_concurrent(r),
                         Err(e) => failed = failed.or(Some(e)),
                     }
                 }
@@ -518,13 +563,21 @@ async fn merge_shard(
 
     let mut report = MergeReport::default();
     let mut step = Instant::now();
+    let mut steps = StepTimes::default();
     let mut lap = |name: &str| {
+        let took = step.elapsed();
         tracing::debug!(
             hour,
             step = name,
-            ms = step.elapsed().as_millis() as u64,
+            ms = took.as_millis() as u64,
             "Merge step"
         );
+        match name {
+            "prepare" => {}
+            "touched" | "silver" => steps.silver += took,
+            "filled" | "mismatch" | "completeness" => steps.checks += took,
+            _ => steps.gold += took,
+        }
         step = Instant::now();
     };
     lap("prepare");
@@ -561,15 +614,23 @@ async fn merge_shard(
             .replace("{ranked}", SILVER_RANKED_SQL)
             .replace("{insert_winners}", SILVER_INSERT_SQL);
         let sql = shard.apply(&for_hour(&for_scope(&silver, full), hour), 3);
-        let row = shard
-            .bind(sqlx::query(&sql).bind(from).bind(to))
-            .fetch_one(&mut **tx)
-            .await?;
-        let keys = row.get::<i64, _>("keys") as u64;
-        report.keys = keys;
-        report.inserted = row.get::<i64, _>("inserted") as u64;
-        report.updated = row.get::<i64, _>("updated") as u64;
-        report.unchanged = keys.saturating_sub(report.inserted + report.updated);
+        let query = shard.bind(sqlx::query(&sql).bind(from).bind(to));
+        if fresh {
+            let inserted = query.execute(&mut **tx).await?.rows_affected();
+            (report.keys, report.inserted) = (inserted, inserted);
+            let sql = shard.apply(&for_hour(FRESH_PAIRS_SQL, hour), 2);
+            shard
+                .bind(sqlx::query(&sql).bind(from))
+                .execute(&mut **tx)
+                .await?;
+        } else {
+            let row = query.fetch_one(&mut **tx).await?;
+            let keys = row.get::<i64, _>("keys") as u64;
+            report.keys = keys;
+            report.inserted = row.get::<i64, _>("inserted") as u64;
+            report.updated = row.get::<i64, _>("updated") as u64;
+            report.unchanged = keys.saturating_sub(report.inserted + report.updated);
+        }
         lap("silver");
         report.filled = hour_count(tx, &for_hour(FILLED_SQL, hour), from, to, shard).await?;
         lap("filled");
@@ -639,6 +700,7 @@ async fn merge_shard(
             }
         }
     }
+    report.steps = steps;
     Ok(report)
 }
 
@@ -793,6 +855,9 @@ pub async fn run_job(
                     inserted = r.inserted, updated = r.updated, unchanged = r.unchanged,
                     filled = r.filled, mismatches = r.mismatches, connections = r.connections,
                     ms = started.elapsed().as_millis() as u64,
+                    silver_ms = r.steps.silver.as_millis() as u64,
+                    checks_ms = r.steps.checks.as_millis() as u64,
+                    gold_ms = r.steps.gold.as_millis() as u64,
                     "Merged"
                 );
             } else {
@@ -814,7 +879,7 @@ pub async fn run_job(
 
 #[cfg(test)]
 mod tests {
-    use super::Shard;
+    use super::{MergeReport, Shard, StepTimes};
 
     fn symbols(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -876,5 +941,34 @@ mod tests {
         assert!(shard.contains("a"));
         assert!(!shard.contains("b"));
         assert!(!shard.contains("A"));
+    }
+
+    #[test]
+    fn ranges_of_one_hour_count_their_slowest_step_and_hours_add_up() {
+        let ms = std::time::Duration::from_millis;
+        let report = |silver, checks, gold, inserted| MergeReport {
+            inserted,
+            steps: StepTimes {
+                silver: ms(silver),
+                checks: ms(checks),
+                gold: ms(gold),
+            },
+            ..MergeReport::default()
+        };
+        let mut hour = report(900, 100, 300, 150);
+        hour.add_concurrent(report(800, 150, 400, 160));
+        assert_eq!(hour.inserted, 310);
+        assert_eq!(
+            hour.steps,
+            StepTimes {
+                silver: ms(900),
+                checks: ms(150),
+                gold: ms(400)
+            }
+        );
+        let mut run = hour;
+        run.add(report(10, 20, 30, 1));
+        assert_eq!(run.inserted, 311);
+        assert_eq!(run.steps.total(), ms(910 + 170 + 430));
     }
 }

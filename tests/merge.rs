@@ -834,6 +834,13 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     warm(&db.pool, 3).await;
     let two = merge(db.pool.clone(), pairs.clone()).await;
     assert_eq!(two.connections, 2, "the bulk hour was split");
+    for (step, took) in [
+        ("silver", two.steps.silver),
+        ("checks", two.steps.checks),
+        ("gold", two.steps.gold),
+    ] {
+        assert!(!took.is_zero(), "the {step} step was timed");
+    }
     assert_eq!(two.fresh_ranges, 2);
     assert_eq!(
         (two.keys, two.inserted, two.filled),
