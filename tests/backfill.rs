@@ -833,3 +833,96 @@ async fn bybit_rate_limits_are_waited_out_and_a_403_is_a_ten_minute_ban() {
     );
     sim.stop().await.unwrap();
 }
+
+/// Kraken's REST answers with its last 720 minutes whatever `since` asks.
+/// Here the exchange's clock runs an hour per wall second and every second
+/// request is refused for its rate limit, so by the time an answer comes
+/// the oldest minutes the backfill asked for have left that window: their
+/// missing rows confirm nothing. Every minute of the day traded: not one may
+/// be confirmed empty (and filled flat at the previous close), and what REST
+/// did answer lands exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kraken_minutes_that_left_rest_history_before_the_answer_are_not_confirmed_empty() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_kraken_edge").await;
+    let dir = tempdir();
+    let sim = simulator(&[BTC_DAY], 60.0, |c| {
+        c.start_immediately = true;
+        c.faults.rest_429_every = Some(2);
+    })
+    .await;
+    let config = dir.path().join("klines.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[ingest]
+spool_dir = "{spool}"
+
+[exchanges.kraken]
+ws_url = "{ws}"
+rest_url = "{rest}"
+pairs = ["BTC/USDT"]
+"#,
+            spool = dir.path().join("spool").display(),
+            ws = sim.ws_url(klines::domain::ExchangeId::Kraken),
+            rest = sim.rest_url(klines::domain::ExchangeId::Kraken),
+        ),
+    )
+    .unwrap();
+    // Past the first 720 minutes of the day, with some hours left of it.
+    let day_start: chrono::DateTime<chrono::Utc> = "2023-01-21T00:00:00Z".parse().unwrap();
+    let ready = wait_until(Duration::from_secs(30), || async {
+        sim.state.clock.now_ms() >= (day_start + chrono::Duration::minutes(800)).timestamp_millis()
+    })
+    .await;
+    assert!(ready, "the simulator's clock runs");
+    let (ok, out, err) = backfill(
+        &config,
+        &db.url,
+        &[
+            "--exchange",
+            "kraken",
+            "--symbol",
+            "BTC/USDT",
+            "--from",
+            "2023-01-21",
+            "--to",
+            "2023-01-22",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    let confirmed_empty = count(
+        &db.pool,
+        "SELECT count(*) FROM bronze.empty_minutes WHERE exchange = 'kraken'",
+    )
+    .await;
+    assert_eq!(confirmed_empty, 0, "{out}\n{err}");
+    let filled = count(
+        &db.pool,
+        "SELECT count(*) FROM silver.fact_ohlcv WHERE exchange = 'kraken' AND source = 'filled'",
+    )
+    .await;
+    assert_eq!(filled, 0);
+    // What REST answered is the day's, minute for minute.
+    let csv = csv_rows(BTC_DAY);
+    let rows: Vec<(chrono::DateTime<chrono::Utc>, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT interval_start, close, volume FROM bronze.ohlcv_native
+          WHERE exchange = 'kraken' AND source = 'rest' ORDER BY interval_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        rows.len() > 300,
+        "REST answered: {} rows\n{out}",
+        rows.len()
+    );
+    for (start, close, volume) in &rows {
+        let want = &csv[&start.timestamp_millis()];
+        let want: (Decimal, Decimal) = (want.close.parse().unwrap(), want.volume.parse().unwrap());
+        assert_eq!((*close, *volume), want, "{start}");
+    }
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

@@ -585,7 +585,22 @@ impl Backfiller {
                 .rest_klines_request(&symbol, page.range.clone());
             let resp = self.client.get(&req, tally, cancel).await?;
             // What the server had closed when it answered.
-            let served = resp.date.unwrap_or_else(|| self.client.clock.now()) - self.settle;
+            let answered = resp.date.unwrap_or_else(|| self.client.clock.now());
+            let served = answered - self.settle;
+            // An exchange that keeps only its recent history (Kraken: the
+            // last 720 minutes) answers for nothing older, whatever the page
+            // asked. A minute of the page that had left that window by the
+            // answer (the request waited out a rate limit, or the plan is
+            // old) is not confirmed empty by a missing row: it goes
+            // unrecoverable at the next plan, never filled. Where the answer
+            // shows where it begins (Kraken's first row), that is the bound;
+            // and the history before the answer's time, two minutes inside.
+            let covered_from = self.client.exchange.rest_covered_from(&resp.body);
+            let oldest_served = self.history.map(|h| {
+                let reach = answered - chrono::Duration::from_std(h).unwrap_or_default();
+                // (the margin of `plan`)
+                Minute::containing(reach).plus(2).start()
+            });
             let candles = self
                 .client
                 .exchange
@@ -611,7 +626,12 @@ impl Backfiller {
                 .gaps
                 .iter()
                 .flat_map(|g| (g.start.index()..g.end.index()).map(Minute::from_index))
-                .filter(|m| m.end() <= served && !seen.contains(m))
+                .filter(|m| {
+                    m.end() <= served
+                        && oldest_served.is_none_or(|o| m.start() >= o)
+                        && covered_from.is_none_or(|f| m.start() >= f)
+                        && !seen.contains(m)
+                })
                 .map(Minute::start)
                 .collect();
             hours.extend(events.iter().map(|e| hour_of(e.candle.interval_start)));

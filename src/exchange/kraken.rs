@@ -438,6 +438,22 @@ impl Exchange for Kraken {
         Ok(candles)
     }
 
+    /// Kraken answers with its last 720 minutes (flat rows for the quiet
+    /// ones included) whatever `since` asked: the answer covers from its
+    /// first row. One without rows, or one that cannot be read, covers
+    /// nothing.
+    fn rest_covered_from(&self, body: &[u8]) -> Option<DateTime<Utc>> {
+        let first = rest_result::<std::collections::BTreeMap<String, &RawValue>>(body)
+            .ok()
+            .and_then(|result| {
+                let (_, rows) = result.into_iter().find(|(k, _)| k.as_str() != "last")?;
+                let rows: Vec<RestRow> = serde_json::from_str(rows.get()).ok()?;
+                rows.iter().map(|r| r.0).min()
+            })
+            .and_then(|secs| DateTime::from_timestamp(secs, 0));
+        Some(first.unwrap_or(DateTime::<Utc>::MAX_UTC))
+    }
+
     fn rest_rate_limited(&self, body: &[u8]) -> bool {
         // `{"error":["EGeneral:Too many requests"]}` or
         // `["EAPI:Rate limit exceeded"]`, under HTTP 200.
@@ -664,6 +680,26 @@ mod tests {
             .unwrap();
         assert_eq!(c.len(), 2, "a flat row, two traded rows, the open one");
         assert_eq!(c[0].interval_start.timestamp(), 1_784_125_800);
+    }
+
+    #[test]
+    fn an_answer_covers_from_its_first_row_whatever_was_asked() {
+        let k = kraken();
+        // The recorded answer begins with a flat row: covered all the same.
+        let body = fixture("rest/kraken_rest_OHLC_XBTUSDT_1m_2025-11-10_TAIL_EXCERPT.json");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let first = v["result"]["XBTUSDT"][0][0].as_i64().unwrap();
+        assert_eq!(
+            k.rest_covered_from(body.as_bytes()),
+            DateTime::from_timestamp(first, 0)
+        );
+        // No rows, or no answer to read: nothing is covered.
+        let empty = br#"{"error":[],"result":{"XXBTZUSD":[],"last":1784125800}}"#;
+        assert_eq!(k.rest_covered_from(empty), Some(DateTime::<Utc>::MAX_UTC));
+        assert_eq!(
+            k.rest_covered_from(br#"{"error":["EAPI:Rate limit exceeded"]}"#),
+            Some(DateTime::<Utc>::MAX_UTC)
+        );
     }
 
     #[test]

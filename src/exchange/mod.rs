@@ -217,6 +217,16 @@ pub trait Exchange: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Vec<Candle>, DecodeError>;
 
+    /// Where a REST klines answer (already parsed by
+    /// [`Exchange::parse_rest_klines`]) begins, for an exchange that answers
+    /// any request with its recent history only (Kraken: the last 720
+    /// minutes, whatever `since` asked): a requested minute before it is not
+    /// confirmed empty by its absence. `None`: the answer covers what was
+    /// asked, as far as the server had closed.
+    fn rest_covered_from(&self, _body: &[u8]) -> Option<DateTime<Utc>> {
+        None
+    }
+
     /// True when a successful (HTTP 2xx) REST answer is in fact a
     /// rate-limit refusal, which the client then waits out and retries.
     fn rest_rate_limited(&self, _body: &[u8]) -> bool {
