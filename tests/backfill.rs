@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use klines::domain::Minute;
+use klines::domain::{ExchangeId, Minute};
 use klines::simulator::{RestLogEntry, SimHandle};
 use rust_decimal::Decimal;
 use sqlx::Row;
@@ -27,8 +27,20 @@ fn us_file(symbol: &str) -> String {
     )
 }
 
-/// A config file for the CLI pointing at `sim`.
+/// A config file for the CLI pointing at `sim`'s Binance.
 fn config_file(dir: &Path, sim: &SimHandle, pairs: &[&str], binance_extra: &str) -> PathBuf {
+    exchange_config_file(dir, sim, ExchangeId::Binance, pairs, binance_extra)
+}
+
+/// A config file for the CLI pointing at `sim`'s `exchange`, with `extra`
+/// lines in its section.
+fn exchange_config_file(
+    dir: &Path,
+    sim: &SimHandle,
+    exchange: ExchangeId,
+    pairs: &[&str],
+    extra: &str,
+) -> PathBuf {
     let pairs: Vec<String> = pairs.iter().map(|p| format!("\"{p}\"")).collect();
     let path = dir.join("klines.toml");
     std::fs::write(
@@ -38,15 +50,15 @@ fn config_file(dir: &Path, sim: &SimHandle, pairs: &[&str], binance_extra: &str)
 [ingest]
 spool_dir = "{spool}"
 
-[exchanges.binance]
+[exchanges.{exchange}]
 ws_url = "{ws}"
 rest_url = "{rest}"
 pairs = [{pairs}]
-{binance_extra}
+{extra}
 "#,
             spool = dir.join("spool").display(),
-            ws = sim.binance_ws_url(),
-            rest = sim.binance_rest_url(),
+            ws = sim.ws_url(exchange),
+            rest = sim.rest_url(exchange),
             pairs = pairs.join(", "),
         ),
     )
@@ -772,7 +784,6 @@ async fn bybit_rate_limits_are_waited_out_and_a_403_is_a_ten_minute_ban() {
     use klines::backfill::client::{RestClient, RestError, Tally};
     use klines::backfill::clock::ExchangeClock;
     use klines::backfill::limiter::RestLimiter;
-    use klines::domain::ExchangeId;
     use klines::exchange::Exchange;
     use std::sync::Arc;
 
@@ -851,25 +862,7 @@ async fn kraken_minutes_that_left_rest_history_before_the_answer_are_not_confirm
         c.faults.rest_429_every = Some(2);
     })
     .await;
-    let config = dir.path().join("klines.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[ingest]
-spool_dir = "{spool}"
-
-[exchanges.kraken]
-ws_url = "{ws}"
-rest_url = "{rest}"
-pairs = ["BTC/USDT"]
-"#,
-            spool = dir.path().join("spool").display(),
-            ws = sim.ws_url(klines::domain::ExchangeId::Kraken),
-            rest = sim.rest_url(klines::domain::ExchangeId::Kraken),
-        ),
-    )
-    .unwrap();
+    let config = exchange_config_file(dir.path(), &sim, ExchangeId::Kraken, &["BTC/USDT"], "");
     // Past the first 720 minutes of the day, with some hours left of it.
     let day_start: chrono::DateTime<chrono::Utc> = "2023-01-21T00:00:00Z".parse().unwrap();
     let ready = wait_until(Duration::from_secs(30), || async {
