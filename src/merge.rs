@@ -262,8 +262,8 @@ const BULK_ROWS: i64 = 50_000;
 /// step took 0.90–1.00 s against 0.72–0.87 s, its 5-minute gold 0.37–0.39 s
 /// against 0.29–0.33 s (gold costs by pair, not by index page, so a larger
 /// share overshoots: at 1.25 the higher range finished last). At 1.15 the
-/// two finish within 0.1 s of each other, and the merge took 1.59 s at the
-/// median instead of 1.71–1.76 s.
+/// two finish within 0.1 s of each other, and the merge took 1.52–1.59 s at
+/// the median instead of 1.71–1.86 s.
 const LAST_RANGE_SHARE: f64 = 1.15;
 
 /// How many connections a bulk merge of one hour may use (set from
