@@ -151,11 +151,6 @@ pub struct StepTimes {
 }
 
 impl StepTimes {
-    /// Everything but the hour's check and lock.
-    pub fn total(&self) -> Elapsed {
-        self.silver + self.checks + self.gold
-    }
-
     fn add(&mut self, other: StepTimes) {
         self.silver += other.silver;
         self.checks += other.checks;
@@ -587,6 +582,7 @@ async fn merge_shard(
     let mut report = MergeReport::default();
     let mut step = Instant::now();
     let mut steps = StepTimes::default();
+    // Logs the step just done and returns how long it took.
     let mut lap = |name: &str| {
         let took = step.elapsed();
         tracing::debug!(
@@ -596,13 +592,8 @@ async fn merge_shard(
             ms = took.as_millis() as u64,
             "Merge step"
         );
-        match name {
-            "prepare" => {}
-            "touched" | "silver" => steps.silver += took,
-            "filled" | "mismatch" | "completeness" => steps.checks += took,
-            _ => steps.gold += took,
-        }
         step = Instant::now();
+        took
     };
     lap("prepare");
     // A bulk merge into a range with no silver rows yet inserts every key of
@@ -626,7 +617,7 @@ async fn merge_shard(
             sqlx::query("ANALYZE merge_touched")
                 .execute(&mut **tx)
                 .await?;
-            lap("touched");
+            steps.silver += lap("touched");
         }
         let silver = if fresh {
             report.fresh_ranges = 1;
@@ -655,12 +646,12 @@ async fn merge_shard(
             report.updated = row.get::<i64, _>("updated") as u64;
             report.unchanged = keys.saturating_sub(report.inserted + report.updated);
         }
-        lap("silver");
+        steps.silver += lap("silver");
         report.filled = hour_count(tx, &for_hour(FILLED_SQL, hour), from, to, shard).await?;
-        lap("filled");
+        steps.checks += lap("filled");
         let sql = for_hour(&for_scope(MISMATCH_SQL, full), hour);
         report.mismatches = hour_count(tx, &sql, from, to, shard).await?;
-        lap("mismatch");
+        steps.checks += lap("mismatch");
     }
     // merge_changed and gold_changed need no statistics: completeness and
     // gold read them once and look up each of their rows by index.
@@ -679,7 +670,7 @@ async fn merge_shard(
         .bind(to)
         .execute(&mut **tx)
         .await?;
-    lap("completeness");
+    steps.checks += lap("completeness");
     let changed = report.inserted + report.updated + report.filled;
     if changed > 0 {
         // (a fresh range's merge_changed holds its pairs, not their buckets)
@@ -717,7 +708,7 @@ async fn merge_shard(
             let sql = shard.apply(&for_hour(&sql, hour), 3);
             let query = shard.bind(sqlx::query(&sql).bind(from).bind(to));
             let written = query.execute(&mut **tx).await?.rows_affected();
-            lap(table);
+            steps.gold += lap(table);
             if written == 0 {
                 // Nothing changed at this level: nothing above it can.
                 break;
@@ -1010,6 +1001,13 @@ mod tests {
         let mut run = hour;
         run.add(report(10, 20, 30, 1));
         assert_eq!(run.inserted, 311);
-        assert_eq!(run.steps.total(), ms(910 + 170 + 430));
+        assert_eq!(
+            run.steps,
+            StepTimes {
+                silver: ms(910),
+                checks: ms(170),
+                gold: ms(430)
+            }
+        );
     }
 }
