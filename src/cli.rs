@@ -70,8 +70,9 @@ pub struct IngestArgs {
     /// the scheduled merges and backfill sweeps. Overrides ingest.shard.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<crate::ingest::shard::Shard>,
-    /// Start even when configured pairs are unknown to their exchange or
-    /// delisted: warn and leave them out, instead of refusing to start.
+    /// Start even when configured pairs were never listed by their
+    /// exchange: warn and leave them out, instead of refusing to start
+    /// (delisted and halted pairs are always left out with a warning).
     /// Sets ingest.allow_missing.
     #[arg(long)]
     pub allow_missing: bool,

@@ -167,9 +167,10 @@ pub struct IngestConfig {
     /// exchange and symbol), so N instances share the configured pairs.
     /// `klines ingest --shard i/N` overrides it. Unset: every pair.
     pub shard: Option<crate::ingest::shard::Shard>,
-    /// Configured pairs the exchange does not list, or lists as not
-    /// trading, are left out with a warning instead of stopping start-up
-    /// (`klines ingest --allow-missing`).
+    /// Configured pairs the exchange has never listed (typos) are left out
+    /// with a warning instead of stopping start-up (`klines ingest
+    /// --allow-missing`). Pairs it delisted or halts are always left out
+    /// with a warning.
     pub allow_missing: bool,
     /// How often `ref.instruments` is refreshed from every exchange's
     /// instrument list (also at start).

@@ -80,6 +80,11 @@ pub enum PairsError {
 pub struct Missing {
     pub symbol: String,
     pub reason: String,
+    /// Whether the exchange has listed the pair at some time (it is listed
+    /// as not trading, or it was listed before and has been delisted): a
+    /// restart leaves it out with a warning and watches it. A name never
+    /// listed (a typo) stops the start.
+    pub known: bool,
 }
 
 /// What an exchange's config asks for, read against its instrument list.
@@ -94,11 +99,14 @@ pub struct Resolution {
     pub selected: Vec<String>,
 }
 
-/// Reads `cfg`'s pairs and selection against `listing` (pure).
+/// Reads `cfg`'s pairs and selection against `listing` (pure). `known` are
+/// the pairs the exchange has listed before (`ref.instruments`, delisted
+/// ones included).
 pub fn resolve(
     exchange: &dyn Exchange,
     cfg: &ExchangeConfig,
     listing: &[Instrument],
+    known: &BTreeSet<String>,
 ) -> Result<Resolution, PairsError> {
     let by_symbol: BTreeMap<&str, &Instrument> =
         listing.iter().map(|i| (i.symbol.as_str(), i)).collect();
@@ -110,13 +118,20 @@ pub fn resolve(
             continue;
         };
         match by_symbol.get(symbol.as_str()) {
+            None if known.contains(&symbol) => out.missing.push(Missing {
+                symbol,
+                reason: "delisted: listed before, no longer listed by the exchange".into(),
+                known: true,
+            }),
             None => out.missing.push(Missing {
                 symbol,
                 reason: "not listed by the exchange".into(),
+                known: false,
             }),
             Some(i) if !i.trading => out.missing.push(Missing {
                 reason: format!("listed as `{}`, not trading", i.status),
                 symbol,
+                known: true,
             }),
             Some(_) => {
                 if seen.insert(symbol.clone()) {
@@ -271,6 +286,17 @@ pub async fn store(
     Ok(Stored { listed, delisted })
 }
 
+/// Every pair of `exchange` that `ref.instruments` has ever held (listed
+/// now, delisted, or recorded by the backfiller).
+pub async fn known(pool: &PgPool, exchange: ExchangeId) -> Result<BTreeSet<String>, sqlx::Error> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT symbol FROM ref.instruments WHERE exchange = $1")
+            .bind(exchange.as_str())
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// The list as the last refresh stored it.
 pub async fn load(pool: &PgPool, exchange: ExchangeId) -> Result<Vec<Instrument>, sqlx::Error> {
     let rows = sqlx::query(
@@ -373,18 +399,34 @@ pub async fn pairs_at_start(
             .into_iter()
             .collect(),
         Some(list) => {
-            let r = resolve(ex, cfg, &list)?;
-            if !r.missing.is_empty() {
-                let list = r
-                    .missing
-                    .iter()
+            // Read after the refresh stored the list: a pair that vanished
+            // from it is now marked delisted, and known.
+            let known = known(pool, exchange).await.unwrap_or_else(|e| {
+                warn!(%exchange, error = %e, "Cannot read the pairs listed before; a configured pair the exchange no longer lists counts as never listed");
+                BTreeSet::new()
+            });
+            let r = resolve(ex, cfg, &list, &known)?;
+            let describe = |ms: &[&Missing]| {
+                ms.iter()
                     .map(|m| format!("`{}` {}", m.symbol, m.reason))
                     .collect::<Vec<_>>()
-                    .join("; ");
+                    .join("; ")
+            };
+            let (gone, unknown): (Vec<&Missing>, Vec<&Missing>) =
+                r.missing.iter().partition(|m| m.known);
+            if !unknown.is_empty() {
+                let list = describe(&unknown);
                 if !allow_missing {
                     return Err(PairsError::Missing { exchange, list });
                 }
                 warn!(%exchange, missing = %list, "Configured pairs left out (--allow-missing)");
+            }
+            if !gone.is_empty() {
+                // A routine restart months in must come back: a pair the
+                // exchange delisted or halted is left out, not fatal. Its
+                // expected minutes end at its delisting; the instruments
+                // refresh watches it.
+                warn!(%exchange, pairs = %describe(&gone), "Configured pairs the exchange delisted or does not trade now are left out; the instruments refresh watches them");
             }
             if cfg.select.is_some() {
                 info!(%exchange, selected = r.selected.len(), pairs = %r.selected.join(","), "Pairs selected by rule");
@@ -422,9 +464,20 @@ pub async fn refresh_periodically(
                 continue;
             }
         };
-        let Ok(now) = resolve(client.exchange.as_ref(), &cfg, &list) else {
+        let known = known(&pool, exchange).await.unwrap_or_default();
+        let Ok(now) = resolve(client.exchange.as_ref(), &cfg, &list, &known) else {
             continue;
         };
+        for symbol in now.pairs.iter().filter(|s| !running.contains(s)) {
+            if cfg.pairs.iter().any(|c| {
+                client
+                    .exchange
+                    .normalize_symbol(c)
+                    .is_ok_and(|n| &n == symbol)
+            }) {
+                warn!(%exchange, %symbol, "A configured pair left out at start trades again; it is ingested after the next restart");
+            }
+        }
         for m in now.missing.iter().filter(|m| running.contains(&m.symbol)) {
             warn!(%exchange, symbol = %m.symbol, reason = %m.reason, "A running pair is no longer trading");
         }
@@ -496,6 +549,7 @@ mod tests {
             &binance(),
             &cfg(&["btcusdt", "NOPEUSDT", "DOGEUSDT", "BTCUSDT"], None),
             &listing(),
+            &BTreeSet::new(),
         )
         .unwrap();
         assert_eq!(r.pairs, ["BTCUSDT"]);
@@ -503,6 +557,35 @@ mod tests {
         assert_eq!(r.missing[0].symbol, "NOPEUSDT");
         assert!(r.missing[0].reason.contains("not listed"));
         assert!(r.missing[1].reason.contains("BREAK"), "{:?}", r.missing[1]);
+        assert_eq!(
+            r.missing.iter().map(|m| m.known).collect::<Vec<_>>(),
+            [false, true],
+            "a name never listed is unknown; a halted pair is known"
+        );
+    }
+
+    #[test]
+    fn a_pair_listed_before_and_gone_now_is_known_a_typo_is_not() {
+        let known: BTreeSet<String> = ["LUNAUSDT".to_string()].into();
+        let r = resolve(
+            &binance(),
+            &cfg(&["BTCUSDT", "LUNAUSDT", "BTCUSTD"], None),
+            &listing(),
+            &known,
+        )
+        .unwrap();
+        assert_eq!(r.pairs, ["BTCUSDT"]);
+        let missing: Vec<(&str, bool)> = r
+            .missing
+            .iter()
+            .map(|m| (m.symbol.as_str(), m.known))
+            .collect();
+        assert_eq!(missing, [("LUNAUSDT", true), ("BTCUSTD", false)]);
+        assert!(
+            r.missing[0].reason.contains("delisted"),
+            "{:?}",
+            r.missing[0]
+        );
     }
 
     #[test]
@@ -511,7 +594,13 @@ mod tests {
             quote: vec!["usdt".into()],
             top: Some(2),
         };
-        let r = resolve(&binance(), &cfg(&["ETHBTC"], Some(top2)), &listing()).unwrap();
+        let r = resolve(
+            &binance(),
+            &cfg(&["ETHBTC"], Some(top2)),
+            &listing(),
+            &BTreeSet::new(),
+        )
+        .unwrap();
         // Not trading (DOGE) and other quotes are never selected; no volume
         // sorts last.
         assert_eq!(r.selected, ["BTCUSDT", "SOLUSDT"]);
@@ -520,13 +609,25 @@ mod tests {
             quote: vec!["USDT".into()],
             top: None,
         };
-        let r = resolve(&binance(), &cfg(&[], Some(all_usdt)), &listing()).unwrap();
+        let r = resolve(
+            &binance(),
+            &cfg(&[], Some(all_usdt)),
+            &listing(),
+            &BTreeSet::new(),
+        )
+        .unwrap();
         assert_eq!(r.pairs, ["BTCUSDT", "ETHUSDT", "NEWUSDT", "SOLUSDT"]);
         let top1_any = PairSelection {
             quote: vec![],
             top: Some(1),
         };
-        let r = resolve(&binance(), &cfg(&["ETHBTC"], Some(top1_any)), &listing()).unwrap();
+        let r = resolve(
+            &binance(),
+            &cfg(&["ETHBTC"], Some(top1_any)),
+            &listing(),
+            &BTreeSet::new(),
+        )
+        .unwrap();
         assert_eq!(r.selected, ["ETHBTC"]);
         assert_eq!(r.pairs, ["ETHBTC"], "each pair once");
         let no_volumes: Vec<Instrument> = listing()
@@ -546,6 +647,7 @@ mod tests {
                 }),
             ),
             &no_volumes,
+            &BTreeSet::new(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("24 h volumes"), "{err}");
@@ -564,7 +666,7 @@ mod tests {
             quote: vec![],
             top: Some(5),
         };
-        let r = resolve(&coinbase, &cfg(&[], Some(sel)), &list).unwrap();
+        let r = resolve(&coinbase, &cfg(&[], Some(sel)), &list, &BTreeSet::new()).unwrap();
         assert_eq!(r.pairs, ["BTC-USD", "USDT-USDC"]);
     }
 }

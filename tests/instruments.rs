@@ -208,11 +208,13 @@ async fn selection_by_quote_and_24h_volume_on_every_exchange() {
     db.drop().await;
 }
 
-/// An unknown or delisted pair stops the start with an error naming it;
-/// with --allow-missing the service starts without it. A pair that vanishes
-/// from the list is marked delisted.
+/// A name the exchange never listed (a typo) stops the start with an error
+/// naming it; with --allow-missing the service starts without it. A pair
+/// that was listed and has vanished from the list is marked delisted and
+/// left out with a warning: a restart with it still in the config starts
+/// and ingests the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_pairs_stop_the_start_unless_allowed_missing() {
+async fn unknown_pairs_stop_the_start_unless_allowed_missing_and_delisted_ones_do_not() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let db = TestDb::new("instruments_missing").await;
     let dir = tempdir();
@@ -245,11 +247,13 @@ async fn unknown_pairs_stop_the_start_unless_allowed_missing() {
     assert!(
         err.contains("exchanges.binance.pairs")
             && err.contains("`NOPEUSDT` not listed")
-            && err.contains("`LUNAUSDT` not listed")
             && err.contains("--allow-missing"),
         "{err}"
     );
-    assert!(!err.contains("BTCUSDT"), "{err}");
+    assert!(
+        !err.contains("BTCUSDT") && !err.contains("LUNAUSDT"),
+        "only the name never listed is an error: {err}"
+    );
     let (status, delisted): (String, bool) = sqlx::query_as(
         "SELECT status, delisted_at IS NOT NULL FROM ref.instruments
           WHERE exchange = 'binance' AND symbol = 'LUNAUSDT'",
@@ -258,8 +262,21 @@ async fn unknown_pairs_stop_the_start_unless_allowed_missing() {
     .await
     .unwrap();
     assert_eq!((status.as_str(), delisted), ("delisted", true));
+    // With --allow-missing the typo is left out too.
+    let mut allowed = cfg.clone();
+    allowed.exchanges.retain(|id, _| *id == ExchangeId::Binance);
+    let decided = decide(&allowed, &db.pool, true).await;
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].1.as_ref().unwrap(), &["BTCUSDT"]);
 
-    cfg.ingest.allow_missing = true;
+    // The restart months in: the delisted pair is still in the config, and
+    // the service starts without --allow-missing and ingests the rest.
+    cfg.exchanges
+        .get_mut(&ExchangeId::Binance)
+        .unwrap()
+        .pairs
+        .retain(|p| p != "NOPEUSDT");
+    assert!(!cfg.ingest.allow_missing);
     let service = start_ingest(cfg);
     let finals = wait_until(Duration::from_secs(60), || async {
         bronze_final_minutes(&db.pool).await >= 3
