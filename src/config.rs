@@ -253,12 +253,15 @@ impl Default for PartitionConfig {
 pub struct MergeConfig {
     /// Set false to leave merging to `klines merge` (or another instance).
     pub enabled: bool,
-    /// How often the recent window is merged (incrementally).
+    /// How often what was written since the last merge is merged, whatever
+    /// the minutes' age.
     #[serde(with = "humantime_serde")]
     pub every: Duration,
-    /// The recent window: this far back from now.
-    #[serde(with = "humantime_serde")]
-    pub recent_window: Duration,
+    /// No longer used: the merge follows what was written since its
+    /// watermark, not a window. Accepted (with a warning at start) so that
+    /// an older config file still starts.
+    #[serde(with = "humantime_serde::option")]
+    pub recent_window: Option<Duration>,
     /// How often the late-data sweep runs (incrementally, plus completeness
     /// for every configured pair and hour).
     #[serde(with = "humantime_serde")]
@@ -277,7 +280,7 @@ impl Default for MergeConfig {
         MergeConfig {
             enabled: true,
             every: Duration::from_secs(60),
-            recent_window: Duration::from_secs(2 * 3600),
+            recent_window: None,
             sweep_every: Duration::from_secs(3600),
             sweep_window: Duration::from_secs(24 * 3600),
             parallelism: 2,
@@ -585,7 +588,6 @@ impl Config {
         nonzero("bronze.retry_backoff_max", self.bronze.retry_backoff_max)?;
         nonzero("partitions.every", self.partitions.every)?;
         nonzero("merge.every", self.merge.every)?;
-        nonzero("merge.recent_window", self.merge.recent_window)?;
         nonzero("merge.sweep_every", self.merge.sweep_every)?;
         nonzero("merge.sweep_window", self.merge.sweep_window)?;
         positive("merge.parallelism", self.merge.parallelism)?;

@@ -24,6 +24,7 @@ use tracing::info;
 use crate::db::partitions::{hour_of, Partitions};
 use crate::domain::Pair;
 
+const PENDING_HOURS_SQL: &str = include_str!("../sql/merge_pending_hours.sql");
 const TOUCHED_SQL: &str = include_str!("../sql/merge_touched.sql");
 const SILVER_SQL: &str = include_str!("../sql/merge_silver.sql");
 const SILVER_FRESH_SQL: &str = include_str!("../sql/merge_silver_fresh.sql");
@@ -224,10 +225,31 @@ pub async fn merge_range(
     if from >= to {
         return Err(MergeError::EmptyRange { from, to });
     }
-    let first = hour_of(from);
-    let last = hour_of(to - Duration::microseconds(1));
+    let hours: Vec<i64> = (hour_of(from)..=hour_of(to - Duration::microseconds(1))).collect();
+    merge_hours(pool, partitions, &hours, scope, sweep_pairs).await
+}
+
+/// The hours with a final bronze row or a confirmed-empty minute written
+/// at or after `scope`'s transaction id, however old their minutes are, in
+/// order (hours since the epoch).
+pub async fn pending_hours(pool: &PgPool, scope: &Scope) -> Result<Vec<i64>, MergeError> {
+    Ok(sqlx::query_scalar(PENDING_HOURS_SQL)
+        .bind(scope.xid())
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Merges each of `hours` (hours since the epoch, in order), as
+/// [`merge_range`] does.
+pub async fn merge_hours(
+    pool: &PgPool,
+    partitions: &Partitions,
+    hours: &[i64],
+    scope: &Scope,
+    sweep_pairs: &[Pair],
+) -> Result<MergeReport, MergeError> {
     let mut report = MergeReport::default();
-    for hour in first..=last {
+    for &hour in hours {
         let merged = match merge_hour(pool, partitions, hour, scope, sweep_pairs).await {
             // A partition this process thought it had was dropped: create
             // it again and retry once.
@@ -799,6 +821,22 @@ async fn prepare_temp_tables(tx: &mut Transaction<'_, Postgres>) -> Result<(), s
     Ok(())
 }
 
+/// What a recorded merge run covers.
+enum Cover<'a> {
+    /// Every hour of `[from, to)`, each with completeness rows for
+    /// `sweep_pairs`.
+    Range {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        sweep_pairs: &'a [Pair],
+    },
+    /// The hours written since the job's watermark, whatever their age,
+    /// plus every hour of `window` with completeness rows for its pairs.
+    Pending {
+        window: Option<(DateTime<Utc>, DateTime<Utc>, &'a [Pair])>,
+    },
+}
+
 /// A named merge run: recorded in `ops.runs`, logged, and, when `incremental`,
 /// continued from the job's watermark and advancing it on success.
 pub async fn run_job(
@@ -813,15 +851,73 @@ pub async fn run_job(
     if from >= to {
         return Err(MergeError::EmptyRange { from, to });
     }
+    let cover = Cover::Range {
+        from,
+        to,
+        sweep_pairs,
+    };
+    run_recorded(pool, partitions, kind, incremental, cover).await
+}
+
+/// The service's scheduled merge: every hour with bronze rows (or
+/// confirmed-empty minutes) written since the job's watermark, however old
+/// their minutes (a killed backfill, a spool replayed days late, a lake
+/// reload reach silver by themselves), plus, when `window` is given, every
+/// hour of `[from, to)` with a completeness row for each of its pairs (so
+/// an hour without any data shows as missing). Recorded in `ops.runs`; the
+/// watermark advances on success only, so a failed run's hours come back.
+pub async fn run_scheduled(
+    pool: &PgPool,
+    partitions: &Partitions,
+    kind: &str,
+    window: Option<(DateTime<Utc>, DateTime<Utc>, &[Pair])>,
+) -> Result<MergeReport, MergeError> {
+    if let Some((from, to, _)) = window {
+        if from >= to {
+            return Err(MergeError::EmptyRange { from, to });
+        }
+    }
+    run_recorded(pool, partitions, kind, true, Cover::Pending { window }).await
+}
+
+/// Which hours a run merges, and with which sweep pairs each; the range
+/// `ops.runs` records (an hour-aligned span of them, or `None` for none).
+async fn plan_hours<'a>(
+    pool: &PgPool,
+    scope: &Scope,
+    cover: &Cover<'a>,
+) -> Result<Vec<(i64, &'a [Pair])>, MergeError> {
+    let span = |from: DateTime<Utc>, to: DateTime<Utc>| {
+        hour_of(from)..=hour_of(to - Duration::microseconds(1))
+    };
+    Ok(match *cover {
+        Cover::Range {
+            from,
+            to,
+            sweep_pairs,
+        } => span(from, to).map(|h| (h, sweep_pairs)).collect(),
+        Cover::Pending { window } => {
+            let pending = pending_hours(pool, scope).await?;
+            let mut hours: std::collections::BTreeMap<i64, &'a [Pair]> =
+                pending.into_iter().map(|h| (h, &[][..])).collect();
+            if let Some((from, to, pairs)) = window {
+                for h in span(from, to) {
+                    hours.insert(h, pairs);
+                }
+            }
+            hours.into_iter().collect()
+        }
+    })
+}
+
+async fn run_recorded(
+    pool: &PgPool,
+    partitions: &Partitions,
+    kind: &str,
+    incremental: bool,
+    cover: Cover<'_>,
+) -> Result<MergeReport, MergeError> {
     let started = Instant::now();
-    let run_id: i64 = sqlx::query_scalar(
-        "INSERT INTO ops.runs (kind, range_from, range_to) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(kind)
-    .bind(from)
-    .bind(to)
-    .fetch_one(pool)
-    .await?;
     // Taken before merging: what is committed below it is seen by this run.
     let snapshot_xmin: String =
         sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
@@ -838,7 +934,37 @@ pub async fn run_job(
     } else {
         Scope::Full
     };
-    let result = merge_range(pool, partitions, from, to, &scope, sweep_pairs).await;
+    let hours = plan_hours(pool, &scope, &cover).await?;
+    // The run log's range: the hours looked at (the current one when none).
+    let (from, to) = match (hours.first(), hours.last()) {
+        (Some(&(first, _)), Some(&(last, _))) => (hour_start(first), hour_start(last + 1)),
+        _ => {
+            let now = hour_of(Utc::now());
+            (hour_start(now), hour_start(now + 1))
+        }
+    };
+    let run_id: i64 = sqlx::query_scalar(
+        "INSERT INTO ops.runs (kind, range_from, range_to) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(kind)
+    .bind(from)
+    .bind(to)
+    .fetch_one(pool)
+    .await?;
+    let mut result = Ok(MergeReport::default());
+    for (hour, sweep_pairs) in &hours {
+        match merge_hours(pool, partitions, &[*hour], &scope, sweep_pairs).await {
+            Ok(r) => {
+                if let Ok(total) = &mut result {
+                    total.add(r);
+                }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
     match &result {
         Ok(r) => {
             if incremental {

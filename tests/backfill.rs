@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -17,7 +16,6 @@ use klines::simulator::{RestLogEntry, SimHandle};
 use rust_decimal::Decimal;
 use sqlx::Row;
 
-const BIN: &str = env!("CARGO_BIN_EXE_klines");
 const US_PAIRS: [&str; 3] = ["BTCUSDT", "BTCUSDC", "BTCUSD"];
 
 fn us_file(symbol: &str) -> String {
@@ -30,57 +28,6 @@ fn us_file(symbol: &str) -> String {
 /// A config file for the CLI pointing at `sim`'s Binance.
 fn config_file(dir: &Path, sim: &SimHandle, pairs: &[&str], binance_extra: &str) -> PathBuf {
     exchange_config_file(dir, sim, ExchangeId::Binance, pairs, binance_extra)
-}
-
-/// A config file for the CLI pointing at `sim`'s `exchange`, with `extra`
-/// lines in its section.
-fn exchange_config_file(
-    dir: &Path,
-    sim: &SimHandle,
-    exchange: ExchangeId,
-    pairs: &[&str],
-    extra: &str,
-) -> PathBuf {
-    let pairs: Vec<String> = pairs.iter().map(|p| format!("\"{p}\"")).collect();
-    let path = dir.join("klines.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[ingest]
-spool_dir = "{spool}"
-
-[exchanges.{exchange}]
-ws_url = "{ws}"
-rest_url = "{rest}"
-pairs = [{pairs}]
-{extra}
-"#,
-            spool = dir.join("spool").display(),
-            ws = sim.ws_url(exchange),
-            rest = sim.rest_url(exchange),
-            pairs = pairs.join(", "),
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn backfill(config: &Path, db_url: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("backfill")
-        .args(args)
-        .env("DATABASE_URL", db_url)
-        .env("KLINES_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Silver 1m rows of `symbol` keyed by minute index: (o, h, l, c, v, source).
@@ -138,7 +85,7 @@ async fn cli_fills_30_days_of_3_pairs_exactly_and_a_second_run_inserts_nothing()
     let dir = tempdir();
     let config = config_file(dir.path(), &sim, &US_PAIRS, "");
 
-    let (ok, out, err) = backfill(
+    let (ok, out, err) = backfill_cli(
         &config,
         &db.url,
         &[
@@ -189,7 +136,7 @@ async fn cli_fills_30_days_of_3_pairs_exactly_and_a_second_run_inserts_nothing()
 
     // Again: nothing to fetch, nothing inserted.
     let bronze_before = count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await;
-    let (ok, out, err) = backfill(
+    let (ok, out, err) = backfill_cli(
         &config,
         &db.url,
         &[
@@ -327,7 +274,7 @@ async fn bad_backfill_arguments_are_rejected_with_a_clear_message() {
         ),
     ];
     for (args, message) in cases {
-        let (ok, out, err) = backfill(&config, &db.url, &args);
+        let (ok, out, err) = backfill_cli(&config, &db.url, &args);
         assert!(!ok, "{args:?} must fail");
         assert!(
             err.contains(message),
@@ -372,7 +319,7 @@ async fn dry_run_listing_and_unrecoverable_history() {
         "2023-01-22",
     ];
 
-    let (ok, out, err) = backfill(&config, &db.url, &[&day[..], &["--dry-run"]].concat());
+    let (ok, out, err) = backfill_cli(&config, &db.url, &[&day[..], &["--dry-run"]].concat());
     assert!(ok, "{out}\n{err}");
     assert!(
         out.contains("dry run") && out.contains("2023-01-21T00:30Z → 2023-01-22T00:00Z"),
@@ -387,7 +334,7 @@ async fn dry_run_listing_and_unrecoverable_history() {
         0
     );
 
-    let (ok, out, err) = backfill(&config, &db.url, &day);
+    let (ok, out, err) = backfill_cli(&config, &db.url, &day);
     assert!(ok, "{out}\n{err}");
     // 2023-01-21 12:00 is the oldest minute REST still has (+2 min margin).
     let fetched = count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await;
@@ -426,7 +373,7 @@ async fn dry_run_listing_and_unrecoverable_history() {
 
     // Nothing left to try: a second run requests no klines.
     let before = klines_requests(&sim.state.rest_log(), "/api/v3/klines");
-    let (ok, out, err) = backfill(&config, &db.url, &day);
+    let (ok, out, err) = backfill_cli(&config, &db.url, &day);
     assert!(ok, "{out}\n{err}");
     assert_eq!(
         klines_requests(&sim.state.rest_log(), "/api/v3/klines"),
@@ -648,7 +595,7 @@ async fn the_backfiller_keeps_to_its_budget_and_honours_429s_without_a_ban() {
             }
         })
     };
-    let (ok, out, err) = backfill(
+    let (ok, out, err) = backfill_cli(
         &config,
         &db.url,
         &[
@@ -870,7 +817,7 @@ async fn kraken_minutes_that_left_rest_history_before_the_answer_are_not_confirm
     })
     .await;
     assert!(ready, "the simulator's clock runs");
-    let (ok, out, err) = backfill(
+    let (ok, out, err) = backfill_cli(
         &config,
         &db.url,
         &[

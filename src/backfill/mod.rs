@@ -56,6 +56,36 @@ pub enum BackfillError {
     Cancelled,
 }
 
+impl BackfillError {
+    /// Whether the error belongs to one pair (the exchange refused its
+    /// request with a 4xx, or its answer does not decode), so the job goes
+    /// on with the other pairs and the pair backs off on its own. Anything
+    /// else (the database, the exchange unreachable or rate limiting
+    /// everyone, a cancel) stops the job.
+    pub fn is_pair_local(&self) -> bool {
+        matches!(
+            self,
+            BackfillError::Decode { .. } | BackfillError::Rest(RestError::Rejected { .. })
+        )
+    }
+
+    fn is_cancel(&self) -> bool {
+        matches!(
+            self,
+            BackfillError::Cancelled | BackfillError::Rest(RestError::Cancelled)
+        )
+    }
+}
+
+/// A pair's first wait after a failed backfill (in the exchange's time; the
+/// sweeps run hourly, so this is the next sweep); each further failure in a
+/// row doubles it, up to [`PAIR_BACKOFF_MAX`].
+pub const PAIR_BACKOFF_FIRST: chrono::Duration = chrono::Duration::hours(1);
+/// The longest a failing pair waits between tries: a pair the exchange
+/// refuses for days is still tried daily, and its history is swept from
+/// where its last successful sweep reached once it answers again.
+pub const PAIR_BACKOFF_MAX: chrono::Duration = chrono::Duration::hours(24);
+
 /// What to backfill.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
@@ -86,6 +116,9 @@ pub struct PairReport {
     /// Minutes still missing after the run (REST had not closed them yet,
     /// or they are unrecoverable).
     pub still_missing: i64,
+    /// Why the pair failed (its requests were refused, or its answers do not
+    /// decode); what it fetched before that is kept and merged.
+    pub error: Option<String>,
 }
 
 /// What a backfill did.
@@ -103,6 +136,29 @@ impl JobReport {
     pub fn candles_inserted(&self) -> u64 {
         self.pairs.iter().map(|p| p.candles_inserted).sum()
     }
+
+    /// The pairs that failed, with why.
+    pub fn failed(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs
+            .iter()
+            .filter_map(|p| p.error.as_deref().map(|e| (p.symbol.as_str(), e)))
+    }
+}
+
+/// The error text of a job some of whose pairs failed.
+fn failed_pairs_message(pairs: &[PairReport]) -> Option<String> {
+    let failed: Vec<String> = pairs
+        .iter()
+        .filter_map(|p| p.error.as_ref().map(|e| format!("{}: {e}", p.symbol)))
+        .collect();
+    (!failed.is_empty()).then(|| {
+        format!(
+            "{} of {} pairs failed (the others completed): {}",
+            failed.len(),
+            pairs.len(),
+            failed.join("; ")
+        )
+    })
 }
 
 /// Progress callbacks, for the CLI's progress bar.
@@ -217,10 +273,9 @@ impl Backfiller {
             .locked(job_id, spec, progress, &mut tally, cancel)
             .await;
         let status = match &result {
+            Ok(pairs) if pairs.iter().any(|p| p.error.is_some()) => "failed",
             Ok(_) => "succeeded",
-            Err(BackfillError::Cancelled) | Err(BackfillError::Rest(RestError::Cancelled)) => {
-                "cancelled"
-            }
+            Err(e) if e.is_cancel() => "cancelled",
             Err(_) => "failed",
         };
         self.metrics
@@ -231,9 +286,14 @@ impl Backfiller {
             })
             .inc();
         let (pairs, error) = match &result {
-            Ok(pairs) => (pairs.as_slice(), None),
+            Ok(pairs) => (pairs.as_slice(), failed_pairs_message(pairs)),
             Err(e) => (&[][..], Some(e.to_string())),
         };
+        if !spec.dry_run {
+            if let Ok(pairs) = &result {
+                self.record_pair_outcomes(pairs).await;
+            }
+        }
         let still: i64 = pairs.iter().map(|p| p.still_missing).sum();
         let unrecoverable: i64 = pairs.iter().map(|p| p.unrecoverable).sum();
         sqlx::query(
@@ -271,6 +331,72 @@ impl Backfiller {
             );
         }
         Ok(report)
+    }
+
+    /// Records each pair's outcome in `ops.backfill_pairs`: a failure adds
+    /// one to its count, keeps the error and sets its next try (exponential
+    /// in exchange time, from [`PAIR_BACKOFF_FIRST`] up to
+    /// [`PAIR_BACKOFF_MAX`]); a success clears the count. Best effort: the
+    /// job's own record says what happened in any case.
+    async fn record_pair_outcomes(&self, pairs: &[PairReport]) {
+        let exchange = self.exchange();
+        let now = self.client.clock.now();
+        let (failed, ok): (Vec<&PairReport>, Vec<&PairReport>) =
+            pairs.iter().partition(|p| p.error.is_some());
+        let ok: Vec<&str> = ok.iter().map(|p| p.symbol.as_str()).collect();
+        let cleared = sqlx::query(
+            "UPDATE ops.backfill_pairs SET failures = 0, next_try_at = NULL
+              WHERE exchange = $1 AND symbol = ANY($2) AND failures > 0",
+        )
+        .bind(exchange)
+        .bind(&ok)
+        .execute(&self.pool)
+        .await;
+        match cleared {
+            Ok(r) if r.rows_affected() > 0 => {
+                info!(
+                    exchange,
+                    pairs = r.rows_affected(),
+                    "Pairs that had failed backfilled again"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(exchange, error = %e, "Could not clear the pairs' failures"),
+        }
+        for p in failed {
+            let recorded = sqlx::query_scalar::<_, DateTime<Utc>>(
+                "INSERT INTO ops.backfill_pairs AS p
+                        (exchange, symbol, initial_from, initial_done_at, failures, last_error,
+                         last_error_at, next_try_at)
+                 VALUES ($1, $2, NULL, NULL, 1, $3, now(), $4::timestamptz + $5::interval)
+                 ON CONFLICT (exchange, symbol) DO UPDATE
+                    SET failures = p.failures + 1, last_error = EXCLUDED.last_error,
+                        last_error_at = now(),
+                        next_try_at = $4::timestamptz
+                            + least($5::interval * power(2, least(p.failures, 30)), $6::interval)
+                 RETURNING next_try_at",
+            )
+            .bind(exchange)
+            .bind(&p.symbol)
+            .bind(p.error.as_deref())
+            .bind(now)
+            .bind(PAIR_BACKOFF_FIRST)
+            .bind(PAIR_BACKOFF_MAX)
+            .fetch_one(&self.pool)
+            .await;
+            self.metrics
+                .backfill_pair_failures
+                .get_or_create(&ExchangeLabels { exchange })
+                .inc();
+            match recorded {
+                Ok(next) => {
+                    warn!(exchange, symbol = %p.symbol, next_try = %next, error = p.error.as_deref().unwrap_or(""), "Pair backfill failed; the sweeps skip it until its next try")
+                }
+                Err(e) => {
+                    warn!(exchange, symbol = %p.symbol, error = %e, "Could not record the pair's failure")
+                }
+            }
+        }
     }
 
     async fn locked(
@@ -352,8 +478,20 @@ impl Backfiller {
             warn!(exchange = self.exchange(), error = %e, "Could not read the exchange's clock; using the best estimate");
         }
         let mut plans = Vec::with_capacity(spec.symbols.len());
+        let mut failed = Vec::new();
         for symbol in &spec.symbols {
-            plans.push(self.plan(symbol, spec, tally, cancel).await?);
+            match self.plan(symbol, spec, tally, cancel).await {
+                Ok(plan) => plans.push(plan),
+                Err(e) if e.is_pair_local() => {
+                    warn!(exchange = self.exchange(), symbol, error = %e, "Cannot plan the pair's backfill; going on with the others");
+                    failed.push(PairReport {
+                        symbol: symbol.clone(),
+                        error: Some(e.to_string()),
+                        ..PairReport::default()
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
         let pages: usize = plans.iter().map(|p| p.pages.len()).sum();
         let gap_minutes: i64 = plans.iter().map(|p| p.report.gap_minutes).sum();
@@ -374,6 +512,7 @@ impl Backfiller {
                     still_missing: p.report.gap_minutes,
                     ..p.report
                 })
+                .chain(failed)
                 .collect());
         }
         // Rows written from here on are what the merge below must look at.
@@ -383,15 +522,41 @@ impl Backfiller {
                 .await?;
         let mut hours: BTreeSet<i64> = BTreeSet::new();
         let mut fetched = Vec::with_capacity(plans.len());
+        let mut stopped = None;
         for plan in plans {
             let (from, to) = (plan.from, plan.to);
-            let report = self
+            let (mut report, result) = self
                 .fetch(job_id, plan, &mut hours, progress, tally, cancel)
-                .await?;
-            fetched.push((report, from, to));
+                .await;
+            match result {
+                Ok(()) => fetched.push((report, from, to)),
+                Err(e) if e.is_pair_local() => {
+                    warn!(exchange = self.exchange(), symbol = %report.symbol, error = %e, "The pair's backfill failed; keeping what it fetched and going on with the others");
+                    report.error = Some(e.to_string());
+                    fetched.push((report, from, to));
+                }
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
         }
-        // Merge what was written, once for the job, with completeness for
-        // its pairs.
+        if stopped.as_ref().is_some_and(|e| e.is_cancel()) {
+            // Stopping promptly matters more: the service's merge takes
+            // what was written (it follows what bronze received, whatever
+            // its age), as does `klines merge` over the range.
+            if !hours.is_empty() {
+                info!(
+                    exchange = self.exchange(),
+                    hours = hours.len(),
+                    "Backfill cancelled; what it wrote is left to the next merge"
+                );
+            }
+            return Err(BackfillError::Cancelled);
+        }
+        // Merge what was written (also when the job failed part-way: what it
+        // fetched is kept and reaches silver), once for the job, with
+        // completeness for its pairs.
         let pairs: Vec<Pair> = spec
             .symbols
             .iter()
@@ -402,9 +567,18 @@ impl Backfiller {
         for (first, end) in hour_runs(&hours) {
             let start = DateTime::from_timestamp(first * 3600, 0).unwrap_or_default();
             let end = DateTime::from_timestamp(end * 3600, 0).unwrap_or_default();
-            merge::merge_range(&self.pool, &self.partitions, start, end, &scope, &pairs).await?;
+            let merged =
+                merge::merge_range(&self.pool, &self.partitions, start, end, &scope, &pairs).await;
+            if let Err(e) = merged {
+                // The job's own error says more; the scheduled merge takes
+                // these hours in any case.
+                return Err(stopped.unwrap_or(e.into()));
+            }
         }
-        let mut reports = Vec::with_capacity(fetched.len());
+        if let Some(e) = stopped {
+            return Err(e);
+        }
+        let mut reports = Vec::with_capacity(fetched.len() + failed.len());
         for (mut report, from, to) in fetched {
             if from < to {
                 let left = find_gaps(&self.pool, self.exchange(), &report.symbol, from, to).await?;
@@ -412,6 +586,7 @@ impl Backfiller {
             }
             reports.push(report);
         }
+        reports.extend(failed);
         Ok(reports)
     }
 
@@ -529,7 +704,8 @@ impl Backfiller {
     }
 
     /// Fetches a planned pair, writes bronze and confirmed-empty minutes and
-    /// records unrecoverable runs; adds the hours it touched to `hours`.
+    /// records unrecoverable runs; adds the hours it touched to `hours`. The
+    /// report counts what was written also when the pair failed part-way.
     async fn fetch(
         &self,
         job_id: i64,
@@ -538,17 +714,44 @@ impl Backfiller {
         progress: &dyn Progress,
         tally: &mut Tally,
         cancel: &CancellationToken,
-    ) -> Result<PairReport, BackfillError> {
+    ) -> (PairReport, Result<(), BackfillError>) {
         let PairPlan {
             mut report,
             pages,
             unrecoverable,
             ..
         } = plan;
+        let result = self
+            .fetch_pages(
+                job_id,
+                &mut report,
+                pages,
+                unrecoverable,
+                hours,
+                progress,
+                tally,
+                cancel,
+            )
+            .await;
+        (report, result)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_pages(
+        &self,
+        job_id: i64,
+        report: &mut PairReport,
+        pages: Vec<Page>,
+        unrecoverable: Vec<Range<Minute>>,
+        hours: &mut BTreeSet<i64>,
+        progress: &dyn Progress,
+        tally: &mut Tally,
+        cancel: &CancellationToken,
+    ) -> Result<(), BackfillError> {
         let symbol = report.symbol.clone();
         let exchange = self.exchange();
         if pages.is_empty() && unrecoverable.is_empty() {
-            return Ok(report);
+            return Ok(());
         }
         let reason = self.history.map(|h| {
             format!(
@@ -678,8 +881,7 @@ impl Backfiller {
             .await?;
             progress.page_done(&symbol, inserted);
         }
-
-        Ok(report)
+        Ok(())
     }
 }
 

@@ -120,6 +120,18 @@ pub async fn run(
     bar.finish();
     let report = report?;
     print_summary(&report, &spec);
+    let failed: Vec<String> = report
+        .failed()
+        .map(|(symbol, error)| format!("{symbol}: {error}"))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} pairs failed (what they fetched before is kept and merged; the other pairs completed): {}",
+            failed.len(),
+            report.pairs.len(),
+            failed.join("; ")
+        );
+    }
     Ok(report)
 }
 

@@ -181,6 +181,9 @@ pub async fn run(
         leader::Leader::always()
     };
     if config.merge.enabled {
+        if config.merge.recent_window.is_some() {
+            warn!("merge.recent_window is no longer used (the merge follows what was written, whatever its age); remove it from the config");
+        }
         crate::merge::set_parallelism(config.merge.parallelism);
         let pairs: Vec<crate::domain::Pair> = configured
             .iter()
@@ -476,9 +479,10 @@ struct MergeSchedule {
 /// them).
 const CLOCK_WAIT: Duration = Duration::from_secs(120);
 
-/// Merges the recent window every `every` and sweeps the late-data window
-/// every `sweep_every`, both incrementally from their own watermarks; the
-/// windows end at the exchanges' time. Runs only while this instance leads;
+/// Merges what was written since the last run every `every` (whatever its
+/// minutes' age) and sweeps the late-data window every `sweep_every`, both
+/// incrementally from their own watermarks; the window ends at the
+/// exchanges' time. Runs only while this instance leads;
 /// the per-hour advisory lock keeps even concurrent merges exact.
 async fn merge_scheduler(mut s: MergeSchedule, stop: CancellationToken) {
     let started = std::time::Instant::now();
@@ -509,22 +513,17 @@ async fn merge_scheduler(mut s: MergeSchedule, stop: CancellationToken) {
             None => continue,
         };
         let to = now + chrono::Duration::minutes(1);
-        let (kind, back, sweep_pairs) = if std::mem::take(&mut sweep_due) {
-            ("merge_sweep", window(s.config.sweep_window), &s.pairs[..])
+        // Every run merges what was written since its watermark, however old
+        // its minutes; the sweep also writes completeness rows for every
+        // pair and hour of its window.
+        let (kind, window) = if std::mem::take(&mut sweep_due) {
+            let from = now - window(s.config.sweep_window);
+            ("merge_sweep", Some((from, to, &s.pairs[..])))
         } else {
-            ("merge_recent", window(s.config.recent_window), &[][..])
+            ("merge_recent", None)
         };
         let began = std::time::Instant::now();
-        let result = crate::merge::run_job(
-            &s.pool,
-            &s.partitions,
-            kind,
-            now - back,
-            to,
-            true,
-            sweep_pairs,
-        )
-        .await;
+        let result = crate::merge::run_scheduled(&s.pool, &s.partitions, kind, window).await;
         s.metrics
             .merge_seconds
             .observe(began.elapsed().as_secs_f64());

@@ -338,7 +338,7 @@ async fn klines(
             used,
         );
     }
-    if !sim.market.has_symbol(symbol) {
+    if !sim.market.has_symbol(symbol) || sim.rest_is_refused(symbol) {
         return with_weight(
             &sim,
             binance_error(StatusCode::BAD_REQUEST, -1121, "Invalid symbol."),

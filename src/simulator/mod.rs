@@ -357,6 +357,10 @@ pub struct SimState {
     rest: Mutex<RestLedger>,
     /// Per exchange: the wall times of recent connection attempts.
     connects: Mutex<HashMap<&'static str, std::collections::VecDeque<std::time::Instant>>>,
+    /// Symbols whose REST klines are refused as if the exchange did not
+    /// know them (Binance: 400 `Invalid symbol`), while their WebSocket
+    /// streams go on: a pair the exchange stopped serving over REST.
+    rest_refused: Mutex<BTreeSet<String>>,
 }
 
 /// Each exchange's documented limit on WebSocket connection attempts per IP:
@@ -443,8 +447,28 @@ impl SimState {
             subscribed: AtomicU64::new(0),
             rest: Mutex::new(RestLedger::default()),
             connects: Mutex::new(HashMap::new()),
+            rest_refused: Mutex::new(BTreeSet::new()),
             config,
         }
+    }
+
+    /// Refuses (`true`) or serves again (`false`) `symbol`'s REST klines
+    /// (Binance's protocol; see `rest_refused`).
+    pub fn refuse_rest(&self, symbol: &str, refuse: bool) {
+        let mut refused = self.rest_refused.lock().expect("refused set poisoned");
+        if refuse {
+            refused.insert(symbol.to_owned());
+        } else {
+            refused.remove(symbol);
+        }
+    }
+
+    /// Whether `symbol`'s REST klines are refused.
+    pub fn rest_is_refused(&self, symbol: &str) -> bool {
+        self.rest_refused
+            .lock()
+            .expect("refused set poisoned")
+            .contains(symbol)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

@@ -104,6 +104,12 @@ pub struct Metrics {
     pub backfill_empty_minutes: Family<ExchangeLabels, Counter>,
     /// Backfill jobs by final status.
     pub backfill_jobs: Family<StatusLabels, Counter>,
+    /// Pairs whose backfill failed (a refused request, an answer that does
+    /// not decode), one per pair and job.
+    pub backfill_pair_failures: Family<ExchangeLabels, Counter>,
+    /// Pairs backing off after failures (the scheduled sweeps skip them
+    /// until their next try).
+    pub backfill_pairs_backing_off: Family<ExchangeLabels, Gauge>,
     /// Lines appended to the lake spool.
     pub lake_lines: Counter,
     /// Lake objects written to the store.
@@ -167,6 +173,8 @@ impl Metrics {
             rate_limit_wait_seconds: Family::default(),
             backfill_candles: Family::default(),
             backfill_empty_minutes: Family::default(),
+            backfill_pair_failures: Family::default(),
+            backfill_pairs_backing_off: Family::default(),
             backfill_jobs: Family::default(),
             lake_lines: Counter::default(),
             lake_objects: Counter::default(),
@@ -277,6 +285,16 @@ impl Metrics {
             "backfill_confirmed_empty",
             "Minutes REST confirmed had no candle",
             m.backfill_empty_minutes.clone(),
+        );
+        registry.register(
+            "backfill_pair_failures",
+            "Pairs whose backfill failed (refused requests, answers that do not decode)",
+            m.backfill_pair_failures.clone(),
+        );
+        registry.register(
+            "backfill_pairs_backing_off",
+            "Pairs the scheduled sweeps skip until their next try after failures",
+            m.backfill_pairs_backing_off.clone(),
         );
         registry.register(
             "backfill_jobs",

@@ -457,3 +457,56 @@ impl Running {
         self.task.await.unwrap().unwrap()
     }
 }
+
+/// A config file for the CLI pointing at `sim`'s `exchange`, with `extra`
+/// lines in its section.
+pub fn exchange_config_file(
+    dir: &Path,
+    sim: &SimHandle,
+    exchange: klines::domain::ExchangeId,
+    pairs: &[&str],
+    extra: &str,
+) -> PathBuf {
+    let pairs: Vec<String> = pairs.iter().map(|p| format!("\"{p}\"")).collect();
+    let path = dir.join("klines.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[ingest]
+spool_dir = "{spool}"
+
+[exchanges.{exchange}]
+ws_url = "{ws}"
+rest_url = "{rest}"
+pairs = [{pairs}]
+{extra}
+"#,
+            spool = dir.join("spool").display(),
+            ws = sim.ws_url(exchange),
+            rest = sim.rest_url(exchange),
+            pairs = pairs.join(", "),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs `klines backfill ARGS` with `config` against `db_url`: (success,
+/// stdout, stderr).
+pub fn backfill_cli(config: &Path, db_url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_klines"))
+        .arg("--config")
+        .arg(config)
+        .arg("backfill")
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("KLINES_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
