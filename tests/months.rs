@@ -443,3 +443,112 @@ async fn a_failing_pair_does_not_stop_another_pairs_sweep() {
     db.drop().await;
 }
 
+/// Coinbase's first minute after subscribing cannot be vouched for (the
+/// snapshot's oldest trade may have had earlier ones in its minute): it goes
+/// to bronze as not final, and the backfiller settles it from REST as soon
+/// as it has closed, minutes later, not at the next hourly sweep (against
+/// an independent Coinbase server it was still missing from silver 44
+/// minutes on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_written_not_final_is_settled_from_rest_within_minutes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("months_unsettled").await;
+    let dir = tempdir();
+    let first = Minute::containing("2023-01-21T00:00:00Z".parse().unwrap());
+    // (Coinbase serves -USDC products as -USD: the day is replayed as
+    // BTC-USD.) The service starts at 00:40 of the replayed day, an exchange minute a
+    // wall second: twenty wall seconds before the next hourly sweep.
+    let sim = simulator(&[&format!("BTCUSD={BTC_DAY}")], 1.0, |c| {
+        c.start = Some(first);
+        c.clock_start = Some(first.plus(40));
+        c.start_immediately = true;
+    })
+    .await;
+    let toml = config_toml(&sim, &db.url, &spool_dir(&dir), &["BTC-USD"], "", "", "")
+        .replace("[exchanges.binance]", "[exchanges.coinbase]")
+        .replace(&sim.binance_ws_url(), &sim.ws_url(ExchangeId::Coinbase))
+        .replace(&sim.binance_rest_url(), &sim.rest_url(ExchangeId::Coinbase));
+    let mut cfg = parse_config(&toml);
+    cfg.backfill.enabled = true;
+    cfg.backfill.tick = Duration::from_millis(100);
+    cfg.backfill.initial_history = Duration::ZERO;
+    cfg.merge.every = Duration::from_millis(200);
+    let service = start_ingest(cfg);
+
+    // The first minute the connection saw, written as not final.
+    let pool = db.pool.clone();
+    let unsettled = || async {
+        sqlx::query_scalar::<_, DateTime<Utc>>(
+            "SELECT DISTINCT interval_start FROM bronze.ohlcv_native
+              WHERE source = 'ws' AND NOT is_final ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            !unsettled().await.is_empty()
+        })
+        .await,
+        "the first minute goes to bronze as not final: {:?}\n{}",
+        sim.state.snapshot(),
+        service.metrics.encode()
+    );
+    let minutes: Vec<Minute> = unsettled()
+        .await
+        .into_iter()
+        .map(Minute::containing)
+        .collect();
+    let hour_end = first.plus(60);
+    assert!(
+        minutes.iter().all(|m| *m < hour_end),
+        "{minutes:?} before 01:00"
+    );
+    // Settled from REST, exactly, before the exchange's clock reaches the
+    // next hour (when the hourly sweep would run).
+    let settled = wait_until(Duration::from_secs(30), || async {
+        let silver: BTreeMap<Minute, String> = sqlx::query_as::<_, (DateTime<Utc>, String)>(
+            "SELECT interval_start, source FROM silver.fact_ohlcv WHERE symbol = 'BTC-USD'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(t, s)| (Minute::containing(t), s))
+        .collect();
+        minutes
+            .iter()
+            .all(|m| silver.get(m).is_some_and(|s| s == "rest"))
+    })
+    .await;
+    let clock =
+        Minute::containing(DateTime::from_timestamp_millis(sim.state.clock.now_ms()).unwrap());
+    assert!(
+        settled,
+        "{minutes:?} settled from REST (exchange time {clock})"
+    );
+    assert!(
+        clock < hour_end,
+        "settled before the hourly sweep: exchange time {clock}"
+    );
+    for m in &minutes {
+        let want = sim.state.market.candle_at("BTCUSD", *m).unwrap();
+        let got: (Decimal, Decimal, Decimal, Decimal, Decimal) = sqlx::query_as(
+            "SELECT open, high, low, close, volume FROM silver.fact_ohlcv
+              WHERE symbol = 'BTC-USD' AND interval_start = $1",
+        )
+        .bind(m.start())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            got,
+            (want.open, want.high, want.low, want.close, want.volume),
+            "{m}"
+        );
+    }
+    service.stop().await;
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

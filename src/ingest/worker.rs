@@ -359,9 +359,7 @@ impl Slot {
             .lock()
             .expect("finality state poisoned")
             .expire(now, self.config.finality_grace);
-        for event in closed {
-            self.send_bronze(event).await;
-        }
+        self.write_bronze(closed).await;
     }
 
     async fn flush_open_minutes(&self) {
@@ -370,8 +368,25 @@ impl Slot {
             .lock()
             .expect("finality state poisoned")
             .disconnect();
-        for event in open {
+        self.write_bronze(open).await;
+    }
+
+    /// Writes `events` to bronze. The minutes among them written as not
+    /// final (cut off by a disconnect, given up on, or one the connection
+    /// could not vouch for, such as Coinbase's first minute after
+    /// subscribing) are reported to the backfiller, which settles them from
+    /// REST as soon as they have closed on the exchange instead of at the
+    /// next hourly sweep.
+    async fn write_bronze(&self, events: Vec<CandleEvent>) {
+        let unsettled = unsettled(&events);
+        for event in events {
             self.send_bronze(event).await;
+        }
+        if let Some(outage) = unsettled {
+            self.report_outage(
+                outage,
+                "Minutes written as not final; settling them from REST once closed",
+            );
         }
     }
 
@@ -619,10 +634,33 @@ impl Slot {
                 to_bronze.extend(outcome.to_bronze);
             }
         }
-        for event in to_bronze {
-            self.send_bronze(event).await;
+        self.write_bronze(to_bronze).await;
+    }
+
+    /// Hands `outage` to the backfiller, if one listens.
+    fn report_outage(&self, outage: Outage, what: &'static str) {
+        let Some(outages) = self.feed.as_ref().and_then(|h| h.outages.as_ref()) else {
+            return;
+        };
+        debug!(exchange = %self.exchange.id(), slot = self.index, from = %outage.from, to = %outage.to, pairs = outage.symbols.len(), "{what}");
+        if outages.try_send(outage).is_err() {
+            warn!(exchange = %self.exchange.id(), "Backfill queue full; the hourly sweep will cover these minutes");
         }
     }
+}
+
+/// The minutes of `events` written as not final, as one span for the
+/// backfiller: their pairs, from the oldest such minute to after the newest
+/// (the backfiller looks for gaps pair by pair, so a span wider than one
+/// pair's minute costs a bronze look-up, not a request).
+fn unsettled(events: &[CandleEvent]) -> Option<Outage> {
+    let open: Vec<&CandleEvent> = events.iter().filter(|e| !e.is_final).collect();
+    let from = open.iter().map(|e| e.candle.minute()).min()?;
+    let to = open.iter().map(|e| e.candle.minute()).max()?.plus(1);
+    let mut symbols: Vec<String> = open.iter().map(|e| e.candle.symbol.clone()).collect();
+    symbols.sort();
+    symbols.dedup();
+    Some(Outage { symbols, from, to })
 }
 
 impl Slot {
@@ -646,9 +684,9 @@ impl Slot {
         if let Some(t) = told {
             self.clock.observe(t);
         }
-        let Some(hooks) = &self.feed else {
+        if self.feed.is_none() {
             return;
-        };
+        }
         let Some(newest) = events.iter().map(|e| e.candle.minute()).max() else {
             return;
         };
@@ -665,11 +703,9 @@ impl Slot {
                     .unwrap_or(newest),
             })
         };
-        if let (Some(outage), Some(outages)) = (report, &hooks.outages) {
+        if let Some(outage) = report {
             info!(exchange = %self.exchange.id(), slot = self.index, from = %outage.from, to = %outage.to, "Feed is back; backfilling the minutes it missed");
-            if outages.try_send(outage).is_err() {
-                warn!(exchange = %self.exchange.id(), "Backfill queue full; the hourly sweep will cover this outage");
-            }
+            self.report_outage(outage, "Outage reported to the backfiller");
         }
     }
 }
