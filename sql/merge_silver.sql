@@ -3,7 +3,8 @@
 -- The winner of a key is its observation ranked first (silver_ranked.sql:
 -- WebSocket over lake over REST, then the newest).
 -- New keys are inserted; existing rows are updated only when the winning
--- values really differ, so a re-run reports 0 inserted, 0 updated. (The
+-- values really differ (and the winner's source ranks at least as high as
+-- the row's), so a re-run reports 0 inserted, 0 updated. (The
 -- caller holds this hour's advisory lock: no other merge writes these keys.)
 -- The 5-minute buckets of the changed keys are remembered in merge_changed,
 -- for completeness and gold.
@@ -41,6 +42,12 @@ updated AS (
        AND (s.exchange, s.symbol, s.interval_seconds, s.interval_start)
          = (w.exchange, w.symbol, w.interval_seconds, w.interval_start)
        AND s.interval_start >= $1 AND s.interval_start < $2
+       -- Never for a source that ranks below silver's own: once retention
+       -- has dropped an old hour of bronze, a REST or lake row arriving for
+       -- it is the only observation there, and must not replace the
+       -- WebSocket candle silver keeps (a filled minute ranks last).
+       AND CASE w.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 WHEN 'rest' THEN 2 ELSE 3 END
+        <= CASE s.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 WHEN 'rest' THEN 2 ELSE 3 END
        AND (s.open, s.high, s.low, s.close, s.volume, s.quote_volume, s.trade_count,
             s.vwap, s.source)
            IS DISTINCT FROM

@@ -61,3 +61,12 @@ GRANT USAGE ON SEQUENCE ops.runs_id_seq TO klines_merge;
 GRANT EXECUTE ON FUNCTION ops.ensure_hourly_partitions(regclass, timestamptz, timestamptz) TO klines_merge;
 ALTER DEFAULT PRIVILEGES IN SCHEMA silver, gold GRANT SELECT, INSERT, UPDATE ON TABLES TO klines_merge;
 DO $$ BEGIN EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO klines_merge', current_database()); END $$;
+
+-- Retention (the scheduler leader, as the merge's role): drops merged and
+-- uploaded bronze hours and prunes by age through SECURITY DEFINER
+-- functions that check before they delete; reads what the lake spools hold.
+-- Every instance records what its lake spool holds.
+GRANT SELECT, INSERT, UPDATE ON ops.lake_spool TO klines_ingest;
+GRANT SELECT ON ops.lake_spool TO klines_merge;
+GRANT EXECUTE ON FUNCTION ops.drop_bronze_hour(timestamptz, xid8), ops.drop_silver_hour(timestamptz),
+      ops.prune_gold(timestamptz), ops.prune_ops(timestamptz) TO klines_merge;

@@ -73,6 +73,8 @@ pub struct Config {
     pub lake: LakeConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// One table per exchange: `[exchanges.binance]`.
     #[serde(default)]
     pub exchanges: BTreeMap<ExchangeId, ExchangeConfig>,
@@ -325,6 +327,12 @@ pub struct LakeConfig {
     pub segment_max_age: Duration,
     /// Capacity of the channel from the workers to the lake sink.
     pub channel_capacity: usize,
+    /// With no bucket (the lake in `dir`), delete the local lake's days
+    /// older than this. Unset (the default): keep everything, since the
+    /// local lake can be the only raw copy. With a bucket, use the bucket's
+    /// lifecycle rules instead.
+    #[serde(with = "humantime_serde::option")]
+    pub local_retention: Option<Duration>,
 }
 
 impl Default for LakeConfig {
@@ -343,6 +351,52 @@ impl Default for LakeConfig {
             segment_max_bytes: 64 * 1024 * 1024,
             segment_max_age: Duration::from_secs(300),
             channel_capacity: 100_000,
+            local_retention: None,
+        }
+    }
+}
+
+/// `[retention]`: what the service deletes as it ages, so that a deployment
+/// left alone for months keeps a bounded disk. Nothing is deleted that is
+/// the only copy: a bronze hour goes only once every row of it has been
+/// merged into silver and, with the lake on, every observation of it has
+/// been uploaded; silver and gold are kept unless a window is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Set false to keep everything.
+    pub enabled: bool,
+    /// How often the retention pass runs (in the scheduler leader).
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// Bronze hours (and confirmed-empty minutes) older than this, in the
+    /// exchanges' time, are dropped once merged and uploaded.
+    #[serde(with = "humantime_serde")]
+    pub bronze: Duration,
+    /// Finished rows of the ops tables (`ops.runs`, `ops.backfill_jobs`,
+    /// `ops.source_mismatch`) older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub ops: Duration,
+    /// Silver 1m partitions and completeness rows older than this are
+    /// dropped; unset (the default): kept for ever. For a deployment whose
+    /// history lives elsewhere (the Parquet export).
+    #[serde(with = "humantime_serde::option")]
+    pub silver: Option<Duration>,
+    /// Gold rows (every level) older than this are deleted; unset (the
+    /// default): kept for ever.
+    #[serde(with = "humantime_serde::option")]
+    pub gold: Option<Duration>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            enabled: true,
+            every: Duration::from_secs(3600),
+            bronze: Duration::from_secs(14 * 86_400),
+            ops: Duration::from_secs(90 * 86_400),
+            silver: None,
+            gold: None,
         }
     }
 }
@@ -632,6 +686,39 @@ impl Config {
             ));
         }
         nonzero("backfill.tick", self.backfill.tick)?;
+        let r = &self.retention;
+        nonzero("retention.every", r.every)?;
+        // Hours younger than a day are still being merged, backfilled and
+        // swept: a shorter age would drop what the service still works on.
+        let day = Duration::from_secs(86_400);
+        for (key, age) in [
+            ("retention.bronze", Some(r.bronze)),
+            ("retention.ops", Some(r.ops)),
+            ("retention.silver", r.silver),
+            ("retention.gold", r.gold),
+            ("lake.local_retention", self.lake.local_retention),
+        ] {
+            if age.is_some_and(|a| a < day) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be at least 1 day (the merge, the sweeps and the backfill still work on younger hours)",
+                ));
+            }
+        }
+        if let Some(silver) = r.silver {
+            if silver < r.bronze {
+                return Err(ConfigError::invalid(
+                    "retention.silver",
+                    "must not be shorter than retention.bronze (silver is built from bronze)",
+                ));
+            }
+        }
+        if self.lake.local_retention.is_some() && self.lake.bucket.is_some() {
+            return Err(ConfigError::invalid(
+                "lake.local_retention",
+                "applies to the local lake only; with lake.bucket set, use the bucket's lifecycle rules",
+            ));
+        }
         positive(
             "api.max_spool_rows",
             self.api.max_spool_rows.max(0) as usize,

@@ -12,6 +12,8 @@
 //! - [`sink`]: bronze (batched COPY) and its disk spool;
 //! - [`db`]: pool, migrations, hourly partitions;
 //! - [`merge`]: bronze → silver, completeness, gold (SQL in `sql/`);
+//! - [`retention`]: what is deleted as it ages (bronze once merged and
+//!   uploaded, ops rows, optional silver/gold windows, the local lake);
 //! - [`simulator`]: the bundled exchange simulator;
 //! - [`config`], [`cli`], [`telemetry`].
 
@@ -29,6 +31,7 @@ pub mod ingest;
 pub mod instruments;
 pub mod lake;
 pub mod merge;
+pub mod retention;
 pub mod simulator;
 pub mod sink;
 pub mod telemetry;

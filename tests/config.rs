@@ -285,6 +285,44 @@ fn bad_durations_are_rejected() {
 }
 
 #[test]
+fn retention_that_would_drop_what_the_service_works_on_is_rejected() {
+    rejected(
+        &format!("{BASE}\n[retention]\nbronze = \"6h\"\n"),
+        &[],
+        "retention.bronze",
+        "at least 1 day",
+    );
+    rejected(
+        &format!("{BASE}\n[retention]\nsilver = \"7d\"\n"),
+        &[],
+        "retention.silver",
+        "not be shorter than retention.bronze",
+    );
+    rejected(
+        &format!("{BASE}\n[lake]\nbucket = \"lake\"\nlocal_retention = \"30d\"\n"),
+        &[],
+        "lake.local_retention",
+        "lifecycle rules",
+    );
+    rejected(
+        &format!("{BASE}\n[retention]\nops = \"forever\"\n"),
+        &[],
+        "retention.ops",
+        "",
+    );
+    let ok = load(
+        &format!("{BASE}\n[retention]\nbronze = \"7d\"\nsilver = \"400d\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        ok.retention.bronze,
+        std::time::Duration::from_secs(7 * 86_400)
+    );
+    assert!(ok.retention.enabled && ok.retention.gold.is_none());
+}
+
+#[test]
 fn bad_numbers_are_rejected() {
     rejected(
         &format!("{BASE}\n[bronze]\nbatch_rows = 0\n"),

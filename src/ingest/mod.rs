@@ -203,6 +203,21 @@ pub async fn run(
         ));
     }
 
+    if config.retention.enabled {
+        tasks.spawn(crate::retention::run(
+            crate::retention::Schedule {
+                pool: pool.clone(),
+                partitions: Arc::clone(&partitions),
+                config: config.retention.clone(),
+                lake: config.lake.clone(),
+                clocks: clocks.values().cloned().collect(),
+                leader: leader.clone(),
+                metrics: Arc::clone(&metrics),
+            },
+            upkeep_stop.clone(),
+        ));
+    }
+
     let api_stop = CancellationToken::new();
     let api_exchanges: Vec<crate::domain::ExchangeId> = enabled.iter().map(|(id, _)| *id).collect();
     let mut api_backfillers = std::collections::BTreeMap::new();
@@ -221,6 +236,7 @@ pub async fn run(
     let grace = config.ingest.shutdown_grace;
     let sink_task = tokio::spawn(sink.run(bronze_rx, grace / 2));
     let (lake_tx, lake_rx) = mpsc::channel(config.lake.channel_capacity);
+    let mut lake_pending = None;
     let lake_task = if config.lake.enabled {
         let spool_dir = config
             .lake
@@ -228,8 +244,24 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| config.ingest.spool_dir.join("lake"));
         let store = crate::lake::store::Store::from_config(&config.lake).await;
+        let spool_key = format!(
+            "{}:{}",
+            hostname(),
+            std::path::absolute(&spool_dir)
+                .unwrap_or_else(|_| spool_dir.clone())
+                .display()
+        );
         let lake = LakeSink::new(&config.lake, spool_dir, store, Arc::clone(&metrics))
             .map_err(IngestError::Lake)?;
+        // What the spool still holds, for bronze retention (any instance's
+        // leader reads every spool's row).
+        lake_pending = Some((spool_key.clone(), lake.pending()));
+        tasks.spawn(publish_lake_pending(
+            pool.clone(),
+            spool_key,
+            lake.pending(),
+            upkeep_stop.clone(),
+        ));
         Some(tokio::spawn(lake.run(lake_rx, grace / 2)))
     } else {
         drop(lake_rx);
@@ -365,6 +397,12 @@ pub async fn run(
         Some(task) => join_sink("Lake", task, within).await,
         None => LakeReport::default(),
     };
+    if let Some((key, pending)) = lake_pending {
+        // What the spool keeps for the next start (nothing, when it drained).
+        if let Err(e) = crate::retention::publish_lake_pending(&pool, &key, &pending).await {
+            warn!(error = %e, "Could not record what the lake spool keeps");
+        }
+    }
     tasks.wait().await;
     pool.close().await;
     Ok(IngestReport { bronze, lake })
@@ -450,11 +488,39 @@ async fn upkeep_once(
 /// its lock's connection).
 const LEADER_RETRY: Duration = Duration::from_secs(5);
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// How often each instance records what its lake spool still holds.
+const LAKE_PENDING_EVERY: Duration = Duration::from_secs(30);
+
+/// Records what the lake spool holds in `ops.lake_spool` every
+/// [`LAKE_PENDING_EVERY`], until `stop`.
+async fn publish_lake_pending(
+    pool: sqlx::PgPool,
+    key: String,
+    pending: Arc<crate::lake::sink::LakePending>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(LAKE_PENDING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = crate::retention::publish_lake_pending(&pool, &key, &pending).await {
+            warn!(error = %e, "Could not record what the lake spool holds; bronze retention waits for it");
+        }
+    }
+}
+
 /// This process as PostgreSQL and `ops.runs` see it.
 fn instance_name(shard: shard::Shard) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
+    let host = hostname();
     let name = format!("klines {host} pid {} shard {shard}", std::process::id());
     // PostgreSQL truncates application_name at 63 bytes.
     name.chars().take(63).collect()

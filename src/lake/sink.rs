@@ -38,6 +38,7 @@ pub struct LakeReport {
 
 pub struct LakeSink {
     spool: LakeSpool,
+    pending: Arc<LakePending>,
     store: Store,
     prefix: String,
     flush_interval: Duration,
@@ -86,6 +87,7 @@ impl LakeSink {
             config.segment_max_age,
         )?;
         Ok(LakeSink {
+            pending: Arc::new(LakePending::new(spool.dir().to_owned())),
             spool,
             store,
             prefix: config.prefix.clone(),
@@ -94,6 +96,12 @@ impl LakeSink {
             refusals: Throttle::default(),
             sync_errors: Throttle::default(),
         })
+    }
+
+    /// What the spool still holds, for retention (shared; see
+    /// [`LakePending`]).
+    pub fn pending(&self) -> Arc<LakePending> {
+        Arc::clone(&self.pending)
     }
 
     /// Runs until the channel closes (every worker has stopped), then seals
@@ -174,6 +182,9 @@ impl LakeSink {
         };
         match self.spool.append(&bytes) {
             Ok(()) => {
+                if let LakeRecord::Candle { event, .. } = record {
+                    self.pending.note(event.candle.interval_start);
+                }
                 report.lines += 1;
                 self.metrics.lake_lines.inc();
             }
@@ -194,7 +205,10 @@ impl LakeSink {
 
     fn seal(&mut self, wake: &Notify) {
         match self.spool.seal() {
-            Ok(Some(_)) => wake.notify_one(),
+            Ok(Some(sealed)) => {
+                self.pending.sealed(sealed.path);
+                wake.notify_one()
+            }
             Ok(None) => {}
             Err(e) => {
                 // Sealed anyway when the disk is full (see LakeSpool::seal).
@@ -203,6 +217,65 @@ impl LakeSink {
                 wake.notify_one();
             }
         }
+    }
+}
+
+/// The oldest minute whose observations the spool still holds (not yet
+/// uploaded to the store): bronze retention never drops an hour from it on.
+/// Lines are tracked as they are appended; segments a previous process left
+/// (their content unknown until uploaded) and segments sealed with an error
+/// hold everything back until they are uploaded.
+#[derive(Debug)]
+pub struct LakePending {
+    dir: std::path::PathBuf,
+    inner: std::sync::Mutex<PendingInner>,
+}
+
+#[derive(Debug, Default)]
+struct PendingInner {
+    /// The oldest `interval_start` appended to the active segment.
+    active: Option<chrono::DateTime<Utc>>,
+    /// Sealed segments of this process, with their oldest `interval_start`.
+    sealed: BTreeMap<std::path::PathBuf, chrono::DateTime<Utc>>,
+}
+
+impl LakePending {
+    fn new(dir: std::path::PathBuf) -> Self {
+        LakePending {
+            dir,
+            inner: std::sync::Mutex::new(PendingInner::default()),
+        }
+    }
+
+    fn note(&self, interval_start: chrono::DateTime<Utc>) {
+        let mut inner = self.inner.lock().expect("lake pending poisoned");
+        inner.active = Some(
+            inner
+                .active
+                .map_or(interval_start, |a| a.min(interval_start)),
+        );
+    }
+
+    fn sealed(&self, path: std::path::PathBuf) {
+        let mut inner = self.inner.lock().expect("lake pending poisoned");
+        if let Some(oldest) = inner.active.take() {
+            inner.sealed.insert(path, oldest);
+        }
+    }
+
+    /// The oldest minute not yet uploaded: `None` when the spool holds
+    /// nothing; the Unix epoch when it holds a segment of unknown content.
+    pub fn oldest(&self) -> Option<chrono::DateTime<Utc>> {
+        let on_disk = sealed_segments(&self.dir).unwrap_or_default();
+        let mut inner = self.inner.lock().expect("lake pending poisoned");
+        let paths: std::collections::BTreeSet<&std::path::Path> =
+            on_disk.iter().map(|s| s.path.as_path()).collect();
+        inner.sealed.retain(|p, _| paths.contains(p.as_path()));
+        let unknown = on_disk.iter().any(|s| !inner.sealed.contains_key(&s.path));
+        if unknown {
+            return Some(chrono::DateTime::UNIX_EPOCH);
+        }
+        inner.sealed.values().copied().chain(inner.active).min()
     }
 }
 

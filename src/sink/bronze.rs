@@ -111,14 +111,27 @@ pub async fn write_batch(
     if events.is_empty() {
         return Ok(0);
     }
-    partitions
-        .ensure_hours(
-            pool,
-            events.iter().map(|e| hour_of(e.candle.interval_start)),
-        )
-        .await?;
+    let hours = || events.iter().map(|e| hour_of(e.candle.interval_start));
+    partitions.ensure_hours(pool, hours()).await?;
     let mut text = String::with_capacity(events.len() * 200);
     encode_copy_rows(events, &mut text);
+    match copy_rows(pool, &text).await {
+        // A partition this process knew was dropped behind its back
+        // (retention dropped an old hour a late row belongs to): create it
+        // again and write once more.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(NO_PARTITION) => {
+            partitions.forget(hours());
+            partitions.ensure_hours(pool, hours()).await?;
+            copy_rows(pool, &text).await
+        }
+        other => other,
+    }
+}
+
+/// PostgreSQL's "no partition of relation … found for row".
+const NO_PARTITION: &str = "23514";
+
+async fn copy_rows(pool: &PgPool, text: &str) -> Result<u64, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut copy = conn.copy_in_raw(COPY_STATEMENT).await?;
     copy.send(text.as_bytes()).await?;

@@ -47,6 +47,12 @@ pub struct PairLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// `bronze.ohlcv_native`, `ops.runs`, … (a fixed set).
+    pub table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChannelLabels {
     pub channel: &'static str,
 }
@@ -94,6 +100,15 @@ pub struct Metrics {
     pub spool_write_errors: Counter,
     /// Hourly partitions created.
     pub partitions_created: Counter,
+    /// Partitions (hours) dropped by retention, by table.
+    pub retention_partitions_dropped: Family<TableLabels, Counter>,
+    /// Rows deleted by retention, by table.
+    pub retention_rows_deleted: Family<TableLabels, Counter>,
+    /// Bronze hours past the retention age kept because they are not merged
+    /// or not uploaded to the lake yet (at the last pass).
+    pub retention_bronze_hours_held: Gauge,
+    /// Local lake days deleted by `lake.local_retention`.
+    pub retention_lake_days_deleted: Counter,
     /// REST requests by outcome.
     pub rest_requests: Family<StatusLabels, Counter>,
     /// Seconds REST callers waited for the exchange's request budget.
@@ -169,6 +184,10 @@ impl Metrics {
             bronze_spool_rows: Gauge::default(),
             spool_write_errors: Counter::default(),
             partitions_created: Counter::default(),
+            retention_partitions_dropped: Family::default(),
+            retention_rows_deleted: Family::default(),
+            retention_bronze_hours_held: Gauge::default(),
+            retention_lake_days_deleted: Counter::default(),
             rest_requests: Family::default(),
             rate_limit_wait_seconds: Family::default(),
             backfill_candles: Family::default(),
@@ -265,6 +284,26 @@ impl Metrics {
             "partitions_created",
             "Hourly partitions created",
             m.partitions_created.clone(),
+        );
+        registry.register(
+            "retention_partitions_dropped",
+            "Hourly partitions dropped by retention",
+            m.retention_partitions_dropped.clone(),
+        );
+        registry.register(
+            "retention_rows_deleted",
+            "Rows deleted by retention",
+            m.retention_rows_deleted.clone(),
+        );
+        registry.register(
+            "retention_bronze_hours_held",
+            "Bronze hours past the retention age kept: not merged or not uploaded yet",
+            m.retention_bronze_hours_held.clone(),
+        );
+        registry.register(
+            "retention_lake_days_deleted",
+            "Local lake days deleted by lake.local_retention",
+            m.retention_lake_days_deleted.clone(),
         );
         registry.register(
             "rest_requests",
