@@ -89,7 +89,25 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// TLS towards PostgreSQL: `disable`, `prefer`, `require`, `verify-ca`
+    /// or `verify-full` (the certificate is signed by `ssl_root_cert` and
+    /// names the host). Unset: the URL's `sslmode`, else `prefer`.
+    pub sslmode: Option<String>,
+    /// The CA bundle the server's certificate must chain to (e.g. RDS's
+    /// `global-bundle.pem`). Unset: the URL's `sslrootcert`, else the
+    /// public web roots.
+    pub ssl_root_cert: Option<PathBuf>,
 }
+
+/// The `sslmode` values PostgreSQL clients know.
+pub const SSL_MODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
 
 /// Never prints the password: the config may be logged or shown in errors.
 impl std::fmt::Debug for DatabaseConfig {
@@ -98,6 +116,8 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("url", &redact_url(&self.url))
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
+            .field("sslmode", &self.sslmode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
     }
 }
@@ -122,6 +142,8 @@ impl Default for DatabaseConfig {
             url: "postgres://postgres@127.0.0.1:5432/klines".into(),
             max_connections: 8,
             connect_timeout: Duration::from_secs(5),
+            sslmode: None,
+            ssl_root_cert: None,
         }
     }
 }
@@ -611,6 +633,25 @@ impl Config {
         )?;
         nonzero("database.connect_timeout", self.database.connect_timeout)?;
 
+        if let Some(mode) = &self.database.sslmode {
+            if !SSL_MODES.contains(&mode.as_str()) {
+                return Err(ConfigError::invalid(
+                    "database.sslmode",
+                    format!("{mode:?} is not one of {}", SSL_MODES.join(", ")),
+                ));
+            }
+        }
+        if let Some(ca) = &self.database.ssl_root_cert {
+            if !ca.is_file() {
+                return Err(ConfigError::invalid(
+                    "database.ssl_root_cert",
+                    format!(
+                        "{} is not a readable file (the CA bundle, PEM)",
+                        ca.display()
+                    ),
+                ));
+            }
+        }
         let ing = &self.ingest;
         nonzero(
             "ingest.reconnect_backoff_initial",

@@ -66,13 +66,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if args.create_database
                 && klines::db::create_database_if_missing(&config.database)
                     .await
-                    .context("cannot create the database (check database.url / DATABASE_URL)")?
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot create the database (check database.url / DATABASE_URL): {}",
+                            klines::db::explain(&e)
+                        )
+                    })?
             {
                 println!("klines: created the database");
             }
-            let pool = klines::db::connect(&config.database)
-                .await
-                .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
+            let pool = klines::db::connect_checked(&config.database).await?;
             klines::db::migrate(&pool)
                 .await
                 .context("migration failed")?;
@@ -86,9 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if args.from >= args.to {
                 anyhow::bail!("--from ({}) must be before --to ({})", args.from, args.to);
             }
-            let pool = klines::db::connect(&config.database)
-                .await
-                .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
+            let pool = klines::db::connect_checked(&config.database).await?;
             let partitions = klines::db::partitions::Partitions::new();
             klines::merge::set_parallelism(config.merge.parallelism);
             let r = klines::merge::run_job(

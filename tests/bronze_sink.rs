@@ -35,6 +35,7 @@ fn sink(
         url: url.to_owned(),
         max_connections: 2,
         connect_timeout: Duration::from_millis(500),
+        ..DatabaseConfig::default()
     };
     BronzeSink::new(
         klines::db::connect_lazy(&db).unwrap(),

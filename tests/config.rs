@@ -323,6 +323,22 @@ fn retention_that_would_drop_what_the_service_works_on_is_rejected() {
 }
 
 #[test]
+fn bad_tls_settings_are_rejected() {
+    rejected(
+        &format!("{BASE}\n[database]\nsslmode = \"verify\"\n"),
+        &[],
+        "database.sslmode",
+        "verify-full",
+    );
+    rejected(
+        &format!("{BASE}\n[database]\nssl_root_cert = \"/nonexistent/ca.pem\"\n"),
+        &[],
+        "database.ssl_root_cert",
+        "not a readable file",
+    );
+}
+
+#[test]
 fn bad_numbers_are_rejected() {
     rejected(
         &format!("{BASE}\n[bronze]\nbatch_rows = 0\n"),

@@ -128,6 +128,7 @@ async fn a_spool_replayed_three_exchange_days_late_reaches_silver() {
             url: db.url.clone(),
             max_connections: 2,
             connect_timeout: Duration::from_secs(2),
+            ..DatabaseConfig::default()
         })
         .unwrap(),
         Arc::new(Partitions::new()),

@@ -3,7 +3,7 @@
 
 pub mod partitions;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 use std::str::FromStr;
 
@@ -13,7 +13,37 @@ use crate::config::DatabaseConfig;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 fn options(cfg: &DatabaseConfig) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(PgConnectOptions::from_str(&cfg.url)?.application_name("klines"))
+    let mut options = PgConnectOptions::from_str(&cfg.url)?.application_name("klines");
+    if let Some(mode) = &cfg.sslmode {
+        options = options.ssl_mode(PgSslMode::from_str(mode)?);
+    }
+    if let Some(ca) = &cfg.ssl_root_cert {
+        options = options.ssl_root_cert(ca);
+    }
+    Ok(options)
+}
+
+/// What a failed connection means for the operator: a TLS failure says
+/// which setting to look at (the server's certificate not signed by the
+/// configured CA, a name it does not carry, a server without TLS).
+pub fn explain(e: &sqlx::Error) -> String {
+    let text = e.to_string();
+    let lower = text.to_lowercase();
+    let hint = if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+        Some("the server's TLS certificate is not signed by the CA in database.ssl_root_cert (or the URL's sslrootcert): check that the bundle is the server's CA (RDS: global-bundle.pem)")
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+        Some("the server's TLS certificate does not name the host in database.url (sslmode=verify-full checks it): connect by the name the certificate carries")
+    } else if lower.contains("server does not support tls")
+        || lower.contains("does not support ssl")
+    {
+        Some("the server does not offer TLS but database.sslmode requires it: turn on ssl in postgresql.conf, or lower sslmode")
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{hint} ({text})"),
+        None => text,
+    }
 }
 
 fn pool_options(cfg: &DatabaseConfig) -> PgPoolOptions {
@@ -39,13 +69,22 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     pool_options(cfg).connect_with(options(cfg)?).await
 }
 
+/// A one-shot command's connection: [`connect`], whose error says which
+/// setting to check.
+pub async fn connect_checked(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    connect(cfg).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to PostgreSQL (check database.url / DATABASE_URL): {}",
+            explain(&e)
+        )
+    })
+}
+
 /// The connection of a one-shot command: a pool that has connected, with the
 /// schema brought up to date. Errors say which setting to check.
 pub async fn connect_migrated(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
     use anyhow::Context;
-    let pool = connect(cfg)
-        .await
-        .context("cannot connect to PostgreSQL (check database.url / DATABASE_URL)")?;
+    let pool = connect_checked(cfg).await?;
     migrate(&pool)
         .await
         .context("cannot bring the schema up to date")?;

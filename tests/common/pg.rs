@@ -14,6 +14,8 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     /// PostgreSQL refuses to run as root: the commands run as `postgres`.
     as_postgres: bool,
+    /// More `-c name=value` server settings (e.g. TLS).
+    settings: Vec<String>,
 }
 
 fn bindir() -> PathBuf {
@@ -34,16 +36,25 @@ fn bindir() -> PathBuf {
 impl PgCluster {
     /// Initialises a cluster (trust auth, user `postgres`) and starts it.
     pub fn start() -> PgCluster {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// [`start`](Self::start) with more server settings, which `settings`
+    /// makes from the cluster's directory (to put files such as TLS keys
+    /// in it first; they are handed to `postgres` before the start).
+    pub fn start_with(settings: impl FnOnce(&Path) -> Vec<String>) -> PgCluster {
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
             .prefix("klines-pgcluster-")
             .tempdir()
             .unwrap();
+        let settings = settings(dir.path());
         let cluster = PgCluster {
             port: super::free_port(),
             bindir: bindir(),
             dir,
             as_postgres,
+            settings,
         };
         if as_postgres {
             let ok = Command::new("chown")
@@ -97,11 +108,15 @@ impl PgCluster {
 
     /// Starts the server (again) on the same port and data.
     pub fn resume(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=100",
             self.port,
             self.dir.path().display()
         );
+        for setting in &self.settings {
+            opts.push_str(" -c ");
+            opts.push_str(setting);
+        }
         let out = self
             .command("pg_ctl")
             .arg("-D")
