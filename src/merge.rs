@@ -472,6 +472,9 @@ async fn merge_hour(
                 tx.commit().await?;
                 report.hours = report.hours.min(1);
                 report.connections = shard_count;
+                if failed.is_none() {
+                    analyze_hour(&mut conn, hour).await;
+                }
                 return failed.map_or(Ok(report), Err);
             }
         }
@@ -488,8 +491,33 @@ async fn merge_hour(
     .await?;
     report.connections = 1;
     tx.commit().await?;
+    if rows >= BULK_ROWS {
+        analyze_hour(&mut conn, hour).await;
+    }
     tracing::debug!(hour, ms = began.elapsed().as_millis() as u64, "Merged hour");
     Ok(report)
+}
+
+/// After a bulk merge (50,000 rows or more arrived at once: a first merge,
+/// a catch-up, a backfill), the hour's bronze and silver partitions get
+/// fresh statistics at once instead of when autovacuum comes round, so the
+/// next statements on them are planned for what they now hold. Best
+/// effort: a role that does not own the tables only gets a warning from
+/// PostgreSQL, and autovacuum analyzes them later.
+async fn analyze_hour(conn: &mut PoolConnection<Postgres>, hour: i64) {
+    let began = Instant::now();
+    if let Err(e) = sqlx::query(&for_hour("ANALYZE {bronze}, {silver}", hour))
+        .execute(&mut **conn)
+        .await
+    {
+        tracing::debug!(hour, error = %e, "Could not analyze the hour's partitions");
+        return;
+    }
+    tracing::debug!(
+        hour,
+        ms = began.elapsed().as_millis() as u64,
+        "Analyzed the hour's partitions"
+    );
 }
 
 /// Up to `want` more connections of the pool for a bulk merge, never the

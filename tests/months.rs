@@ -553,3 +553,84 @@ async fn a_minute_written_not_final_is_settled_from_rest_within_minutes() {
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+/// Gold and completeness rows are rewritten every minute: with room left
+/// in their pages (fillfactor 70) the rewrites are HOT (no new index
+/// entries, old versions pruned in place), so gold's size stays near its
+/// live rows. A bulk hour's partitions are analyzed right after its merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gold_rewrites_stay_hot_and_bulk_hours_are_analyzed() {
+    let db = TestDb::new("months_maintenance").await;
+    let parts = Partitions::new();
+    let csv = csv_rows(BTC_DAY);
+    let hour: Vec<(i64, Row12)> = csv.into_iter().take(60).collect();
+    let pairs: Vec<String> = (0..1000).map(|i| format!("P{i:04}USDT")).collect();
+    let events: Vec<CandleEvent> = pairs
+        .iter()
+        .flat_map(|p| {
+            hour.iter()
+                .map(move |(ms, r)| csv_event(p, *ms, r, Source::Ws))
+        })
+        .collect();
+    write_batch(&db.pool, &parts, &events).await.unwrap();
+    let first = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+        .await
+        .unwrap();
+    assert_eq!(first.inserted, 60_000);
+    let stamp = events[0].candle.interval_start.format("%Y%m%d%H");
+    for table in ["bronze.ohlcv_native", "silver.fact_ohlcv"] {
+        let tuples: f32 = sqlx::query_scalar(&format!(
+            "SELECT reltuples FROM pg_class WHERE oid = '{table}_p{stamp}'::regclass"
+        ))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert!(
+            (59_000.0..61_000.0).contains(&tuples),
+            "{table}: analyzed after the bulk merge ({tuples} tuples estimated)"
+        );
+    }
+
+    // The last minute of every pair changes 20 times (newer observations),
+    // each merged: every gold level rewrites one bucket per pair.
+    let (ms, row) = hour.last().unwrap().clone();
+    for round in 1..=20 {
+        let changed: Vec<CandleEvent> = pairs
+            .iter()
+            .map(|p| {
+                let mut e = csv_event(p, ms, &row, Source::Ws);
+                e.candle.close += Decimal::new(round, 2);
+                e.candle.high = e.candle.high.max(e.candle.close);
+                e
+            })
+            .collect();
+        write_batch(&db.pool, &parts, &changed).await.unwrap();
+        let r = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+            .await
+            .unwrap();
+        assert_eq!(r.updated, 1000);
+    }
+    let stats = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+              WHERE schemaname = 'gold' AND relname = 'ohlcv_5m'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    // Statistics reach the shared view within seconds.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            stats().await.0 >= 20_000
+        })
+        .await,
+        "{:?}",
+        stats().await
+    );
+    let (updated, hot) = stats().await;
+    let share = hot as f64 / updated as f64;
+    println!("gold.ohlcv_5m: {hot} of {updated} updates HOT ({share:.3})");
+    assert!(share > 0.95, "{hot} of {updated} updates HOT");
+    db.drop().await;
+}
