@@ -367,6 +367,21 @@ async fn a_failing_pair_does_not_stop_another_pairs_sweep() {
             .unwrap()
         }
     };
+    // The job records its pairs' outcomes after its merge.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            failure("ETHUSDT").await.is_some()
+                && failure("BTCUSDT").await.is_some()
+                && count(
+                    &pool,
+                    "SELECT count(*) FROM ops.backfill_jobs WHERE status = 'failed'",
+                )
+                .await
+                    > 0
+        })
+        .await,
+        "the outcomes are recorded"
+    );
     let (failures, error, next_try, _, initial) = failure("ETHUSDT").await.expect("recorded");
     assert!(failures >= 1);
     assert!(
