@@ -97,6 +97,39 @@ pub struct DatabaseConfig {
     /// `global-bundle.pem`). Unset: the URL's `sslrootcert`, else the
     /// public web roots.
     pub ssl_root_cert: Option<PathBuf>,
+    /// `klines ingest`'s connections, reserved per purpose
+    /// (`max_connections` sizes the one-shot commands' pool).
+    pub pools: PoolSizes,
+}
+
+/// `[database.pools]`: the connections `klines ingest` keeps for each
+/// purpose, so that none waits behind another: the bronze sink never
+/// queues behind a bulk merge, a backfill or an API read. An instance opens
+/// at most their sum (plus the scheduler leader's lock connection).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSizes {
+    /// The bronze sink (and what records the lake spool's state).
+    pub sink: u32,
+    /// The scheduled merge (a bulk hour uses `merge.parallelism` ranges
+    /// plus its coordinating connection, and leaves one free), partition
+    /// upkeep, retention.
+    pub merge: u32,
+    /// The backfiller (schedules and API jobs) and the instruments refresh.
+    pub backfill: u32,
+    /// The HTTP API's reads.
+    pub api: u32,
+}
+
+impl Default for PoolSizes {
+    fn default() -> Self {
+        PoolSizes {
+            sink: 2,
+            merge: 4,
+            backfill: 2,
+            api: 3,
+        }
+    }
 }
 
 /// The `sslmode` values PostgreSQL clients know.
@@ -118,6 +151,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("sslmode", &self.sslmode)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("pools", &self.pools)
             .finish()
     }
 }
@@ -144,6 +178,7 @@ impl Default for DatabaseConfig {
             connect_timeout: Duration::from_secs(5),
             sslmode: None,
             ssl_root_cert: None,
+            pools: PoolSizes::default(),
         }
     }
 }
@@ -443,6 +478,9 @@ pub struct ApiConfig {
     /// page too; health, readiness, metrics and the OpenAPI document stay
     /// open. Browsers send the key as the password of HTTP Basic auth.
     pub protect_reads: bool,
+    /// `POST /v1/backfills` jobs that may wait per exchange (one runs at a
+    /// time); past it the API answers 429.
+    pub backfill_queue: usize,
 }
 
 impl Default for ApiConfig {
@@ -453,6 +491,7 @@ impl Default for ApiConfig {
             connect_grace: Duration::from_secs(60),
             max_spool_rows: 100_000,
             protect_reads: false,
+            backfill_queue: 8,
         }
     }
 }
@@ -652,6 +691,15 @@ impl Config {
                 ));
             }
         }
+        let pools = &self.database.pools;
+        for (key, n) in [
+            ("database.pools.sink", pools.sink),
+            ("database.pools.merge", pools.merge),
+            ("database.pools.backfill", pools.backfill),
+            ("database.pools.api", pools.api),
+        ] {
+            positive(key, n as usize)?;
+        }
         let ing = &self.ingest;
         nonzero(
             "ingest.reconnect_backoff_initial",
@@ -686,6 +734,17 @@ impl Config {
         nonzero("merge.sweep_every", self.merge.sweep_every)?;
         nonzero("merge.sweep_window", self.merge.sweep_window)?;
         positive("merge.parallelism", self.merge.parallelism)?;
+        if self.merge.parallelism > 1
+            && (self.database.pools.merge as usize) < self.merge.parallelism + 2
+        {
+            return Err(ConfigError::invalid(
+                "database.pools.merge",
+                format!(
+                    "must be at least merge.parallelism + 2 = {} (a bulk hour's ranges, its coordinating connection and one left for the schedules)",
+                    self.merge.parallelism + 2
+                ),
+            ));
+        }
         nonzero("backfill.lookback", self.backfill.lookback)?;
         nonzero("lake.flush_interval", self.lake.flush_interval)?;
         nonzero("lake.segment_max_age", self.lake.segment_max_age)?;
@@ -765,6 +824,7 @@ impl Config {
             self.api.max_spool_rows.max(0) as usize,
         )?;
         positive("backfill.max_attempts", self.backfill.max_attempts as usize)?;
+        positive("api.backfill_queue", self.api.backfill_queue)?;
 
         if self.exchanges.values().all(|e| !e.enabled) {
             return Err(ConfigError::invalid(

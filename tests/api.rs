@@ -773,3 +773,130 @@ async fn a_database_outage_is_503_without_internals() {
     assert_eq!(body["checks"]["database"]["ok"], false);
     s.stop.cancel();
 }
+
+/// API backfills run one at a time per exchange from a bounded queue:
+/// while one runs, `api.backfill_queue` more wait, and one more is refused
+/// with 429 and a body that says why (nothing recorded for it). The queued
+/// jobs run after the first, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_backfills_queue_per_exchange_and_refuse_past_the_queue() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    const KEY: &str = "queue-test-key";
+    let db = TestDb::new("api_backfill_queue").await;
+    let sim = simulator(&[BTC_DAY], 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(klines::domain::Minute::containing(t(
+            "2023-01-23T00:00:00Z",
+        )));
+    })
+    .await;
+    let dir = tempdir();
+    let port = free_port();
+    // A small REST budget: the day's pages take seconds.
+    let toml = config_toml(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\"\nbackfill_queue = 2"),
+    ) + "rest_weight_limit = 4\nrest_weight_window = \"3s\"\n";
+    let cfg_path = dir.path().join("klines.toml");
+    std::fs::write(&cfg_path, toml).unwrap();
+    let log_path = dir.path().join("ingest.log");
+    let mut child = ingester(&cfg_path, &log_path)
+        .env("KLINES_API_KEY", KEY)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            client.get(format!("{base}/healthz")).send().await.is_ok()
+        })
+        .await,
+        "the API comes up: {}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let post = |from: &str, to: &str| {
+        client
+            .post(format!("{base}/v1/backfills"))
+            .header("x-api-key", KEY)
+            .json(&serde_json::json!({
+                "exchange": "binance", "symbol": "BTCUSDT", "from": from, "to": to
+            }))
+            .send()
+    };
+    let first = post("2023-01-21T00:00:00Z", "2023-01-22T00:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let status = |id: Value| {
+        let base = base.clone();
+        async move {
+            let (_, j) = get(&base, &format!("/v1/backfills/{id}")).await;
+            j["status"].as_str().unwrap_or("").to_owned()
+        }
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            status(first["id"].clone()).await == "running"
+        })
+        .await,
+        "the first job runs"
+    );
+    // Two wait; the next is refused.
+    let mut queued = Vec::new();
+    for hour in ["01", "02"] {
+        let r = post(
+            &format!("2023-01-21T{hour}:00:00Z"),
+            &format!("2023-01-21T{hour}:30:00Z"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202);
+        let job: Value = r.json().await.unwrap();
+        queued.push(job["id"].clone());
+    }
+    let jobs_before = count(&db.pool, "SELECT count(*) FROM ops.backfill_jobs").await;
+    let refused = post("2023-01-21T03:00:00Z", "2023-01-21T04:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_requests", "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("binance already has 2 backfill jobs waiting")
+            && detail.contains("one runs at a time"),
+        "{detail}"
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM ops.backfill_jobs").await,
+        jobs_before,
+        "nothing recorded for the refused request"
+    );
+    for id in &queued {
+        assert_eq!(status(id.clone()).await, "queued");
+    }
+    // One at a time: the queued ones run after the first, and all succeed.
+    let most_running = std::sync::atomic::AtomicI64::new(0);
+    let finished = wait_until(Duration::from_secs(90), || async {
+        let running = count(
+            &db.pool,
+            "SELECT count(*) FROM ops.backfill_jobs WHERE status = 'running' AND requested_by = 'api'",
+        )
+        .await;
+        most_running.fetch_max(running, std::sync::atomic::Ordering::Relaxed);
+        count(
+            &db.pool,
+            "SELECT count(*) FROM ops.backfill_jobs WHERE status = 'succeeded' AND requested_by = 'api'",
+        )
+        .await
+            == 3
+    })
+    .await;
+    assert!(finished, "the three jobs succeed");
+    let most_running = most_running.into_inner();
+    assert!(most_running <= 1, "{most_running} API jobs ran at once");
+    assert!(sigterm(&mut child).success());
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

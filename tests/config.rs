@@ -339,6 +339,34 @@ fn bad_tls_settings_are_rejected() {
 }
 
 #[test]
+fn pools_too_small_for_their_purpose_are_rejected() {
+    rejected(
+        &format!("{BASE}\n[database.pools]\nsink = 0\n"),
+        &[],
+        "database.pools.sink",
+        "",
+    );
+    rejected(
+        &format!("{BASE}\n[database.pools]\nmerge = 3\n"),
+        &[],
+        "database.pools.merge",
+        "merge.parallelism + 2 = 4",
+    );
+    rejected(
+        &format!("{BASE}\n[api]\nbackfill_queue = 0\n"),
+        &[],
+        "api.backfill_queue",
+        "",
+    );
+    let ok = load(
+        &format!("{BASE}\n[merge]\nparallelism = 1\n[database.pools]\nmerge = 1\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.database.pools.merge, 1);
+}
+
+#[test]
 fn bad_numbers_are_rejected() {
     rejected(
         &format!("{BASE}\n[bronze]\nbatch_rows = 0\n"),

@@ -649,3 +649,88 @@ async fn gold_rewrites_stay_hot_and_bulk_hours_are_analyzed() {
     assert!(share > 0.95, "{hot} of {updated} updates HOT");
     db.drop().await;
 }
+
+/// Connections by purpose: silver is locked (as by a long maintenance
+/// statement), so the scheduled merge and a crowd of API reads all wait on
+/// it, holding every connection of their pools; the bronze sink keeps
+/// writing finals on its own. With one shared pool, the merge and the reads
+/// took every connection and bronze stalled behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bronze_sink_writes_while_every_other_connection_is_busy() {
+    let db = TestDb::new("months_pools").await;
+    let dir = tempdir();
+    let sim = simulator(&[BTC_DAY], 2.0, |_| {}).await;
+    let port = free_port();
+    let toml = config_toml(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let mut cfg = parse_config(&toml);
+    cfg.merge.every = Duration::from_millis(200);
+    let service = start_ingest(cfg);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            bronze_final_minutes(&db.pool).await >= 2
+                && count(&db.pool, "SELECT count(*) FROM silver.fact_ohlcv").await >= 1
+        })
+        .await,
+        "the service ingests and merges"
+    );
+
+    // Silver locked: the merge waits on it, and so does every API read.
+    let mut locker = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE silver.fact_ohlcv IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let reads: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(async move {
+                client
+                    .get(format!(
+                        "{base}/v1/candles?exchange=binance&symbol=BTCUSDT&interval=1m&start=2023-01-21&end=2023-01-22"
+                    ))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        waiting >= 3,
+        "the merge and the reads wait on silver ({waiting})"
+    );
+    // Meanwhile bronze takes every new final (an exchange minute is half a
+    // wall second).
+    let before = bronze_final_minutes(&db.pool).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            bronze_final_minutes(&db.pool).await >= before + 5
+        })
+        .await,
+        "bronze keeps receiving finals while the other pools are busy ({} then {})",
+        before,
+        bronze_final_minutes(&db.pool).await
+    );
+    locker.rollback().await.unwrap();
+    // The reads answer: those that got an API connection with the rows,
+    // those that waited past the connect timeout with a 503 to retry.
+    for read in reads {
+        let status = read.await.unwrap().unwrap();
+        assert!(status == 200 || status == 503, "{status}");
+    }
+    service.stop().await;
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

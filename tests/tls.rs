@@ -57,6 +57,7 @@ fn database(url: String, ca: &Path) -> DatabaseConfig {
         connect_timeout: Duration::from_secs(5),
         sslmode: Some("verify-full".into()),
         ssl_root_cert: Some(ca.to_owned()),
+        ..DatabaseConfig::default()
     }
 }
 

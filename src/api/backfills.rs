@@ -16,6 +16,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use sqlx::Row;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -32,6 +33,80 @@ pub struct Backfills {
     pub pairs: BTreeMap<ExchangeId, Vec<String>>,
     /// Cancels running API jobs at shutdown.
     pub cancel: CancellationToken,
+    /// Per exchange, the jobs waiting for its runner (one job at a time).
+    queues: BTreeMap<ExchangeId, mpsc::Sender<(i64, JobSpec)>>,
+    /// How many jobs may wait per exchange.
+    depth: usize,
+}
+
+/// A queued job: its id and what it does.
+type Queued = (i64, JobSpec);
+
+impl Backfills {
+    /// The API's backfills, with one runner task per exchange (on `tasks`)
+    /// taking its queued jobs one at a time; at most `depth` wait.
+    pub fn new(
+        api_key: Option<String>,
+        backfillers: BTreeMap<ExchangeId, Arc<Backfiller>>,
+        pairs: BTreeMap<ExchangeId, Vec<String>>,
+        cancel: CancellationToken,
+        depth: usize,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Backfills {
+        let mut queues = BTreeMap::new();
+        for (id, backfiller) in &backfillers {
+            let (tx, rx) = mpsc::channel::<Queued>(depth.max(1));
+            tasks.spawn(runner(Arc::clone(backfiller), rx, cancel.clone()));
+            queues.insert(*id, tx);
+        }
+        Backfills {
+            api_key,
+            backfillers,
+            pairs,
+            cancel,
+            queues,
+            depth,
+        }
+    }
+}
+
+/// Runs an exchange's API jobs in order, one at a time, until `cancel`;
+/// jobs still waiting then are marked cancelled (they never started).
+async fn runner(
+    backfiller: Arc<Backfiller>,
+    mut jobs: mpsc::Receiver<Queued>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let job = tokio::select! {
+            _ = cancel.cancelled() => break,
+            job = jobs.recv() => job,
+        };
+        let Some((id, spec)) = job else {
+            return;
+        };
+        if let Err(e) = backfiller.execute(id, &spec, &Quiet, &cancel).await {
+            warn!(job = id, error = %e, "API backfill failed");
+        }
+    }
+    jobs.close();
+    let mut left = Vec::new();
+    while let Ok((id, _)) = jobs.try_recv() {
+        left.push(id);
+    }
+    if !left.is_empty() {
+        let marked = sqlx::query(
+            "UPDATE ops.backfill_jobs SET status = 'cancelled', finished_at = now(),
+                    error = 'the service stopped before the job ran; request it again'
+              WHERE id = ANY($1) AND status = 'queued'",
+        )
+        .bind(&left)
+        .execute(&backfiller.pool)
+        .await;
+        if let Err(e) = marked {
+            warn!(jobs = left.len(), error = %e, "Could not mark queued API backfills cancelled");
+        }
+    }
 }
 
 /// Byte-wise comparison whose time does not depend on where the inputs
@@ -244,6 +319,14 @@ pub async fn create(
     authorize(&b, &headers)?;
     let req = parse_body(&body, &b)?;
     let backfiller = Arc::clone(&b.backfillers[&req.exchange]);
+    // A place in the exchange's queue first: past it, nothing is recorded.
+    let queue = &b.queues[&req.exchange];
+    let Ok(place) = queue.try_reserve() else {
+        return Err(ApiError::too_many_requests(format!(
+            "{} already has {} backfill jobs waiting (the most this service queues per exchange; one runs at a time): retry once one has finished (GET /v1/backfills)",
+            req.exchange, b.depth
+        )));
+    };
     let spec = JobSpec {
         requested_by: "api".into(),
         symbols: req.symbols.clone(),
@@ -256,12 +339,7 @@ pub async fn create(
         other => ApiError::unprocessable(other.to_string()),
     })?;
     info!(job = id, exchange = %req.exchange, symbols = req.symbols.len(), from = %req.from, to = %req.to, dry_run = req.dry_run, "Backfill requested over the API");
-    let cancel = b.cancel.clone();
-    tokio::spawn(async move {
-        if let Err(e) = backfiller.execute(id, &spec, &Quiet, &cancel).await {
-            warn!(job = id, error = %e, "API backfill failed");
-        }
-    });
+    place.send((id, spec));
     let href = format!("/v1/backfills/{id}");
     let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&href) {
@@ -359,15 +437,17 @@ mod tests {
     use super::*;
 
     fn service() -> Backfills {
-        Backfills {
-            api_key: Some("k".into()),
-            backfillers: BTreeMap::new(),
-            pairs: BTreeMap::from([(
+        Backfills::new(
+            Some("k".into()),
+            BTreeMap::new(),
+            BTreeMap::from([(
                 ExchangeId::Binance,
                 vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()],
             )]),
-            cancel: CancellationToken::new(),
-        }
+            CancellationToken::new(),
+            8,
+            &tokio_util::task::TaskTracker::new(),
+        )
     }
 
     fn rejected(body: &str, status: u16, words: &[&str]) {

@@ -76,6 +76,14 @@ impl ApiError {
             detail: detail.into(),
         }
     }
+    pub fn too_many_requests(detail: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "too_many_requests",
+            detail: detail.into(),
+        }
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,

@@ -176,7 +176,7 @@ impl Progress for Quiet {}
 /// The backfiller of one exchange. Cheap to share; every job on it goes
 /// through the same [`RestClient`] and so the same request budget.
 pub struct Backfiller {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     partitions: Arc<Partitions>,
     pub client: Arc<RestClient>,
     /// A minute counts as closed on the exchange this long after its end.

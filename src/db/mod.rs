@@ -64,6 +64,43 @@ pub fn connect_lazy_as(cfg: &DatabaseConfig, name: &str) -> Result<PgPool, sqlx:
     Ok(pool_options(cfg).connect_lazy_with(options(cfg)?.application_name(name)))
 }
 
+/// `klines ingest`'s connections, one pool per purpose
+/// (`[database.pools]`), so that one purpose never waits for another's.
+#[derive(Clone, Debug)]
+pub struct Pools {
+    pub sink: PgPool,
+    pub merge: PgPool,
+    pub backfill: PgPool,
+    pub api: PgPool,
+}
+
+impl Pools {
+    /// Lazy pools (the service starts while PostgreSQL is down) whose
+    /// sessions carry `name` as their `application_name` (seen in
+    /// `pg_stat_activity`, recorded in `ops.runs.instance`).
+    pub fn connect_lazy_as(cfg: &DatabaseConfig, name: &str) -> Result<Pools, sqlx::Error> {
+        let sizes = &cfg.pools;
+        let pool = |size: u32| -> Result<PgPool, sqlx::Error> {
+            Ok(PgPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(cfg.connect_timeout)
+                .connect_lazy_with(options(cfg)?.application_name(name)))
+        };
+        Ok(Pools {
+            sink: pool(sizes.sink)?,
+            merge: pool(sizes.merge)?,
+            backfill: pool(sizes.backfill)?,
+            api: pool(sizes.api)?,
+        })
+    }
+
+    pub async fn close(&self) {
+        for pool in [&self.sink, &self.merge, &self.backfill, &self.api] {
+            pool.close().await;
+        }
+    }
+}
+
 /// A pool that has proven it can connect.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     pool_options(cfg).connect_with(options(cfg)?).await

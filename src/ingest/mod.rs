@@ -77,7 +77,9 @@ pub async fn run(
     }
     let shard = config.ingest.shard.unwrap_or_default();
     let instance = instance_name(shard);
-    let pool = db::connect_lazy_as(&config.database, &instance)?;
+    let pools = db::Pools::connect_lazy_as(&config.database, &instance)?;
+    // Schema, partitions, the leader's lock, the schedules' bookkeeping.
+    let pool = pools.merge.clone();
     info!(instance, shard = %shard, "Starting");
     let migrated = match db::migrate(&pool).await {
         Ok(()) => {
@@ -117,7 +119,7 @@ pub async fn run(
             Arc::clone(&exchange),
             ex_config,
             &config.backfill,
-            pool.clone(),
+            pools.backfill.clone(),
             Arc::clone(&partitions),
             Arc::clone(&clock),
             Arc::clone(&metrics),
@@ -132,7 +134,7 @@ pub async fn run(
     // (up to its start-up timeout) does not delay the others.
     let configured: Vec<_> =
         futures_util::future::try_join_all(exchanges.iter().map(|(id, (_, backfiller, _))| {
-            let (pool, shutdown, config) = (&pool, &shutdown, &config);
+            let (pool, shutdown, config) = (&pools.backfill, &shutdown, &config);
             async move {
                 crate::instruments::pairs_at_start(
                     &backfiller.client,
@@ -225,7 +227,7 @@ pub async fn run(
 
     let (bronze_tx, bronze_rx) = mpsc::channel(config.ingest.channel_capacity);
     let sink = BronzeSink::new(
-        pool.clone(),
+        pools.sink.clone(),
         Arc::clone(&partitions),
         config.bronze.clone(),
         spool,
@@ -257,7 +259,7 @@ pub async fn run(
         // leader reads every spool's row).
         lake_pending = Some((spool_key.clone(), lake.pending()));
         tasks.spawn(publish_lake_pending(
-            pool.clone(),
+            pools.sink.clone(),
             spool_key,
             lake.pending(),
             upkeep_stop.clone(),
@@ -285,7 +287,7 @@ pub async fn run(
         );
         tasks.spawn(crate::instruments::refresh_periodically(
             Arc::clone(&backfiller.client),
-            pool.clone(),
+            pools.backfill.clone(),
             ex_config.clone(),
             all_symbols.clone(),
             config.ingest.instruments_refresh,
@@ -340,7 +342,7 @@ pub async fn run(
     }
     if let Some(listener) = api_listener {
         let state = crate::api::ApiState {
-            pool: pool.clone(),
+            pool: pools.api.clone(),
             metrics: Arc::clone(&metrics),
             exchanges: api_exchanges,
             started: std::time::Instant::now(),
@@ -356,12 +358,14 @@ pub async fn run(
                 leader.clone(),
             )),
             read_key: config.api.protect_reads.then(|| api_key.clone()).flatten(),
-            backfills: Some(Arc::new(crate::api::Backfills {
-                api_key: api_key.clone(),
-                backfillers: api_backfillers,
-                pairs: api_pairs,
-                cancel: upkeep_stop.clone(),
-            })),
+            backfills: Some(Arc::new(crate::api::Backfills::new(
+                api_key.clone(),
+                api_backfillers,
+                api_pairs,
+                upkeep_stop.clone(),
+                config.api.backfill_queue,
+                &tasks,
+            ))),
         };
         let stop = api_stop.clone();
         tasks.spawn(async move {
@@ -399,12 +403,12 @@ pub async fn run(
     };
     if let Some((key, pending)) = lake_pending {
         // What the spool keeps for the next start (nothing, when it drained).
-        if let Err(e) = crate::retention::publish_lake_pending(&pool, &key, &pending).await {
+        if let Err(e) = crate::retention::publish_lake_pending(&pools.sink, &key, &pending).await {
             warn!(error = %e, "Could not record what the lake spool keeps");
         }
     }
     tasks.wait().await;
-    pool.close().await;
+    pools.close().await;
     Ok(IngestReport { bronze, lake })
 }
 
