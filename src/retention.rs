@@ -347,7 +347,7 @@ pub async fn run(s: Schedule, stop: CancellationToken) {
 /// Logs and counts what a pass did.
 pub fn record(metrics: &Metrics, r: &RetentionReport) {
     let held = r.bronze_unmerged.len() + r.bronze_not_uploaded.len();
-    metrics.retention_bronze_hours_held.set(held as i64);
+    metrics.retention_bronze_partitions_held.set(held as i64);
     if !r.bronze_dropped.is_empty() {
         metrics
             .retention_partitions_dropped
@@ -392,7 +392,7 @@ pub fn record(metrics: &Metrics, r: &RetentionReport) {
     }
     if r.lake_days_deleted > 0 {
         metrics
-            .retention_lake_days_deleted
+            .retention_lake_dirs_deleted
             .inc_by(r.lake_days_deleted);
         info!(
             days = r.lake_days_deleted,

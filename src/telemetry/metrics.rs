@@ -106,9 +106,9 @@ pub struct Metrics {
     pub retention_rows_deleted: Family<TableLabels, Counter>,
     /// Bronze hours past the retention age kept because they are not merged
     /// or not uploaded to the lake yet (at the last pass).
-    pub retention_bronze_hours_held: Gauge,
+    pub retention_bronze_partitions_held: Gauge,
     /// Local lake days deleted by `lake.local_retention`.
-    pub retention_lake_days_deleted: Counter,
+    pub retention_lake_dirs_deleted: Counter,
     /// REST requests by outcome.
     pub rest_requests: Family<StatusLabels, Counter>,
     /// Seconds REST callers waited for the exchange's request budget.
@@ -186,8 +186,8 @@ impl Metrics {
             partitions_created: Counter::default(),
             retention_partitions_dropped: Family::default(),
             retention_rows_deleted: Family::default(),
-            retention_bronze_hours_held: Gauge::default(),
-            retention_lake_days_deleted: Counter::default(),
+            retention_bronze_partitions_held: Gauge::default(),
+            retention_lake_dirs_deleted: Counter::default(),
             rest_requests: Family::default(),
             rate_limit_wait_seconds: Family::default(),
             backfill_candles: Family::default(),
@@ -296,14 +296,14 @@ impl Metrics {
             m.retention_rows_deleted.clone(),
         );
         registry.register(
-            "retention_bronze_hours_held",
+            "retention_bronze_partitions_held",
             "Bronze hours past the retention age kept: not merged or not uploaded yet",
-            m.retention_bronze_hours_held.clone(),
+            m.retention_bronze_partitions_held.clone(),
         );
         registry.register(
-            "retention_lake_days_deleted",
+            "retention_lake_dirs_deleted",
             "Local lake days deleted by lake.local_retention",
-            m.retention_lake_days_deleted.clone(),
+            m.retention_lake_dirs_deleted.clone(),
         );
         registry.register(
             "rest_requests",
