@@ -1,9 +1,13 @@
 -- Least-privilege roles for klines. Run once per database as its owner
 -- (after `klines migrate`), e.g.  psql "$DATABASE_URL" -f sql/roles.sql
 -- then give each role a login user:
---   CREATE ROLE ingest_svc LOGIN PASSWORD '…' IN ROLE klines_ingest;
---   CREATE ROLE merge_svc  LOGIN PASSWORD '…' IN ROLE klines_merge;
+--   CREATE ROLE klines_svc LOGIN PASSWORD '…' IN ROLE klines_ingest, klines_merge, klines_reader;
 --   CREATE ROLE looker     LOGIN PASSWORD '…' IN ROLE klines_reader;
+-- `klines ingest` logs in as klines_svc (not the owner): it writes bronze,
+-- merges, backfills and keeps partitions and retention through the
+-- functions granted below, and its HTTP API reads as klines_reader
+-- (database.api_role); `klines migrate` runs as the owner
+-- (database.migrate_url).
 -- Idempotent: safe to run again after new migrations.
 --
 --   klines_ingest  writes bronze (WebSocket sink, REST backfill, lake reload)
@@ -24,10 +28,14 @@ BEGIN
 END
 $$;
 
--- Reader: silver and gold, read only.
+-- Reader: silver and gold, read only; and what the HTTP API shows beside
+-- them (the pairs, the backfill jobs and pairs). The service's API
+-- connections read with these rights only (database.api_role).
 GRANT USAGE ON SCHEMA silver, gold TO klines_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA silver, gold TO klines_reader;
 ALTER DEFAULT PRIVILEGES IN SCHEMA silver, gold GRANT SELECT ON TABLES TO klines_reader;
+GRANT USAGE ON SCHEMA ref, ops TO klines_reader;
+GRANT SELECT ON ref.instruments, ops.backfill_jobs, ops.backfill_pairs TO klines_reader;
 
 -- Ingest: append to bronze, create the partitions it writes into.
 GRANT USAGE ON SCHEMA bronze, ops TO klines_ingest;
@@ -70,3 +78,7 @@ GRANT SELECT, INSERT, UPDATE ON ops.lake_spool TO klines_ingest;
 GRANT SELECT ON ops.lake_spool TO klines_merge;
 GRANT EXECUTE ON FUNCTION ops.drop_bronze_hour(timestamptz, xid8), ops.drop_silver_hour(timestamptz),
       ops.prune_gold(timestamptz), ops.prune_ops(timestamptz) TO klines_merge;
+
+-- The service (klines_ingest + klines_merge) checks at start whether the
+-- schema needs a migration, which only the owner applies (`klines migrate`).
+GRANT SELECT ON public._sqlx_migrations TO klines_ingest, klines_merge;

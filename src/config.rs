@@ -100,6 +100,14 @@ pub struct DatabaseConfig {
     /// `klines ingest`'s connections, reserved per purpose
     /// (`max_connections` sizes the one-shot commands' pool).
     pub pools: PoolSizes,
+    /// The schema owner's URL, for `klines migrate` and the service's
+    /// start-up migration, when the service logs in as a role that may not
+    /// change the schema (`KLINES_DATABASE__MIGRATE_URL`). Unset: `url`.
+    pub migrate_url: Option<String>,
+    /// The role the HTTP API's connections switch to (`SET ROLE`), so that
+    /// no API request can write: `klines_reader` (sql/roles.sql), of which
+    /// the service's login must be a member. Unset: the login's own rights.
+    pub api_role: Option<String>,
 }
 
 /// `[database.pools]`: the connections `klines ingest` keeps for each
@@ -152,6 +160,8 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("sslmode", &self.sslmode)
             .field("ssl_root_cert", &self.ssl_root_cert)
             .field("pools", &self.pools)
+            .field("migrate_url", &self.migrate_url.as_deref().map(redact_url))
+            .field("api_role", &self.api_role)
             .finish()
     }
 }
@@ -179,6 +189,8 @@ impl Default for DatabaseConfig {
             sslmode: None,
             ssl_root_cert: None,
             pools: PoolSizes::default(),
+            migrate_url: None,
+            api_role: None,
         }
     }
 }
@@ -688,6 +700,18 @@ impl Config {
                         "{} is not a readable file (the CA bundle, PEM)",
                         ca.display()
                     ),
+                ));
+            }
+        }
+        if let Some(role) = &self.database.api_role {
+            if role.is_empty()
+                || !role
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(ConfigError::invalid(
+                    "database.api_role",
+                    format!("{role:?} is not a role name (lowercase letters, digits, '_'; e.g. klines_reader)"),
                 ));
             }
         }

@@ -63,8 +63,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let config = Config::load(&cli.config)?;
+            // As the schema owner (database.migrate_url), else the URL.
+            let owner = klines::db::owner_config(&config.database);
             if args.create_database
-                && klines::db::create_database_if_missing(&config.database)
+                && klines::db::create_database_if_missing(&owner)
                     .await
                     .map_err(|e| {
                         anyhow::anyhow!(
@@ -75,7 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 println!("klines: created the database");
             }
-            let pool = klines::db::connect_checked(&config.database).await?;
+            let pool = klines::db::connect_checked(&owner).await?;
             klines::db::migrate(&pool)
                 .await
                 .context("migration failed")?;

@@ -80,17 +80,30 @@ impl Pools {
     /// `pg_stat_activity`, recorded in `ops.runs.instance`).
     pub fn connect_lazy_as(cfg: &DatabaseConfig, name: &str) -> Result<Pools, sqlx::Error> {
         let sizes = &cfg.pools;
+        let pool_options = || PgPoolOptions::new().acquire_timeout(cfg.connect_timeout);
         let pool = |size: u32| -> Result<PgPool, sqlx::Error> {
-            Ok(PgPoolOptions::new()
+            Ok(pool_options()
                 .max_connections(size)
-                .acquire_timeout(cfg.connect_timeout)
                 .connect_lazy_with(options(cfg)?.application_name(name)))
         };
+        let mut api = pool_options().max_connections(sizes.api);
+        if let Some(role) = cfg.api_role.clone() {
+            // Every API connection reads with the reader's rights only (the
+            // name is checked at config load: a bare identifier).
+            api = api.after_connect(move |conn, _| {
+                let role = role.clone();
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *conn, format!("SET ROLE \"{role}\"").as_str())
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
         Ok(Pools {
             sink: pool(sizes.sink)?,
             merge: pool(sizes.merge)?,
             backfill: pool(sizes.backfill)?,
-            api: pool(sizes.api)?,
+            api: api.connect_lazy_with(options(cfg)?.application_name(name)),
         })
     }
 
@@ -152,6 +165,56 @@ pub async fn create_database_if_missing(cfg: &DatabaseConfig) -> Result<bool, sq
     }
     admin.close().await;
     Ok(!exists)
+}
+
+/// The migrations this binary has that the database has not applied
+/// (versions), read without changing anything: a service role that may not
+/// change the schema can tell an up-to-date schema from one that needs
+/// `klines migrate` as the owner. A database never migrated has them all.
+pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    let applied: Vec<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect())
+}
+
+/// Brings the schema up to date: nothing to do when no migration is
+/// pending (read with `pool`, whatever its rights); otherwise applied with
+/// `owner` (the schema owner's connection), whose failure says what to do.
+pub async fn migrate_if_needed(pool: &PgPool, owner: &PgPool) -> Result<(), String> {
+    let pending = pending_migrations(pool)
+        .await
+        .map_err(|e| format!("cannot read the applied migrations: {}", explain(&e)))?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    migrate(owner).await.map_err(|e| {
+        format!(
+            "the schema needs migrations {pending:?} and they could not be applied ({e}); run `klines migrate` as the schema owner (database.migrate_url)"
+        )
+    })
+}
+
+/// The schema owner's pool for migrations: `database.migrate_url`, else
+/// the service's own URL.
+pub fn owner_config(cfg: &DatabaseConfig) -> DatabaseConfig {
+    DatabaseConfig {
+        url: cfg.migrate_url.clone().unwrap_or_else(|| cfg.url.clone()),
+        max_connections: 1,
+        ..cfg.clone()
+    }
 }
 
 /// Applies every pending migration. Idempotent; concurrent callers are

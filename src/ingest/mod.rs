@@ -81,13 +81,16 @@ pub async fn run(
     // Schema, partitions, the leader's lock, the schedules' bookkeeping.
     let pool = pools.merge.clone();
     info!(instance, shard = %shard, "Starting");
-    let migrated = match db::migrate(&pool).await {
+    // The schema owner's connection, used only when a migration is pending
+    // (the service's own role may not change the schema).
+    let owner = db::connect_lazy(&db::owner_config(&config.database))?;
+    let migrated = match db::migrate_if_needed(&pool, &owner).await {
         Ok(()) => {
             info!("Database schema is up to date");
             true
         }
         Err(e) => {
-            warn!(error = %e, "Could not apply migrations at start-up; retrying in the background, bronze rows wait meanwhile");
+            warn!(error = %e, "Could not bring the schema up to date at start-up; retrying in the background, bronze rows wait meanwhile");
             false
         }
     };
@@ -164,6 +167,7 @@ pub async fn run(
     let upkeep_stop = CancellationToken::new();
     tasks.spawn(partition_upkeep(
         migrated,
+        owner,
         pool.clone(),
         Arc::clone(&partitions),
         config.partitions.clone(),
@@ -437,6 +441,7 @@ async fn join_sink<R: Default>(
 /// not be applied at start-up (PostgreSQL was down).
 async fn partition_upkeep(
     mut migrated: bool,
+    owner: sqlx::PgPool,
     pool: sqlx::PgPool,
     partitions: Arc<Partitions>,
     config: crate::config::PartitionConfig,
@@ -450,7 +455,9 @@ async fn partition_upkeep(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = upkeep_once(&mut migrated, &pool, &partitions, &config, &metrics).await {
+        if let Err(e) =
+            upkeep_once(&mut migrated, &owner, &pool, &partitions, &config, &metrics).await
+        {
             warn!(error = %e, "Partition upkeep failed; retrying in a minute");
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -463,15 +470,14 @@ async fn partition_upkeep(
 
 async fn upkeep_once(
     migrated: &mut bool,
+    owner: &sqlx::PgPool,
     pool: &sqlx::PgPool,
     partitions: &Partitions,
     config: &crate::config::PartitionConfig,
     metrics: &Metrics,
 ) -> Result<(), String> {
     if !*migrated {
-        db::migrate(pool)
-            .await
-            .map_err(|e| format!("migrations: {e}"))?;
+        db::migrate_if_needed(pool, owner).await?;
         info!("Database schema is up to date");
         *migrated = true;
     }
