@@ -82,3 +82,9 @@ GRANT EXECUTE ON FUNCTION ops.drop_bronze_hour(timestamptz, xid8), ops.drop_silv
 -- The service (klines_ingest + klines_merge) checks at start whether the
 -- schema needs a migration, which only the owner applies (`klines migrate`).
 GRANT SELECT ON public._sqlx_migrations TO klines_ingest, klines_merge;
+
+-- Folding silver's old hours into days and months, and the optional silver
+-- window over partitions of any size (the scheduler leader, as the merge's
+-- role).
+GRANT EXECUTE ON FUNCTION ops.fold_silver(timestamptz, timestamptz, text),
+      ops.drop_silver_partition(text, timestamptz, timestamptz) TO klines_merge;

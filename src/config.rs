@@ -307,6 +307,14 @@ pub struct PartitionConfig {
     /// How often the upkeep runs.
     #[serde(with = "humantime_serde")]
     pub every: Duration,
+    /// Silver days older than this (in the exchanges' time) are folded from
+    /// 24 hourly partitions into one per day, online. Unset: never.
+    #[serde(with = "humantime_serde::option")]
+    pub fold_daily_after: Option<Duration>,
+    /// Silver months older than this are folded into one partition per
+    /// month. Unset: never.
+    #[serde(with = "humantime_serde::option")]
+    pub fold_monthly_after: Option<Duration>,
 }
 
 impl Default for PartitionConfig {
@@ -314,6 +322,8 @@ impl Default for PartitionConfig {
         PartitionConfig {
             ahead: Duration::from_secs(48 * 3600),
             every: Duration::from_secs(3600),
+            fold_daily_after: Some(Duration::from_secs(3 * 86_400)),
+            fold_monthly_after: Some(Duration::from_secs(35 * 86_400)),
         }
     }
 }
@@ -754,6 +764,23 @@ impl Config {
         positive("bronze.memory_buffer_rows", self.bronze.memory_buffer_rows)?;
         nonzero("bronze.retry_backoff_max", self.bronze.retry_backoff_max)?;
         nonzero("partitions.every", self.partitions.every)?;
+        let p = &self.partitions;
+        if p.fold_daily_after
+            .is_some_and(|d| d < Duration::from_secs(2 * 86_400))
+        {
+            return Err(ConfigError::invalid(
+                "partitions.fold_daily_after",
+                "must be at least 2 days (the merge, the sweeps and the backfill still work on younger hours)",
+            ));
+        }
+        if let (Some(daily), Some(monthly)) = (p.fold_daily_after, p.fold_monthly_after) {
+            if monthly < daily {
+                return Err(ConfigError::invalid(
+                    "partitions.fold_monthly_after",
+                    "must not be shorter than partitions.fold_daily_after",
+                ));
+            }
+        }
         nonzero("merge.every", self.merge.every)?;
         nonzero("merge.sweep_every", self.merge.sweep_every)?;
         nonzero("merge.sweep_window", self.merge.sweep_window)?;

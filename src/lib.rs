@@ -12,8 +12,9 @@
 //! - [`sink`]: bronze (batched COPY) and its disk spool;
 //! - [`db`]: pool, migrations, hourly partitions;
 //! - [`merge`]: bronze → silver, completeness, gold (SQL in `sql/`);
-//! - [`retention`]: what is deleted as it ages (bronze once merged and
-//!   uploaded, ops rows, optional silver/gold windows, the local lake);
+//! - [`retention`]: what is deleted or folded as it ages (bronze once
+//!   merged and uploaded, ops rows, optional silver/gold windows, the local
+//!   lake; silver's old hours folded into days and months);
 //! - [`simulator`]: the bundled exchange simulator;
 //! - [`config`], [`cli`], [`telemetry`].
 

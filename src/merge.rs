@@ -59,13 +59,73 @@ const SILVER_AS_GOLD_SOURCE: &str =
      low, close, volume, quote_volume, trade_count, 1 AS minutes FROM {silver} \
      WHERE interval_seconds = 60)";
 
-/// The names of an hour's partitions for the `{bronze}`, `{silver}` and
-/// `{silver_prev}` placeholders of the merge SQL (see `sql/README.md`).
+/// The relations of an hour for the `{bronze}`, `{silver}` and
+/// `{silver_prev}` placeholders of the merge SQL (see `sql/README.md`):
+/// bronze's hourly partition, and the transaction's views of silver's hour
+/// and the hour before ([`bind_silver`]), which read the hourly partition
+/// or, for an hour folded into its day's or month's partition, that
+/// partition limited to the hour.
 fn for_hour(sql: &str, hour: i64) -> String {
-    let part = |table: &str, h: i64| format!("{table}_p{}", hour_start(h).format("%Y%m%d%H"));
-    sql.replace("{bronze}", &part("bronze.ohlcv_native", hour))
-        .replace("{silver_prev}", &part("silver.fact_ohlcv", hour - 1))
-        .replace("{silver}", &part("silver.fact_ohlcv", hour))
+    sql.replace("{bronze}", &hourly("bronze.ohlcv_native", hour))
+        .replace("{silver_prev}", SILVER_PREV_VIEW)
+        .replace("{silver}", SILVER_VIEW)
+}
+
+/// `table`'s hourly partition of `hour`.
+fn hourly(table: &str, hour: i64) -> String {
+    format!("{table}_p{}", hour_start(hour).format("%Y%m%d%H"))
+}
+
+const SILVER_VIEW: &str = "pg_temp.klines_silver_hour";
+const SILVER_PREV_VIEW: &str = "pg_temp.klines_silver_prev";
+
+/// Points the transaction's silver views at `hour` and the hour before: a
+/// plain view of the hourly partition (the planner reads it as the
+/// partition itself), or of the day's or month's partition the hour was
+/// folded into, limited to the hour (inserts and updates go through it).
+/// Dropped again before the transaction ends ([`unbind_silver`]): a view
+/// left in the session would keep the partition from being folded or
+/// dropped.
+async fn bind_silver(tx: &mut Transaction<'_, Postgres>, hour: i64) -> Result<(), sqlx::Error> {
+    let from = hour_start(hour - 1);
+    let (prev, cur): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT ops.silver_partition_of($1), ops.silver_partition_of($2)")
+            .bind(from)
+            .bind(hour_start(hour))
+            .fetch_one(&mut **tx)
+            .await?;
+    for (view, part, start) in [
+        (SILVER_PREV_VIEW, prev, from),
+        (SILVER_VIEW, cur, hour_start(hour)),
+    ] {
+        let Some(part) = part else {
+            return Err(sqlx::Error::Protocol(format!(
+                "no silver partition holds the hour {start}"
+            )));
+        };
+        let sql = if part.contains("_p") {
+            format!("CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {part}")
+        } else {
+            let end = start + Duration::hours(1);
+            format!(
+                "CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {part}
+                  WHERE interval_start >= '{}' AND interval_start < '{}'",
+                start.to_rfc3339(),
+                end.to_rfc3339()
+            )
+        };
+        sqlx::query(&sql).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn unbind_silver(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "DROP VIEW IF EXISTS {SILVER_VIEW}, {SILVER_PREV_VIEW}"
+    ))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The `{changed}` relation of a gold level (`exchange, symbol, start`):
@@ -506,10 +566,12 @@ async fn merge_hour(
 /// PostgreSQL, and autovacuum analyzes them later.
 async fn analyze_hour(conn: &mut PoolConnection<Postgres>, hour: i64) {
     let began = Instant::now();
-    if let Err(e) = sqlx::query(&for_hour("ANALYZE {bronze}, {silver}", hour))
-        .execute(&mut **conn)
-        .await
-    {
+    let sql = format!(
+        "ANALYZE {}, {}",
+        hourly("bronze.ohlcv_native", hour),
+        hourly("silver.fact_ohlcv", hour)
+    );
+    if let Err(e) = sqlx::query(&sql).execute(&mut **conn).await {
         tracing::debug!(hour, error = %e, "Could not analyze the hour's partitions");
         return;
     }
@@ -612,6 +674,7 @@ async fn merge_shard(
 ) -> Result<MergeReport, MergeError> {
     let (from, to) = (hour_start(hour), hour_start(hour + 1));
     prepare_temp_tables(tx).await?;
+    bind_silver(tx, hour).await?;
     // Sorts and hashes of a busy hour (300k rows) stay in memory, and the
     // hours a merge reads are recent, so cached: an index read costs little
     // more than a sequential one (the default 4× keeps PostgreSQL from
@@ -766,6 +829,7 @@ async fn merge_shard(
         }
     }
     report.steps = steps;
+    unbind_silver(tx).await?;
     Ok(report)
 }
 

@@ -1,6 +1,13 @@
-//! Retention: what the service deletes as it ages, so that a deployment left
-//! alone for months keeps a bounded disk (`[retention]`, `lake.local_retention`).
+//! Retention: what the service deletes or folds as it ages, so that a
+//! deployment left alone for months keeps a bounded disk and a partition
+//! count that does not grow with history (`[retention]`,
+//! `lake.local_retention`, `[partitions] fold_*`).
 //!
+//! - **Folding**: silver's hourly partitions of days older than
+//!   `fold_daily_after` become one partition per day, of months older than
+//!   `fold_monthly_after` one per month (`ops.fold_silver`: online, every
+//!   row moved once; see `migrations/0012_fold.sql`). Runs also with
+//!   retention off.
 //! - **Bronze** hours older than `retention.bronze` (in the exchanges' time,
 //!   the time of the data) are dropped, one partition at a time, but only an
 //!   hour whose every row has been merged (nothing of it written at or after
@@ -16,7 +23,8 @@
 //! - The **local lake**'s days older than `lake.local_retention`, when set
 //!   (off by default: it can be the only raw copy).
 //!
-//! The pass runs in the scheduler leader every `retention.every`. The
+//! The pass runs in the scheduler leader every `retention.every`
+//! (folding first). The
 //! exchanges' time is the oldest of their clocks, so a replay of old data
 //! ages by its own clock, not the wall's.
 
@@ -24,13 +32,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backfill::clock::ExchangeClock;
-use crate::config::{LakeConfig, RetentionConfig};
+use crate::config::{LakeConfig, PartitionConfig, RetentionConfig};
 use crate::db::partitions::{hour_of, Partitions};
 use crate::ingest::leader::Leader;
 use crate::lake::sink::LakePending;
@@ -50,8 +58,12 @@ pub struct RetentionReport {
     pub bronze_unmerged: Vec<i64>,
     /// Bronze hours past the age kept: observations not uploaded yet.
     pub bronze_not_uploaded: Vec<i64>,
-    /// Silver hours dropped.
-    pub silver_dropped: Vec<i64>,
+    /// Silver partitions dropped (by the silver window), by name.
+    pub silver_dropped: Vec<String>,
+    /// Silver partitions made by folding (name, rows moved).
+    pub folded: Vec<(String, i64)>,
+    /// Folds that could not be done this time (name, why): retried.
+    pub fold_errors: Vec<(String, String)>,
     /// Rows deleted per table (ops, gold).
     pub deleted: Vec<(String, i64)>,
     /// Local lake day directories deleted.
@@ -75,6 +87,8 @@ pub struct Inputs<'a> {
     pub partitions: &'a Partitions,
     pub config: &'a RetentionConfig,
     pub lake: &'a LakeConfig,
+    /// Folding of silver's old hours (`[partitions]`).
+    pub folding: &'a PartitionConfig,
     /// The exchanges' time now (the data's clock).
     pub now: DateTime<Utc>,
     /// The wall time now (the ops tables' clock).
@@ -84,6 +98,10 @@ pub struct Inputs<'a> {
 /// One retention pass.
 pub async fn pass(i: &Inputs<'_>) -> Result<RetentionReport, RetentionError> {
     let mut report = RetentionReport::default();
+    fold(i, &mut report).await?;
+    if !i.config.enabled {
+        return Ok(report);
+    }
     bronze(i, &mut report).await?;
     if let Some(age) = i.config.silver {
         silver(i, i.now - chrono(age), &mut report).await?;
@@ -125,9 +143,57 @@ fn hour_start(hour: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default()
 }
 
-/// The hours of `parent` that have a partition, ascending (hours since the
-/// epoch), read from the partitions' names (`<table>_pYYYYMMDDHH`).
-async fn partition_hours(pool: &PgPool, parent: &str) -> Result<Vec<i64>, sqlx::Error> {
+/// A partition of an hour-partitioned table, read from its name:
+/// `<table>_pYYYYMMDDHH` (an hour), `_dYYYYMMDD` (a folded day) or
+/// `_mYYYYMM` (a folded month).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub name: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+impl Part {
+    /// Reads a partition's name; `None` for one that is not klines'.
+    pub fn parse(name: &str) -> Option<Part> {
+        let (_, rest) = name.rsplit_once('_')?;
+        let (kind, stamp) = rest.split_at_checked(1)?;
+        let date = |s: &str| NaiveDate::parse_from_str(s, "%Y%m%d").ok();
+        let (from, to) = match (kind, stamp.len()) {
+            ("p", 10) => {
+                let day = date(&stamp[..8])?;
+                let h: u32 = stamp[8..].parse().ok()?;
+                let from = day.and_hms_opt(h, 0, 0)?.and_utc();
+                (from, from + chrono::Duration::hours(1))
+            }
+            ("d", 8) => {
+                let from = date(stamp)?.and_hms_opt(0, 0, 0)?.and_utc();
+                (from, from + chrono::Duration::days(1))
+            }
+            ("m", 6) => {
+                let first = date(&format!("{stamp}01"))?;
+                let next = first.checked_add_months(chrono::Months::new(1))?;
+                (
+                    first.and_hms_opt(0, 0, 0)?.and_utc(),
+                    next.and_hms_opt(0, 0, 0)?.and_utc(),
+                )
+            }
+            _ => return None,
+        };
+        Some(Part {
+            name: name.to_owned(),
+            from,
+            to,
+        })
+    }
+
+    fn hourly(&self) -> bool {
+        self.to - self.from == chrono::Duration::hours(1)
+    }
+}
+
+/// The partitions of `parent`, oldest first.
+pub async fn partitions(pool: &PgPool, parent: &str) -> Result<Vec<Part>, sqlx::Error> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
           WHERE i.inhparent = $1::regclass",
@@ -135,16 +201,19 @@ async fn partition_hours(pool: &PgPool, parent: &str) -> Result<Vec<i64>, sqlx::
     .bind(parent)
     .fetch_all(pool)
     .await?;
-    let mut hours: Vec<i64> = names
+    let mut parts: Vec<Part> = names.iter().filter_map(|n| Part::parse(n)).collect();
+    parts.sort_by_key(|p| p.from);
+    Ok(parts)
+}
+
+/// The hours of `parent` that have an hourly partition, ascending.
+async fn partition_hours(pool: &PgPool, parent: &str) -> Result<Vec<i64>, sqlx::Error> {
+    Ok(partitions(pool, parent)
+        .await?
         .iter()
-        .filter_map(|n| n.rsplit_once("_p"))
-        .filter_map(|(_, stamp)| {
-            chrono::NaiveDateTime::parse_from_str(&format!("{stamp}0000"), "%Y%m%d%H%M%S").ok()
-        })
-        .map(|t| hour_of(t.and_utc()))
-        .collect();
-    hours.sort_unstable();
-    Ok(hours)
+        .filter(|p| p.hourly())
+        .map(|p| hour_of(p.from))
+        .collect())
 }
 
 async fn bronze(i: &Inputs<'_>, report: &mut RetentionReport) -> Result<(), RetentionError> {
@@ -212,26 +281,96 @@ async fn silver(
     before: DateTime<Utc>,
     report: &mut RetentionReport,
 ) -> Result<(), RetentionError> {
-    let cutoff = hour_of(before);
     let mut rows = 0i64;
-    for hour in partition_hours(i.pool, "silver.fact_ohlcv").await? {
-        if hour >= cutoff {
+    let mut hours = Vec::new();
+    // Whole partitions only: a folded day or month goes once all of it is
+    // past the window.
+    for part in partitions(i.pool, "silver.fact_ohlcv").await? {
+        if part.to > before {
             break;
         }
-        let n: Option<i64> = sqlx::query_scalar("SELECT ops.drop_silver_hour($1)")
-            .bind(hour_start(hour))
+        let n: Option<i64> = sqlx::query_scalar("SELECT ops.drop_silver_partition($1, $2, $3)")
+            .bind(&part.name)
+            .bind(part.from)
+            .bind(part.to)
             .fetch_one(i.pool)
             .await?;
         if let Some(n) = n {
             rows += n;
-            report.silver_dropped.push(hour);
+            hours.extend(hour_of(part.from)..hour_of(part.to));
+            report.silver_dropped.push(part.name);
         }
     }
-    i.partitions.forget(report.silver_dropped.iter().copied());
+    i.partitions.forget(hours);
     if rows > 0 {
         report.deleted.push(("silver.fact_ohlcv".into(), rows));
     }
     Ok(())
+}
+
+/// Folds silver's old hourly partitions into one per day, and old days
+/// into one per month (`[partitions] fold_daily_after`,
+/// `fold_monthly_after`), each by `ops.fold_silver`: online, every row
+/// moved once. A fold that cannot take its moment's lock now (a long read
+/// of silver) is left to the next pass.
+async fn fold(i: &Inputs<'_>, report: &mut RetentionReport) -> Result<(), RetentionError> {
+    let parts = partitions(i.pool, "silver.fact_ohlcv").await?;
+    let mut todo: Vec<(DateTime<Utc>, DateTime<Utc>, String)> = Vec::new();
+    if let Some(age) = i.folding.fold_monthly_after {
+        let before = i.now - chrono(age);
+        let mut months: Vec<NaiveDate> = parts
+            .iter()
+            .filter(|p| !p.name.contains("_m"))
+            .filter_map(|p| p.from.date_naive().with_day(1))
+            .collect();
+        months.dedup();
+        for first in months {
+            let Some(next) = first.checked_add_months(chrono::Months::new(1)) else {
+                continue;
+            };
+            let (from, to) = (midnight(first), midnight(next));
+            if to <= before {
+                todo.push((from, to, format!("fact_ohlcv_m{}", first.format("%Y%m"))));
+            }
+        }
+    }
+    if let Some(age) = i.folding.fold_daily_after {
+        let before = i.now - chrono(age);
+        let mut days: Vec<NaiveDate> = parts
+            .iter()
+            .filter(|p| p.hourly())
+            .map(|p| p.from.date_naive())
+            .collect();
+        days.dedup();
+        for day in days {
+            let (from, to) = (midnight(day), midnight(day) + chrono::Duration::days(1));
+            let in_a_month = todo.iter().any(|(f, t, _)| *f <= from && to <= *t);
+            if to <= before && !in_a_month {
+                todo.push((from, to, format!("fact_ohlcv_d{}", day.format("%Y%m%d"))));
+            }
+        }
+    }
+    for (from, to, name) in todo {
+        let folded: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT ops.fold_silver($1, $2, $3)")
+                .bind(from)
+                .bind(to)
+                .bind(&name)
+                .fetch_one(i.pool)
+                .await;
+        match folded {
+            Ok(Some(rows)) => report.folded.push((name, rows)),
+            Ok(None) => {}
+            Err(e) => report.fold_errors.push((name, e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+fn midnight(day: NaiveDate) -> DateTime<Utc> {
+    day.and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or_default()
 }
 
 /// Deletes the local lake's `date=YYYY-MM-DD` directories of days before
@@ -299,6 +438,7 @@ pub struct Schedule {
     pub pool: PgPool,
     pub partitions: Arc<Partitions>,
     pub config: RetentionConfig,
+    pub folding: PartitionConfig,
     pub lake: LakeConfig,
     pub clocks: Vec<Arc<ExchangeClock>>,
     pub leader: Leader,
@@ -333,6 +473,7 @@ pub async fn run(s: Schedule, stop: CancellationToken) {
             pool: &s.pool,
             partitions: &s.partitions,
             config: &s.config,
+            folding: &s.folding,
             lake: &s.lake,
             now,
             wall: Utc::now(),
@@ -377,9 +518,16 @@ pub fn record(metrics: &Metrics, r: &RetentionReport) {
             })
             .inc_by(r.silver_dropped.len() as u64);
         info!(
-            hours = r.silver_dropped.len(),
-            "Retention dropped silver hours (retention.silver)"
+            partitions = r.silver_dropped.len(),
+            "Retention dropped silver partitions (retention.silver)"
         );
+    }
+    for (name, rows) in &r.folded {
+        metrics.partitions_folded.inc();
+        info!(partition = %name, rows, "Folded silver's old partitions into one");
+    }
+    for (name, error) in &r.fold_errors {
+        warn!(partition = %name, %error, "Could not fold silver's partitions now; the next pass retries");
     }
     for (table, n) in r.deleted.iter().filter(|(_, n)| *n > 0) {
         if let Some(table) = TABLES.iter().find(|t| *t == table) {
@@ -417,6 +565,37 @@ const TABLES: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_names_say_their_range() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let p = Part::parse("fact_ohlcv_p2023012113").unwrap();
+        assert_eq!(
+            (p.from, p.to),
+            (t("2023-01-21T13:00:00Z"), t("2023-01-21T14:00:00Z"))
+        );
+        assert!(p.hourly());
+        let d = Part::parse("ohlcv_native_d20231231").unwrap();
+        assert_eq!(
+            (d.from, d.to),
+            (t("2023-12-31T00:00:00Z"), t("2024-01-01T00:00:00Z"))
+        );
+        let m = Part::parse("fact_ohlcv_m202402").unwrap();
+        assert_eq!(
+            (m.from, m.to),
+            (t("2024-02-01T00:00:00Z"), t("2024-03-01T00:00:00Z"))
+        );
+        assert!(!m.hourly());
+        for other in [
+            "fact_ohlcv",
+            "fact_ohlcv_p20230121",
+            "fact_ohlcv_x2023",
+            "fact_ohlcv_m202413",
+            "fact_ohlcv_p2023013125",
+        ] {
+            assert_eq!(Part::parse(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn local_lake_days_before_the_cutoff_go_wherever_they_sit() {

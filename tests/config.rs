@@ -367,6 +367,22 @@ fn pools_too_small_for_their_purpose_are_rejected() {
 }
 
 #[test]
+fn folding_younger_than_the_merge_works_on_is_rejected() {
+    rejected(
+        &format!("{BASE}\n[partitions]\nfold_daily_after = \"1d\"\n"),
+        &[],
+        "partitions.fold_daily_after",
+        "at least 2 days",
+    );
+    rejected(
+        &format!("{BASE}\n[partitions]\nfold_daily_after = \"10d\"\nfold_monthly_after = \"5d\"\n"),
+        &[],
+        "partitions.fold_monthly_after",
+        "not be shorter",
+    );
+}
+
+#[test]
 fn bad_numbers_are_rejected() {
     rejected(
         &format!("{BASE}\n[bronze]\nbatch_rows = 0\n"),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use common::*;
-use klines::config::{LakeConfig, RetentionConfig};
+use klines::config::{LakeConfig, PartitionConfig, RetentionConfig};
 use klines::db::partitions::{hour_of, Partitions};
 use klines::domain::{CandleEvent, Source};
 use klines::merge;
@@ -62,10 +62,17 @@ async fn run_pass(
     lake: &LakeConfig,
     now: DateTime<Utc>,
 ) -> RetentionReport {
+    // Retention alone (folding has tests of its own).
+    let no_folding = PartitionConfig {
+        fold_daily_after: None,
+        fold_monthly_after: None,
+        ..PartitionConfig::default()
+    };
     retention::pass(&Inputs {
         pool,
         partitions: parts,
         config,
+        folding: &no_folding,
         lake,
         now,
         wall: Utc::now(),
@@ -281,7 +288,13 @@ async fn ops_rows_age_out_and_silver_and_gold_windows_drop_old_history() {
     };
     let now = first + Duration::days(20) + Duration::hours(12);
     let r = run_pass(&db.pool, &parts, &config, &no_lake, now).await;
-    let of_the_day = |hours: &[i64]| hours.iter().filter(|h| **h >= hour_of(first)).count();
+    let of_the_day = |names: &[String]| {
+        names
+            .iter()
+            .filter_map(|n| klines::retention::Part::parse(n))
+            .filter(|p| p.from >= first)
+            .count()
+    };
     assert_eq!(of_the_day(&r.silver_dropped), 12, "{r:?}");
     assert_eq!(
         count(&db.pool, "SELECT count(*) FROM silver.fact_ohlcv").await,

@@ -250,6 +250,7 @@ async fn the_service_runs_as_a_least_privilege_login() {
         pool: &pools.merge,
         partitions: &Partitions::new(),
         config: &cfg.retention,
+        folding: &cfg.partitions,
         lake: &cfg.lake,
         now: chrono::Utc::now(),
         wall: chrono::Utc::now(),
@@ -257,6 +258,10 @@ async fn the_service_runs_as_a_least_privilege_login() {
     .await
     .expect("retention as the service's login");
     assert!(!report.bronze_dropped.is_empty(), "{report:?}");
+    assert!(
+        !report.folded.is_empty() && report.fold_errors.is_empty(),
+        "the replayed day's silver is folded: {report:?}"
+    );
     assert!(count(&db.pool, "SELECT count(*) FROM silver.fact_ohlcv").await >= silver_rows);
     pools.close().await;
 

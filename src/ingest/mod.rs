@@ -209,12 +209,17 @@ pub async fn run(
         ));
     }
 
-    if config.retention.enabled {
+    let folding = &config.partitions;
+    if config.retention.enabled
+        || folding.fold_daily_after.is_some()
+        || folding.fold_monthly_after.is_some()
+    {
         tasks.spawn(crate::retention::run(
             crate::retention::Schedule {
                 pool: pool.clone(),
                 partitions: Arc::clone(&partitions),
                 config: config.retention.clone(),
+                folding: folding.clone(),
                 lake: config.lake.clone(),
                 clocks: clocks.values().cloned().collect(),
                 leader: leader.clone(),

@@ -107,6 +107,8 @@ pub struct Metrics {
     /// Bronze hours past the retention age kept because they are not merged
     /// or not uploaded to the lake yet (at the last pass).
     pub retention_bronze_partitions_held: Gauge,
+    /// Silver partitions made by folding older ones (a day, a month).
+    pub partitions_folded: Counter,
     /// Local lake days deleted by `lake.local_retention`.
     pub retention_lake_dirs_deleted: Counter,
     /// REST requests by outcome.
@@ -187,6 +189,7 @@ impl Metrics {
             retention_partitions_dropped: Family::default(),
             retention_rows_deleted: Family::default(),
             retention_bronze_partitions_held: Gauge::default(),
+            partitions_folded: Counter::default(),
             retention_lake_dirs_deleted: Counter::default(),
             rest_requests: Family::default(),
             rate_limit_wait_seconds: Family::default(),
@@ -299,6 +302,11 @@ impl Metrics {
             "retention_bronze_partitions_held",
             "Bronze hours past the retention age kept: not merged or not uploaded yet",
             m.retention_bronze_partitions_held.clone(),
+        );
+        registry.register(
+            "partitions_folded",
+            "Silver partitions made by folding older ones into a day or a month",
+            m.partitions_folded.clone(),
         );
         registry.register(
             "retention_lake_dirs_deleted",
