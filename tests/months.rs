@@ -402,6 +402,43 @@ async fn a_failing_pair_does_not_stop_another_pairs_sweep() {
         "{job_error}"
     );
 
+    // The status page shows the failing pair, its error and next try.
+    let page = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = klines::api::ApiState {
+            pool: db.pool.clone(),
+            metrics: Arc::clone(&metrics),
+            exchanges: vec![ExchangeId::Binance],
+            started: std::time::Instant::now(),
+            connect_grace: Duration::from_secs(60),
+            max_spool_rows: 1000,
+            backfills: None,
+            status: Default::default(),
+            read_key: None,
+        };
+        let api_stop = CancellationToken::new();
+        tokio::spawn(klines::api::serve(listener, state, api_stop.clone()));
+        let page = reqwest::get(format!("{base}/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        api_stop.cancel();
+        page
+    };
+    let failing = page
+        .split("id=\"failing\"")
+        .nth(1)
+        .expect("a table of failing pairs");
+    assert!(
+        failing.contains("ETHUSDT")
+            && failing.contains("Invalid symbol")
+            && !failing.contains("BTCUSDT"),
+        "{failing}"
+    );
+
     // Sweeps go on for BTCUSDT while ETHUSDT backs off.
     let (_, _, _, swept, _) = failure("BTCUSDT").await.unwrap();
     let swept = swept.expect("BTCUSDT's sweeps are recorded");

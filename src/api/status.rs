@@ -287,6 +287,15 @@ pub async fn page(State(s): State<ApiState>) -> Result<Response, ApiError> {
     .fetch_all(&s.pool)
     .await?;
 
+    // Pairs whose backfill keeps failing: each backs off on its own.
+    let failing = sqlx::query(
+        "SELECT exchange, symbol, failures, last_error, last_error_at, next_try_at
+           FROM ops.backfill_pairs WHERE failures > 0
+          ORDER BY last_error_at DESC NULLS LAST, exchange, symbol LIMIT 50",
+    )
+    .fetch_all(&s.pool)
+    .await?;
+
     let mut html = String::with_capacity(64 * 1024);
     let _ = write!(
         html,
@@ -490,6 +499,31 @@ footer{{margin-top:2rem;color:#5a6272}} a{{color:#2457c5}}
         html.push_str("<tr><td colspan=\"11\">No backfill jobs yet.</td></tr>\n");
     }
     html.push_str("</table>\n");
+
+    if !failing.is_empty() {
+        html.push_str(
+            "<h2>Pairs whose backfill is failing</h2>\n<table class=\"list\" id=\"failing\"><tr><th>exchange</th>\
+             <th>pair</th><th>failures in a row</th><th>last error</th><th>at</th><th>next try (exchange time)</th></tr>\n",
+        );
+        for f in &failing {
+            let ts = |n: &str| {
+                f.get::<Option<DateTime<Utc>>, _>(n)
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_default()
+            };
+            let _ = writeln!(
+                html,
+                "<tr><td>{ex}</td><td>{sym}</td><td class=\"num\">{n}</td><td>{err}</td><td>{at}</td><td>{next}</td></tr>",
+                ex = esc(&f.get::<String, _>("exchange")),
+                sym = esc(&f.get::<String, _>("symbol")),
+                n = f.get::<i32, _>("failures"),
+                err = esc(f.get::<Option<String>, _>("last_error").as_deref().unwrap_or("")),
+                at = ts("last_error_at"),
+                next = ts("next_try_at"),
+            );
+        }
+        html.push_str("</table>\n");
+    }
     html.push_str(
         r#"<footer><a href="/metrics">/metrics</a> · <a href="/readyz">/readyz</a> · <a href="/v1/symbols">/v1/symbols</a> · <a href="/v1/openapi.json">/v1/openapi.json</a> · refreshes every 30 s</footer>
 <script>
