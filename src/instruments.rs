@@ -442,12 +442,15 @@ pub async fn pairs_at_start(
 
 /// Refreshes the list every `every` and says what it means for the running
 /// pairs: a delisted one (it will get no more data), a selection that would
-/// now differ (taken at the next start).
+/// now differ (taken at the next start). A configured pair that was left
+/// out (delisted, halted) and trades again is added to `running` (the
+/// schedules' pairs) and sent on `relisted`, which the service ingests.
 pub async fn refresh_periodically(
     client: Arc<RestClient>,
     pool: PgPool,
     cfg: ExchangeConfig,
-    running: Vec<String>,
+    running: tokio::sync::watch::Sender<Vec<String>>,
+    relisted: tokio::sync::mpsc::Sender<(ExchangeId, Vec<Pair>)>,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -468,16 +471,33 @@ pub async fn refresh_periodically(
         let Ok(now) = resolve(client.exchange.as_ref(), &cfg, &list, &known) else {
             continue;
         };
-        for symbol in now.pairs.iter().filter(|s| !running.contains(s)) {
-            if cfg.pairs.iter().any(|c| {
-                client
-                    .exchange
-                    .normalize_symbol(c)
-                    .is_ok_and(|n| &n == symbol)
-            }) {
-                warn!(%exchange, %symbol, "A configured pair left out at start trades again; it is ingested after the next restart");
+        let current = running.borrow().clone();
+        let back: Vec<String> = now
+            .pairs
+            .iter()
+            .filter(|s| !current.contains(s))
+            .filter(|symbol| {
+                cfg.pairs.iter().any(|c| {
+                    client
+                        .exchange
+                        .normalize_symbol(c)
+                        .is_ok_and(|n| &n == *symbol)
+                })
+            })
+            .cloned()
+            .collect();
+        if !back.is_empty() {
+            info!(%exchange, pairs = %back.join(","), "Configured pairs left out at start trade again; ingesting them");
+            running.send_modify(|r| r.extend(back.iter().cloned()));
+            let pairs = back
+                .iter()
+                .map(|s| Pair::new(exchange, s.as_str()))
+                .collect();
+            if relisted.send((exchange, pairs)).await.is_err() {
+                return;
             }
         }
+        let running = running.borrow().clone();
         for m in now.missing.iter().filter(|m| running.contains(&m.symbol)) {
             warn!(%exchange, symbol = %m.symbol, reason = %m.reason, "A running pair is no longer trading");
         }

@@ -305,3 +305,79 @@ async fn unknown_pairs_stop_the_start_unless_allowed_missing_and_delisted_ones_d
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+/// A configured pair the exchange delisted is left out at start; when the
+/// exchange lists it and trades it again, the instruments refresh sees it
+/// and the running service ingests it, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delisted_pair_that_trades_again_is_ingested_without_a_restart() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("instruments_relisted").await;
+    let dir = tempdir();
+    // Both days replayed from the same minute.
+    let sim = simulator(&[BTC_DAY, ETH_DAY], 2.0, |c| {
+        c.start = Some(Minute::containing("2023-01-21T00:00:00Z".parse().unwrap()));
+    })
+    .await;
+    sim.state.delist("ETHUSDT", true);
+    // ETHUSDT was listed before (the service ingested it once).
+    sqlx::query(
+        "INSERT INTO ref.instruments (exchange, symbol, base, quote, status, trading)
+         VALUES ('binance', 'ETHUSDT', 'ETH', 'USDT', 'TRADING', true)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut cfg = config(
+        &sim,
+        &db.url,
+        &spool_dir(&dir),
+        &["BTCUSDT", "ETHUSDT"],
+        "instruments_refresh = \"1s\"",
+        "",
+    );
+    cfg.merge.enabled = false;
+    let service = start_ingest(cfg);
+    let finals = |symbol: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            count(
+                &pool,
+                &format!(
+                    "SELECT count(*) FROM bronze.ohlcv_native WHERE is_final AND symbol = '{symbol}'"
+                ),
+            )
+            .await
+        }
+    };
+    let ingested = wait_until(Duration::from_secs(30), || async {
+        finals("BTCUSDT").await >= 3 || service.task.is_finished()
+    })
+    .await;
+    assert!(
+        ingested && !service.task.is_finished(),
+        "BTCUSDT is ingested: {}",
+        service.metrics.encode()
+    );
+    assert_eq!(finals("ETHUSDT").await, 0, "the delisted pair is left out");
+    let status: String = sqlx::query_scalar(
+        "SELECT status FROM ref.instruments WHERE exchange = 'binance' AND symbol = 'ETHUSDT'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "delisted");
+
+    sim.state.delist("ETHUSDT", false);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            finals("ETHUSDT").await >= 3
+        })
+        .await,
+        "ETHUSDT is ingested once it trades again"
+    );
+    let report = service.stop().await;
+    assert!(report.bronze.rows_written > 0);
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

@@ -323,7 +323,7 @@ async fn a_failing_pair_does_not_stop_another_pairs_sweep() {
     let stop = CancellationToken::new();
     let task = tokio::spawn(klines::backfill::scheduler::run(
         Arc::new(backfiller),
-        vec!["BTCUSDT".into(), "ETHUSDT".into()],
+        tokio::sync::watch::channel(vec!["BTCUSDT".into(), "ETHUSDT".into()]).1,
         backfill,
         outage_rx,
         klines::ingest::leader::Leader::always(),

@@ -65,11 +65,11 @@ fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or_default()
 }
 
-/// Runs the schedules of one exchange until `stop`. `symbols` are every
-/// configured pair of the exchange (all shards).
+/// Runs the schedules of one exchange until `stop`. `pairs` are every
+/// configured pair of the exchange (all shards), as they change.
 pub async fn run(
     backfiller: Arc<Backfiller>,
-    symbols: Vec<String>,
+    mut pairs: tokio::sync::watch::Receiver<Vec<String>>,
     config: BackfillConfig,
     mut outages: mpsc::Receiver<Outage>,
     mut leader: Leader,
@@ -109,6 +109,12 @@ pub async fn run(
                 warn!(exchange, error = %e, "Could not read the exchange's clock");
             }
         }
+        // A pair added since (one that trades again) is swept at once, and
+        // gets its initial history.
+        if pairs.has_changed().unwrap_or(false) {
+            last_sweep = None;
+        }
+        let symbols = pairs.borrow_and_update().clone();
         let now = backfiller.client.clock.now();
         let hour = hour_floor(now - settle);
         let leads = leader.is_leader();

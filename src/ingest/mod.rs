@@ -281,6 +281,19 @@ pub async fn run(
 
     let mut workers = JoinSet::new();
     let worker_stop = shutdown.child_token();
+    // What makes a slot, kept to ingest pairs that trade again later.
+    let mut runtimes: std::collections::BTreeMap<crate::domain::ExchangeId, ExchangeRuntime> =
+        std::collections::BTreeMap::new();
+    let factory = SlotFactory {
+        ingest: config.ingest.clone(),
+        bronze: bronze_tx,
+        lake: config.lake.enabled.then_some(lake_tx),
+        metrics: Arc::clone(&metrics),
+    };
+    // Configured pairs left out at start (delisted, halted) that the
+    // instruments refresh sees trading again.
+    let (relisted_tx, mut relisted_rx) =
+        mpsc::channel::<(crate::domain::ExchangeId, Vec<crate::domain::Pair>)>(16);
     for (id, pairs) in enabled {
         let all_symbols: Vec<String> = configured
             .iter()
@@ -294,11 +307,15 @@ pub async fn run(
             Arc::clone(backfiller),
             Arc::clone(clock),
         );
+        // Every configured pair of the exchange (all shards), growing when
+        // a pair left out at start trades again.
+        let (symbols_tx, symbols_rx) = tokio::sync::watch::channel(all_symbols.clone());
         tasks.spawn(crate::instruments::refresh_periodically(
             Arc::clone(&backfiller.client),
             pools.backfill.clone(),
             ex_config.clone(),
-            all_symbols.clone(),
+            symbols_tx,
+            relisted_tx.clone(),
             config.ingest.instruments_refresh,
             upkeep_stop.clone(),
         ));
@@ -311,7 +328,7 @@ pub async fn run(
         if config.backfill.enabled {
             tasks.spawn(backfill::scheduler::run(
                 backfiller,
-                all_symbols,
+                symbols_rx,
                 config.backfill.clone(),
                 outage_rx,
                 leader.clone(),
@@ -327,28 +344,21 @@ pub async fn run(
             limits.max_connects_per_window,
             limits.connect_window,
         ));
-        for (index, chunk) in pairs.chunks(per_conn).enumerate() {
-            let mut slot = Slot::new(
-                Arc::clone(&exchange),
-                chunk.to_vec(),
-                config.ingest.clone(),
-                bronze_tx.clone(),
-                Arc::clone(&metrics),
-                Arc::clone(&limiter),
-                index,
-            )
-            .with_feed_hooks(FeedHooks {
-                clock: Arc::clone(&clock),
-                outages: config.backfill.enabled.then(|| outage_tx.clone()),
-            });
-            if config.lake.enabled {
-                slot = slot.with_lake(lake_tx.clone());
-            }
-            let slot = Arc::new(slot);
+        let mut runtime = ExchangeRuntime {
+            exchange,
+            clock,
+            limiter,
+            per_conn,
+            outages: config.backfill.enabled.then(|| outage_tx.clone()),
+            slots: 0,
+        };
+        for slot in runtime.slots(&pairs, &factory) {
             workers.spawn(slot.run(worker_stop.clone()));
         }
+        runtimes.insert(id, runtime);
         info!(exchange = %id, pairs = pairs.len(), connections = pairs.len().div_ceil(per_conn), "Exchange started");
     }
+    drop(relisted_tx);
     if let Some(listener) = api_listener {
         let state = crate::api::ApiState {
             pool: pools.api.clone(),
@@ -383,11 +393,24 @@ pub async fn run(
             }
         });
     }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some((id, pairs)) = relisted_rx.recv() => {
+                let mine: Vec<_> = pairs.into_iter().filter(|p| shard.owns(p)).collect();
+                let Some(runtime) = runtimes.get_mut(&id) else { continue };
+                if mine.is_empty() {
+                    continue;
+                }
+                info!(exchange = %id, pairs = %mine.iter().map(|p| p.symbol.as_str()).collect::<Vec<_>>().join(","), "Ingesting configured pairs that trade again");
+                for slot in runtime.slots(&mine, &factory) {
+                    workers.spawn(slot.run(worker_stop.clone()));
+                }
+            }
+        }
+    }
     // The sinks' channels close when the last worker drops its senders.
-    drop(bronze_tx);
-    drop(lake_tx);
-
-    shutdown.cancelled().await;
+    drop(factory);
     info!(
         grace_s = grace.as_secs_f64(),
         "Shutting down: stopping workers, draining sinks"
@@ -419,6 +442,55 @@ pub async fn run(
     tasks.wait().await;
     pools.close().await;
     Ok(IngestReport { bronze, lake })
+}
+
+/// What every slot of the service shares: its settings and the sinks'
+/// channels.
+struct SlotFactory {
+    ingest: crate::config::IngestConfig,
+    bronze: mpsc::Sender<crate::domain::CandleEvent>,
+    lake: Option<mpsc::Sender<crate::lake::LakeRecord>>,
+    metrics: Arc<Metrics>,
+}
+
+/// What the slots of one exchange share: its protocol, clock, connection
+/// limiter and backfiller's outage queue.
+struct ExchangeRuntime {
+    exchange: Arc<dyn exchange::Exchange>,
+    clock: Arc<ExchangeClock>,
+    limiter: Arc<ConnectLimiter>,
+    per_conn: usize,
+    outages: Option<mpsc::Sender<backfill::scheduler::Outage>>,
+    /// Slots made so far (their index, for logs).
+    slots: usize,
+}
+
+impl ExchangeRuntime {
+    /// The slots (one connection each) that ingest `pairs`.
+    fn slots(&mut self, pairs: &[crate::domain::Pair], f: &SlotFactory) -> Vec<Arc<Slot>> {
+        let mut out = Vec::new();
+        for chunk in pairs.chunks(self.per_conn) {
+            let mut slot = Slot::new(
+                Arc::clone(&self.exchange),
+                chunk.to_vec(),
+                f.ingest.clone(),
+                f.bronze.clone(),
+                Arc::clone(&f.metrics),
+                Arc::clone(&self.limiter),
+                self.slots,
+            )
+            .with_feed_hooks(FeedHooks {
+                clock: Arc::clone(&self.clock),
+                outages: self.outages.clone(),
+            });
+            if let Some(lake) = &f.lake {
+                slot = slot.with_lake(lake.clone());
+            }
+            self.slots += 1;
+            out.push(Arc::new(slot));
+        }
+        out
+    }
 }
 
 /// Waits up to `within` for a sink to drain and report; what it did not

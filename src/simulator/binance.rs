@@ -468,6 +468,7 @@ async fn exchange_info(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> 
         .market
         .symbols()
         .into_iter()
+        .filter(|s| !sim.is_delisted(s))
         .map(|s| {
             let (base, quote) = split_symbol(&s);
             json!({

@@ -361,6 +361,9 @@ pub struct SimState {
     /// know them (Binance: 400 `Invalid symbol`), while their WebSocket
     /// streams go on: a pair the exchange stopped serving over REST.
     rest_refused: Mutex<BTreeSet<String>>,
+    /// Symbols the exchange has delisted: gone from its instrument list,
+    /// no more candles on its streams, REST klines refused.
+    delisted: Mutex<BTreeSet<String>>,
 }
 
 /// Each exchange's documented limit on WebSocket connection attempts per IP:
@@ -448,6 +451,7 @@ impl SimState {
             rest: Mutex::new(RestLedger::default()),
             connects: Mutex::new(HashMap::new()),
             rest_refused: Mutex::new(BTreeSet::new()),
+            delisted: Mutex::new(BTreeSet::new()),
             config,
         }
     }
@@ -463,11 +467,33 @@ impl SimState {
         }
     }
 
-    /// Whether `symbol`'s REST klines are refused.
+    /// Whether `symbol`'s REST klines are refused (also when delisted).
     pub fn rest_is_refused(&self, symbol: &str) -> bool {
-        self.rest_refused
+        self.is_delisted(symbol)
+            || self
+                .rest_refused
+                .lock()
+                .expect("refused set poisoned")
+                .contains(symbol)
+    }
+
+    /// Delists (`true`) or lists again (`false`) `symbol`: it leaves the
+    /// instrument list (Binance's protocol), its streams stop sending
+    /// candles (every protocol) and its REST klines are refused.
+    pub fn delist(&self, symbol: &str, delisted: bool) {
+        let mut set = self.delisted.lock().expect("delisted set poisoned");
+        if delisted {
+            set.insert(symbol.to_owned());
+        } else {
+            set.remove(symbol);
+        }
+    }
+
+    /// Whether `symbol` is delisted.
+    pub fn is_delisted(&self, symbol: &str) -> bool {
+        self.delisted
             .lock()
-            .expect("refused set poisoned")
+            .expect("delisted set poisoned")
             .contains(symbol)
     }
 

@@ -300,6 +300,9 @@ impl Emit<'_> {
         let faults = &sim.config.faults;
         let mut sent = 0;
         for symbol in subs {
+            if sim.is_delisted(symbol) {
+                continue;
+            }
             let Some(candle) = sim.market.candle_at(symbol, step.minute) else {
                 continue;
             };
