@@ -518,16 +518,25 @@ async fn health_readiness_and_metrics() {
     db.drop().await;
 }
 
-/// `POST /v1/backfills` inside a running `klines ingest` (a subprocess with
-/// `KLINES_API_KEY`): the key is required and checked, a valid request is
-/// accepted at once (202 + Location) and the job fills the day from the
-/// simulator's REST into bronze and silver; the key never appears in the
-/// log or an answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operators_backfill_over_the_api_with_a_key() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    const KEY: &str = "k-7f3a9c1e5b-operator-secret";
-    let db = TestDb::new("api_backfill").await;
+/// `klines ingest` as a subprocess with `KLINES_API_KEY` = `key` and
+/// `KLINES_LOG` = `log`, against the simulator replaying BTCUSDT's day with
+/// its clock two days later (REST serves the day as history); `api_extra`
+/// goes into `[api]`, `binance_extra` into the exchange's section. Waits
+/// for the API; returns the child, the simulator, the API's base URL, the
+/// log's path and the directory that holds them.
+async fn ingest_with_api(
+    db: &TestDb,
+    key: &str,
+    log: &str,
+    api_extra: &str,
+    binance_extra: &str,
+) -> (
+    std::process::Child,
+    klines::simulator::SimHandle,
+    String,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
     let sim = simulator(&[BTC_DAY], 1.0, |c| {
         c.start_immediately = true;
         c.clock_start = Some(klines::domain::Minute::containing(t(
@@ -539,15 +548,14 @@ async fn operators_backfill_over_the_api_with_a_key() {
     let port = free_port();
     let toml = config_toml(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "", "").replace(
         "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
+        &format!("listen = \"127.0.0.1:{port}\"\n{api_extra}"),
+    ) + binance_extra;
     let cfg_path = dir.path().join("klines.toml");
     std::fs::write(&cfg_path, toml).unwrap();
     let log_path = dir.path().join("ingest.log");
-    let mut child = ingester(&cfg_path, &log_path)
-        .env("KLINES_API_KEY", KEY)
-        // Debug: the key must not show up even there.
-        .env("KLINES_LOG", "debug,sqlx=warn,hyper=info,h2=info")
+    let child = ingester(&cfg_path, &log_path)
+        .env("KLINES_API_KEY", key)
+        .env("KLINES_LOG", log)
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -560,6 +568,23 @@ async fn operators_backfill_over_the_api_with_a_key() {
         "the API comes up: {}",
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
+    (child, sim, base, log_path, dir)
+}
+
+/// `POST /v1/backfills` inside a running `klines ingest` (a subprocess with
+/// `KLINES_API_KEY`): the key is required and checked, a valid request is
+/// accepted at once (202 + Location) and the job fills the day from the
+/// simulator's REST into bronze and silver; the key never appears in the
+/// log or an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_backfill_over_the_api_with_a_key() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    const KEY: &str = "k-7f3a9c1e5b-operator-secret";
+    let db = TestDb::new("api_backfill").await;
+    // Debug: the key must not show up even there.
+    let (mut child, sim, base, log_path, _dir) =
+        ingest_with_api(&db, KEY, "debug,sqlx=warn,hyper=info,h2=info", "", "").await;
+    let client = reqwest::Client::new();
     let body = serde_json::json!({
         "exchange": "binance", "symbol": "btcusdt",
         "from": "2023-01-21T00:00:00Z", "to": "2023-01-22T00:00:00Z"
@@ -783,37 +808,16 @@ async fn api_backfills_queue_per_exchange_and_refuse_past_the_queue() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     const KEY: &str = "queue-test-key";
     let db = TestDb::new("api_backfill_queue").await;
-    let sim = simulator(&[BTC_DAY], 1.0, |c| {
-        c.start_immediately = true;
-        c.clock_start = Some(klines::domain::Minute::containing(t(
-            "2023-01-23T00:00:00Z",
-        )));
-    })
+    // A queue of two, and a small REST budget: the day's pages take seconds.
+    let (mut child, sim, base, _log, _dir) = ingest_with_api(
+        &db,
+        KEY,
+        "info",
+        "backfill_queue = 2",
+        "rest_weight_limit = 4\nrest_weight_window = \"3s\"\n",
+    )
     .await;
-    let dir = tempdir();
-    let port = free_port();
-    // A small REST budget: the day's pages take seconds.
-    let toml = config_toml(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "", "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\"\nbackfill_queue = 2"),
-    ) + "rest_weight_limit = 4\nrest_weight_window = \"3s\"\n";
-    let cfg_path = dir.path().join("klines.toml");
-    std::fs::write(&cfg_path, toml).unwrap();
-    let log_path = dir.path().join("ingest.log");
-    let mut child = ingester(&cfg_path, &log_path)
-        .env("KLINES_API_KEY", KEY)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            client.get(format!("{base}/healthz")).send().await.is_ok()
-        })
-        .await,
-        "the API comes up: {}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
-    );
     let post = |from: &str, to: &str| {
         client
             .post(format!("{base}/v1/backfills"))

@@ -137,6 +137,15 @@ impl JobReport {
         self.pairs.iter().map(|p| p.candles_inserted).sum()
     }
 
+    /// The pairs that completed.
+    pub fn succeeded(&self) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|p| p.error.is_none())
+            .map(|p| p.symbol.clone())
+            .collect()
+    }
+
     /// The pairs that failed, with why.
     pub fn failed(&self) -> impl Iterator<Item = (&str, &str)> {
         self.pairs

@@ -170,13 +170,7 @@ pub async fn run(
                 last_sweep = Some(hour);
             } else if let Some(report) = run_job(&backfiller, &spec, &stop).await {
                 last_sweep = Some(hour);
-                let swept: Vec<String> = report
-                    .pairs
-                    .iter()
-                    .filter(|p| p.error.is_none())
-                    .map(|p| p.symbol.clone())
-                    .collect();
-                record_swept_to(&backfiller, &swept, hour).await;
+                record_swept_to(&backfiller, &report.succeeded(), hour).await;
             }
         }
         // Outages whose minutes have all closed on the exchange.
@@ -350,14 +344,9 @@ async fn initial_history(
     };
     if let Some(report) = run_job(backfiller, &spec, stop).await {
         // The fill covered up to now: the sweeps start from there. A pair
-        // that failed gets its initial fill at the next start (its failure
+        // that failed gets its initial fill at a later sweep (its failure
         // row says when to try it again).
-        let filled: Vec<String> = report
-            .pairs
-            .iter()
-            .filter(|p| p.error.is_none())
-            .map(|p| p.symbol.clone())
-            .collect();
+        let filled = report.succeeded();
         let recorded = sqlx::query(
             "INSERT INTO ops.backfill_pairs AS p (exchange, symbol, initial_from, initial_done_at, swept_to)
              SELECT $1, unnest($2::text[]), $3, now(), $4
