@@ -290,6 +290,93 @@ async fn bad_backfill_arguments_are_rejected_with_a_clear_message() {
     db.drop().await;
 }
 
+/// `--all-pairs` months in: a configured pair the exchange has delisted
+/// since (it is in `ref.instruments`, no longer in the listing) is left out
+/// with a warning and the rest are filled; a name never listed still stops
+/// the job with the message that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_pairs_leaves_a_delisted_pair_out_and_a_typo_still_stops_it() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_delisted").await;
+    let sim = simulator(&[BTC_DAY], 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(Minute::containing("2023-01-23T00:00:00Z".parse().unwrap()));
+    })
+    .await;
+    sqlx::query(
+        "INSERT INTO ref.instruments (exchange, symbol, base, quote, status, trading)
+         VALUES ('binance', 'LUNAUSDT', 'LUNA', 'USDT', 'TRADING', true)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let dir = tempdir();
+    let hour = [
+        "--from",
+        "2023-01-21T00:00:00Z",
+        "--to",
+        "2023-01-21T01:00:00Z",
+    ];
+    let args = |extra: &[&'static str]| {
+        let mut a = vec!["--exchange", "binance", "--all-pairs"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&hour);
+        a
+    };
+
+    let config = config_file(dir.path(), &sim, &["BTCUSDT", "LUNAUSDT"], "");
+    let (ok, _, err) = backfill_cli(&config, &db.url, &args(&[]));
+    assert!(ok, "the delisted pair does not stop the job: {err}");
+    assert!(
+        err.contains("no longer lists LUNAUSDT (delisted); left out"),
+        "{err}"
+    );
+    let rows = |symbol: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM bronze.ohlcv_native WHERE symbol = $1",
+            )
+            .bind(symbol)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(rows("BTCUSDT").await, 60, "the listed pair is filled");
+    assert_eq!(rows("LUNAUSDT").await, 0);
+
+    let config = config_file(dir.path(), &sim, &["BTCUSDT", "LUNAUSDT", "NOPEUSDT"], "");
+    let (ok, _, err) = backfill_cli(&config, &db.url, &args(&[]));
+    assert!(!ok);
+    assert!(
+        err.contains("pairs in the config: binance does not list `NOPEUSDT`"),
+        "a typo stops it: {err}"
+    );
+    // Asked for by name, a delisted pair is an error too.
+    let (ok, _, err) = backfill_cli(
+        &config,
+        &db.url,
+        &[
+            "--exchange",
+            "binance",
+            "--symbol",
+            "LUNAUSDT",
+            hour[0],
+            hour[1],
+            hour[2],
+            hour[3],
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--symbol: binance does not list `LUNAUSDT`"),
+        "{err}"
+    );
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_listing_and_unrecoverable_history() {
     let _ = rustls::crypto::ring::default_provider().install_default();

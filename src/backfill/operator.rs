@@ -86,20 +86,44 @@ pub async fn run(
     let instruments = crate::instruments::fetch(&backfiller.client, false, &cancel)
         .await
         .with_context(|| format!("cannot check the symbols against {id}'s instruments"))?;
-    let unknown: Vec<&str> = symbols
-        .iter()
-        .filter(|s| !instruments.iter().any(|i| &i.symbol == *s))
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        bail!(
-            "--symbol: {id} does not list {}",
-            unknown
-                .iter()
-                .map(|s| format!("`{s}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+    let (listed, unlisted): (Vec<String>, Vec<String>) = symbols
+        .into_iter()
+        .partition(|s| instruments.iter().any(|i| &i.symbol == s));
+    let symbols = listed;
+    if !unlisted.is_empty() {
+        // With --all-pairs, a configured pair the exchange listed before
+        // (delisted since) is left out, as `klines ingest` leaves it out: a
+        // routine re-run months in must not stop on it. A name never listed
+        // (a typo), or one asked for by --symbol, stops the job.
+        let known = if args.all_pairs {
+            crate::instruments::known(&backfiller.pool, id).await?
+        } else {
+            Default::default()
+        };
+        let (delisted, unknown): (Vec<String>, Vec<String>) =
+            unlisted.into_iter().partition(|s| known.contains(s));
+        if !unknown.is_empty() {
+            let arg = if args.all_pairs {
+                "pairs in the config"
+            } else {
+                "--symbol"
+            };
+            bail!(
+                "{arg}: {id} does not list {}",
+                unknown
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        eprintln!(
+            "warning: {id} no longer lists {} (delisted); left out",
+            delisted.join(", ")
         );
+        if symbols.is_empty() {
+            bail!("--all-pairs: every configured pair of {id} is delisted; nothing to backfill");
+        }
     }
 
     let requested_by = args.requested_by.clone().unwrap_or_else(|| {
