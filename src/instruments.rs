@@ -441,10 +441,13 @@ pub async fn pairs_at_start(
 }
 
 /// Refreshes the list every `every` and says what it means for the running
-/// pairs: a delisted one (it will get no more data), a selection that would
-/// now differ (taken at the next start). A configured pair that was left
-/// out (delisted, halted) and trades again is added to `running` (the
-/// schedules' pairs) and sent on `relisted`, which the service ingests.
+/// pairs. A running pair the exchange delisted or halted leaves `running`
+/// (the schedules' pairs: its sweeps would only fail from now on; its
+/// expected minutes end at `delisted_at`) but keeps its subscription. A
+/// configured pair that is not in `running` and trades again is added back;
+/// one left out at start (no subscription yet) is also sent on `relisted`,
+/// which the service ingests. A selection that would now differ is taken at
+/// the next start.
 pub async fn refresh_periodically(
     client: Arc<RestClient>,
     pool: PgPool,
@@ -455,6 +458,9 @@ pub async fn refresh_periodically(
     stop: CancellationToken,
 ) {
     let exchange = client.exchange_id();
+    // The pairs with a subscription (all shards): a pair that trades again
+    // needs a new one only if it never had one.
+    let mut subscribed: BTreeSet<String> = running.borrow().iter().cloned().collect();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -487,20 +493,31 @@ pub async fn refresh_periodically(
             .cloned()
             .collect();
         if !back.is_empty() {
-            info!(%exchange, pairs = %back.join(","), "Configured pairs left out at start trade again; ingesting them");
+            info!(%exchange, pairs = %back.join(","), "Configured pairs that were not trading trade again; sweeping and ingesting them");
             running.send_modify(|r| r.extend(back.iter().cloned()));
-            let pairs = back
+            let pairs: Vec<Pair> = back
                 .iter()
+                .filter(|s| subscribed.insert((*s).clone()))
                 .map(|s| Pair::new(exchange, s.as_str()))
                 .collect();
-            if relisted.send((exchange, pairs)).await.is_err() {
+            if !pairs.is_empty() && relisted.send((exchange, pairs)).await.is_err() {
                 return;
             }
         }
-        let running = running.borrow().clone();
-        for m in now.missing.iter().filter(|m| running.contains(&m.symbol)) {
-            warn!(%exchange, symbol = %m.symbol, reason = %m.reason, "A running pair is no longer trading");
+        let stopped: Vec<&Missing> = {
+            let current = running.borrow();
+            now.missing
+                .iter()
+                .filter(|m| current.contains(&m.symbol))
+                .collect()
+        };
+        for m in &stopped {
+            warn!(%exchange, symbol = %m.symbol, reason = %m.reason, "A running pair is no longer trading; its sweeps stop (its minutes end at its delisting) until it trades again");
         }
+        if !stopped.is_empty() {
+            running.send_modify(|r| r.retain(|s| !stopped.iter().any(|m| &m.symbol == s)));
+        }
+        let running = running.borrow().clone();
         if cfg.select.is_some() {
             let running: BTreeSet<&String> = running.iter().collect();
             let wanted: BTreeSet<&String> = now.pairs.iter().collect();

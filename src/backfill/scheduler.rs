@@ -182,13 +182,23 @@ pub async fn run(
             if outage.from >= outage.to {
                 continue;
             }
+            // A pair that stopped trading since is not filled (its REST
+            // history ends at its delisting).
             let spec = JobSpec {
                 requested_by: "schedule:reconnect".into(),
-                symbols: outage.symbols.clone(),
+                symbols: outage
+                    .symbols
+                    .iter()
+                    .filter(|s| symbols.contains(*s))
+                    .cloned()
+                    .collect(),
                 from: outage.from.start(),
                 to: outage.to.start(),
                 dry_run: false,
             };
+            if spec.symbols.is_empty() {
+                continue;
+            }
             let done = run_job(&backfiller, &spec, &stop)
                 .await
                 .is_some_and(|r| r.failed().next().is_none());
