@@ -86,7 +86,7 @@ const SILVER_PREV_VIEW: &str = "pg_temp.klines_silver_prev";
 /// Dropped again before the transaction ends ([`unbind_silver`]): a view
 /// left in the session would keep the partition from being folded or
 /// dropped.
-async fn bind_silver(tx: &mut Transaction<'_, Postgres>, hour: i64) -> Result<(), sqlx::Error> {
+async fn bind_silver(tx: &mut Transaction<'_, Postgres>, hour: i64) -> Result<(), MergeError> {
     let from = hour_start(hour - 1);
     let (prev, cur): (Option<String>, Option<String>) =
         sqlx::query_as("SELECT ops.silver_partition_of($1), ops.silver_partition_of($2)")
@@ -99,9 +99,7 @@ async fn bind_silver(tx: &mut Transaction<'_, Postgres>, hour: i64) -> Result<()
         (SILVER_VIEW, cur, hour_start(hour)),
     ] {
         let Some(part) = part else {
-            return Err(sqlx::Error::Protocol(format!(
-                "no silver partition holds the hour {start}"
-            )));
+            return Err(MergeError::PartitionGone(start));
         };
         let sql = if part.contains("_p") {
             format!("CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {part}")
@@ -164,12 +162,25 @@ pub enum MergeError {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     },
+    /// A partition this process had created was dropped since (silver's
+    /// window, bronze retention): created again and the hour retried.
+    #[error("merge: no silver partition holds the hour {0}")]
+    PartitionGone(DateTime<Utc>),
 }
 
 impl MergeError {
     /// Database errors are worth retrying; a bad range is not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, MergeError::Database(_))
+        matches!(self, MergeError::Database(_) | MergeError::PartitionGone(_))
+    }
+
+    /// A partition the statements named is no longer there.
+    fn partition_gone(&self) -> bool {
+        match self {
+            MergeError::PartitionGone(_) => true,
+            MergeError::Database(sqlx::Error::Database(e)) => e.code().as_deref() == Some("42P01"),
+            _ => false,
+        }
     }
 }
 
@@ -311,11 +322,10 @@ pub async fn merge_hours(
     let mut report = MergeReport::default();
     for &hour in hours {
         let merged = match merge_hour(pool, partitions, hour, scope, sweep_pairs).await {
-            // A partition this process thought it had was dropped: create
-            // it again and retry once.
-            Err(MergeError::Database(sqlx::Error::Database(e)))
-                if e.code().as_deref() == Some("42P01") =>
-            {
+            // A partition this process thought it had was dropped (an old
+            // hour written again after retention took it): create it again
+            // and retry once.
+            Err(e) if e.partition_gone() => {
                 partitions.forget([hour - 1, hour]);
                 merge_hour(pool, partitions, hour, scope, sweep_pairs).await?
             }

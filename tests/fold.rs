@@ -282,3 +282,123 @@ async fn folding_loses_and_duplicates_nothing_while_merges_run() {
     );
     db.drop().await;
 }
+
+/// A partition is never made inside a day being folded: the fold holds the
+/// lock partition creation takes, so a creation meanwhile waits and then
+/// sees the day's partition. (Without it the creation failed once the fold
+/// committed: "partition ... would overlap partition ...", found by the
+/// soak run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_made_while_its_day_is_folded_waits_for_the_fold() {
+    let db = TestDb::new("fold_race").await;
+    let day: DateTime<Utc> = "2025-03-01T00:00:00Z".parse().unwrap();
+    // The day's first hours have partitions (and rows); hour 10 has none.
+    sqlx::query("SELECT ops.ensure_hourly_partitions('silver.fact_ohlcv', $1, $2)")
+        .bind(day)
+        .bind(day + Duration::hours(6))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO silver.fact_ohlcv
+                (exchange, symbol, base, quote, interval_seconds, interval_start, interval_end,
+                 open, high, low, close, volume, source)
+         SELECT 'binance', 'BTCUSDT', 'BTC', 'USDT', 60, t, t + interval '1 minute',
+                1, 1, 1, 1, 1, 'ws'
+           FROM generate_series($1::timestamptz, $1::timestamptz + interval '359 minutes',
+                                interval '1 minute') t",
+    )
+    .bind(day)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let name = format!("fact_ohlcv_d{}", day.format("%Y%m%d"));
+    let mut fold = db.pool.begin().await.unwrap();
+    let moved: Option<i64> = sqlx::query_scalar("SELECT ops.fold_silver($1, $2, $3)")
+        .bind(day)
+        .bind(day + Duration::days(1))
+        .bind(&name)
+        .fetch_one(&mut *fold)
+        .await
+        .unwrap();
+    assert_eq!(moved, Some(360));
+    // Hour 10 is asked for while the fold has not committed.
+    let create = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            sqlx::query_scalar::<_, i32>(
+                "SELECT ops.ensure_hourly_partitions('silver.fact_ohlcv', $1, $2)",
+            )
+            .bind(day + Duration::hours(10))
+            .bind(day + Duration::hours(11))
+            .fetch_one(&pool)
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    fold.commit().await.unwrap();
+    let created = create.await.unwrap();
+    assert_eq!(
+        created.map_err(|e| e.to_string()),
+        Ok(0),
+        "the hour lies in the folded day's partition"
+    );
+    let parts = silver_parts(&db.pool).await;
+    assert_eq!(
+        parts
+            .iter()
+            .filter(|p| p.from >= day && p.to <= day + Duration::days(1))
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>(),
+        [name]
+    );
+    db.drop().await;
+}
+
+/// An old hour written again after silver's window dropped its partition
+/// (a backfill an operator runs over old days) is merged: the merge's cache
+/// of partitions, which still holds the hour, is corrected and the hour
+/// retried, instead of failing every scheduled merge from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_written_again_after_its_silver_partition_was_dropped_is_merged() {
+    let db = TestDb::new("fold_dropped").await;
+    let parts = Partitions::new();
+    let csv = csv_rows(BTC_DAY);
+    let events: Vec<CandleEvent> = csv
+        .iter()
+        .take(120)
+        .map(|(ms, r)| csv_event("BTCUSDT", *ms, r, Source::Ws))
+        .collect();
+    write_batch(&db.pool, &parts, &events).await.unwrap();
+    let r = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+        .await
+        .unwrap();
+    assert_eq!(r.inserted, 120);
+    // Silver's window takes the hour (behind the merge's cache).
+    let first = events[0].candle.interval_start;
+    let hour = format!("fact_ohlcv_p{}", first.format("%Y%m%d%H"));
+    let dropped: Option<i64> = sqlx::query_scalar("SELECT ops.drop_silver_partition($1, $2, $3)")
+        .bind(&hour)
+        .bind(first)
+        .bind(first + Duration::hours(1))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(dropped, Some(60));
+    // The hour is written again (a REST row of a backfill).
+    let mut again = events[5].clone();
+    again.source = Source::Rest;
+    write_batch(&db.pool, &parts, &[again.clone()])
+        .await
+        .unwrap();
+    let r = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+        .await
+        .unwrap();
+    // The hour's bronze rows are all merged again into its new partition.
+    assert_eq!(r.inserted, 60, "{r:?}");
+    assert_eq!(
+        silver(&db.pool).await[&("BTCUSDT".to_string(), again.candle.interval_start)],
+        again.candle.close
+    );
+    db.drop().await;
+}
