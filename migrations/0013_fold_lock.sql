@@ -1,3 +1,53 @@
+-- Retention's catalog changes (dropping a silver partition, folding; for
+-- bronze, see below) wait at most 500 ms for their locks, less than PostgreSQL's
+-- deadlock_timeout (1 s): behind a merge or a write they give up and are
+-- retried at the next pass, instead of closing a lock cycle in which
+-- PostgreSQL cancels the write or the merge ("deadlock detected", seen by
+-- the soak run when a backfill wrote old hours while retention dropped
+-- them). Meanwhile no write queues behind them for more than that.
+ALTER FUNCTION ops.drop_silver_hour(timestamptz) SET lock_timeout = '500ms';
+
+-- Dropping a bronze hour takes bronze's parent table exclusively, so it
+-- first waits for the merges in flight to end, as each merge of an hour
+-- holds 'klines.bronze.drop' shared for its transaction: queued behind a
+-- merge, the exclusive lock on bronze had waited its 500 ms, given up and
+-- tried again at the next pass, and in the soak run (a 30-day backfill
+-- making the merges long) bronze was never dropped again: 24 partitions
+-- and a day of rows more every day. Merges starting meanwhile wait for the
+-- drop (a moment); the bronze sink never waits for this lock, and waits at
+-- most 500 ms for the table's.
+CREATE OR REPLACE FUNCTION ops.drop_bronze_hour(p_hour timestamptz, p_watermark xid8)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
+AS $$
+DECLARE
+    part text := 'ohlcv_native_p' || to_char(p_hour AT TIME ZONE 'UTC', 'YYYYMMDDHH24');
+    unmerged boolean;
+BEGIN
+    IF to_regclass(format('bronze.%I', part)) IS NULL THEN
+        RETURN 'absent';
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('klines.bronze.drop'), 0);
+    PERFORM set_config('lock_timeout', '500ms', true);
+    LOCK TABLE ONLY bronze.ohlcv_native IN ACCESS EXCLUSIVE MODE;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM bronze.%I WHERE is_final AND ingest_xid >= $1)', part)
+       INTO unmerged USING p_watermark;
+    IF unmerged OR EXISTS (
+        SELECT 1 FROM bronze.empty_minutes
+         WHERE interval_start >= p_hour AND interval_start < p_hour + interval '1 hour'
+           AND ingest_xid >= p_watermark) THEN
+        RETURN 'unmerged';
+    END IF;
+    EXECUTE format('DROP TABLE bronze.%I', part);
+    DELETE FROM bronze.empty_minutes
+     WHERE interval_start >= p_hour AND interval_start < p_hour + interval '1 hour';
+    RETURN 'dropped';
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION ops.drop_bronze_hour(timestamptz, xid8) FROM PUBLIC;
+
 -- Folding and dropping silver partitions take the lock that partition
 -- creation takes (ops.ensure_hourly_partitions), so a merge writing an old
 -- hour again never creates an hourly partition inside a day being folded:
@@ -51,7 +101,7 @@ BEGIN
     -- the next pass with it. Only this moment is serialized: creation is
     -- not held up while the rows are copied.
     PERFORM pg_advisory_xact_lock(hashtext('klines.partitions'), hashtext('silver.fact_ohlcv'));
-    SET LOCAL lock_timeout = '2s';
+    SET LOCAL lock_timeout = '500ms';
     FOREACH part IN ARRAY parts LOOP
         EXECUTE format('ALTER TABLE silver.fact_ohlcv DETACH PARTITION silver.%I', part);
         EXECUTE format('DROP TABLE silver.%I', part);
@@ -67,7 +117,7 @@ CREATE OR REPLACE FUNCTION ops.drop_silver_partition(p_name text, p_from timesta
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '2s'
+SET lock_timeout = '500ms'
 AS $$
 DECLARE
     n bigint;

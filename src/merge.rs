@@ -174,6 +174,12 @@ impl MergeError {
         matches!(self, MergeError::Database(_) | MergeError::PartitionGone(_))
     }
 
+    /// A deadlock or a lock wait given up: worth retrying at once.
+    fn transient(&self) -> bool {
+        matches!(self, MergeError::Database(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("40P01" | "55P03")))
+    }
+
     /// A partition the statements named is no longer there.
     fn partition_gone(&self) -> bool {
         match self {
@@ -310,6 +316,9 @@ pub async fn pending_hours(pool: &PgPool, scope: &Scope) -> Result<Vec<i64>, Mer
         .await?)
 }
 
+/// How many times one hour is retried after a transient failure.
+const HOUR_RETRIES: u32 = 5;
+
 /// Merges each of `hours` (hours since the epoch, in order), as
 /// [`merge_range`] does.
 pub async fn merge_hours(
@@ -321,15 +330,30 @@ pub async fn merge_hours(
 ) -> Result<MergeReport, MergeError> {
     let mut report = MergeReport::default();
     for &hour in hours {
-        let merged = match merge_hour(pool, partitions, hour, scope, sweep_pairs).await {
-            // A partition this process thought it had was dropped (an old
-            // hour written again after retention took it): create it again
-            // and retry once.
-            Err(e) if e.partition_gone() => {
-                partitions.forget([hour - 1, hour]);
-                merge_hour(pool, partitions, hour, scope, sweep_pairs).await?
+        let mut attempt = 0u32;
+        let merged = loop {
+            match merge_hour(pool, partitions, hour, scope, sweep_pairs).await {
+                // A partition this process thought it had was dropped (an
+                // old hour written again after retention took it): create
+                // it again and retry.
+                Err(e) if e.partition_gone() && attempt < HOUR_RETRIES => {
+                    partitions.forget([hour - 1, hour]);
+                }
+                // PostgreSQL cancelled the hour's transaction to break a
+                // lock cycle (retention or a fold changing the catalog of
+                // an old hour written again): the hour alone is retried.
+                // Failing the whole run instead threw away every hour it
+                // had merged, and a run of hundreds of hours (a 30-day
+                // backfill) never got through (the soak run).
+                Err(e) if e.transient() && attempt < HOUR_RETRIES => {
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        200 * u64::from(attempt + 1),
+                    ))
+                    .await;
+                }
+                other => break other?,
             }
-            other => other?,
+            attempt += 1;
         };
         report.add(merged);
     }
@@ -497,7 +521,13 @@ async fn merge_hour(
     // take no hour lock themselves and commit each on its own, and the only
     // lock they wait for (the day's, before the daily gold level) is held
     // by transactions that never wait for this one: no cycle, in PostgreSQL
-    // or through this process.
+    // or through this process. First, before any other lock, the shared
+    // hold that retention's drop of a bronze hour waits for
+    // (`ops.drop_bronze_hour`): the drop then takes bronze's table while
+    // no merge is in flight, instead of timing out behind one for ever.
+    sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext('klines.bronze.drop'), 0)")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('klines.merge'), $1)")
         .bind(i32::try_from(hour).unwrap_or(i32::MAX))
         .execute(&mut *tx)
@@ -936,6 +966,9 @@ enum Cover<'a> {
     /// plus every hour of `window` with completeness rows for its pairs.
     Pending {
         window: Option<(DateTime<Utc>, DateTime<Utc>, &'a [Pair])>,
+        /// Hours that end at or before this are left out (see
+        /// [`run_scheduled_keeping`]).
+        keep_from: Option<DateTime<Utc>>,
     },
 }
 
@@ -974,12 +1007,30 @@ pub async fn run_scheduled(
     kind: &str,
     window: Option<(DateTime<Utc>, DateTime<Utc>, &[Pair])>,
 ) -> Result<MergeReport, MergeError> {
+    run_scheduled_keeping(pool, partitions, kind, window, None).await
+}
+
+/// [`run_scheduled`] under silver's retention window: hours that end at or
+/// before `keep_from` are not merged (retention drops their silver
+/// partitions anyway) and, as the watermark passes them, count as merged
+/// for bronze retention. Found by the soak run: a 30-day backfill wrote 400
+/// hours older than silver's 14 days; the merges made their partitions
+/// again, retention dropped them again, and the merges, many minutes long,
+/// fell behind the data and bronze was no longer dropped.
+pub async fn run_scheduled_keeping(
+    pool: &PgPool,
+    partitions: &Partitions,
+    kind: &str,
+    window: Option<(DateTime<Utc>, DateTime<Utc>, &[Pair])>,
+    keep_from: Option<DateTime<Utc>>,
+) -> Result<MergeReport, MergeError> {
     if let Some((from, to, _)) = window {
         if from >= to {
             return Err(MergeError::EmptyRange { from, to });
         }
     }
-    run_recorded(pool, partitions, kind, true, Cover::Pending { window }).await
+    let cover = Cover::Pending { window, keep_from };
+    run_recorded(pool, partitions, kind, true, cover).await
 }
 
 /// Which hours a run merges, and with which sweep pairs each; the range
@@ -998,7 +1049,7 @@ async fn plan_hours<'a>(
             to,
             sweep_pairs,
         } => span(from, to).map(|h| (h, sweep_pairs)).collect(),
-        Cover::Pending { window } => {
+        Cover::Pending { window, keep_from } => {
             let pending = pending_hours(pool, scope).await?;
             let mut hours: std::collections::BTreeMap<i64, &'a [Pair]> =
                 pending.into_iter().map(|h| (h, &[][..])).collect();
@@ -1006,6 +1057,9 @@ async fn plan_hours<'a>(
                 for h in span(from, to) {
                     hours.insert(h, pairs);
                 }
+            }
+            if let Some(keep_from) = keep_from {
+                hours.retain(|h, _| hour_start(*h + 1) > keep_from);
             }
             hours.into_iter().collect()
         }

@@ -58,6 +58,9 @@ pub struct RetentionReport {
     pub bronze_unmerged: Vec<i64>,
     /// Bronze hours past the age kept: observations not uploaded yet.
     pub bronze_not_uploaded: Vec<i64>,
+    /// Hours or partitions left for the next pass: a merge or a write held
+    /// them longer than the catalog change waits (500 ms).
+    pub busy: Vec<String>,
     /// Silver partitions dropped (by the silver window), by name.
     pub silver_dropped: Vec<String>,
     /// Silver partitions made by folding (name, rows moved).
@@ -126,6 +129,13 @@ pub async fn pass(i: &Inputs<'_>) -> Result<RetentionReport, RetentionError> {
         }
     }
     Ok(report)
+}
+
+/// A catalog change that gave up waiting for its lock (`lock_timeout`:
+/// a merge or a write holds the table) or lost a lock cycle: the next pass
+/// retries it.
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("55P03" | "40P01")))
 }
 
 fn chrono(d: Duration) -> chrono::Duration {
@@ -261,11 +271,19 @@ async fn bronze(i: &Inputs<'_>, report: &mut RetentionReport) -> Result<(), Rete
             report.bronze_not_uploaded.push(hour);
             continue;
         }
-        let outcome: String = sqlx::query_scalar("SELECT ops.drop_bronze_hour($1, $2::text::xid8)")
-            .bind(hour_start(hour))
-            .bind(&watermark)
-            .fetch_one(i.pool)
-            .await?;
+        let outcome: String =
+            match sqlx::query_scalar("SELECT ops.drop_bronze_hour($1, $2::text::xid8)")
+                .bind(hour_start(hour))
+                .bind(&watermark)
+                .fetch_one(i.pool)
+                .await
+            {
+                Err(e) if is_busy(&e) => {
+                    report.busy.push(format!("bronze {}", hour_start(hour)));
+                    continue;
+                }
+                other => other?,
+            };
         match outcome.as_str() {
             "dropped" => report.bronze_dropped.push(hour),
             "unmerged" => report.bronze_unmerged.push(hour),
@@ -289,12 +307,20 @@ async fn silver(
         if part.to > before {
             break;
         }
-        let n: Option<i64> = sqlx::query_scalar("SELECT ops.drop_silver_partition($1, $2, $3)")
-            .bind(&part.name)
-            .bind(part.from)
-            .bind(part.to)
-            .fetch_one(i.pool)
-            .await?;
+        let n: Option<i64> =
+            match sqlx::query_scalar("SELECT ops.drop_silver_partition($1, $2, $3)")
+                .bind(&part.name)
+                .bind(part.from)
+                .bind(part.to)
+                .fetch_one(i.pool)
+                .await
+            {
+                Err(e) if is_busy(&e) => {
+                    report.busy.push(format!("silver {}", part.name));
+                    continue;
+                }
+                other => other?,
+            };
         if let Some(n) = n {
             rows += n;
             hours.extend(hour_of(part.from)..hour_of(part.to));
@@ -508,6 +534,13 @@ pub fn record(metrics: &Metrics, r: &RetentionReport) {
             unmerged = r.bronze_unmerged.len(),
             not_uploaded = r.bronze_not_uploaded.len(),
             "Retention kept bronze hours past their age: not merged or not in the lake yet"
+        );
+    }
+    if !r.busy.is_empty() {
+        info!(
+            busy = r.busy.len(),
+            first = %r.busy[0],
+            "Retention left partitions a merge or a write held for the next pass"
         );
     }
     if !r.silver_dropped.is_empty() {

@@ -204,6 +204,7 @@ pub async fn run(
                 clocks: clocks.values().cloned().collect(),
                 metrics: Arc::clone(&metrics),
                 leader: leader.clone(),
+                silver_window: config.retention.silver.filter(|_| config.retention.enabled),
             },
             upkeep_stop.clone(),
         ));
@@ -624,6 +625,8 @@ struct MergeSchedule {
     clocks: Vec<Arc<ExchangeClock>>,
     metrics: Arc<Metrics>,
     leader: leader::Leader,
+    /// `retention.silver` when retention is on: older hours are not merged.
+    silver_window: Option<Duration>,
 }
 
 /// How long the schedule waits for any exchange to tell its time before it
@@ -676,7 +679,12 @@ async fn merge_scheduler(mut s: MergeSchedule, stop: CancellationToken) {
             ("merge_recent", None)
         };
         let began = std::time::Instant::now();
-        let result = crate::merge::run_scheduled(&s.pool, &s.partitions, kind, window).await;
+        let keep_from = s
+            .silver_window
+            .map(|w| now - chrono::Duration::from_std(w).unwrap_or_default());
+        let result =
+            crate::merge::run_scheduled_keeping(&s.pool, &s.partitions, kind, window, keep_from)
+                .await;
         s.metrics
             .merge_seconds
             .observe(began.elapsed().as_secs_f64());

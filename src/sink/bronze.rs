@@ -102,8 +102,34 @@ fn push_text(out: &mut String, s: &str) {
     out.push('\t');
 }
 
-/// Writes one batch: partitions for its hours, then one COPY.
+/// Writes one batch: partitions for its hours, then one COPY. A deadlock
+/// (an old hour's partition created again while retention or a fold
+/// changes the catalog, which PostgreSQL resolves by cancelling one side)
+/// is retried a few times before it is returned.
 pub async fn write_batch(
+    pool: &PgPool,
+    partitions: &Partitions,
+    events: &[CandleEvent],
+) -> Result<u64, sqlx::Error> {
+    let mut attempt = 0u32;
+    loop {
+        match write_batch_once(pool, partitions, events).await {
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some(DEADLOCK) && attempt < DEADLOCK_RETRIES =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// PostgreSQL's "deadlock detected".
+const DEADLOCK: &str = "40P01";
+const DEADLOCK_RETRIES: u32 = 3;
+
+async fn write_batch_once(
     pool: &PgPool,
     partitions: &Partitions,
     events: &[CandleEvent],
