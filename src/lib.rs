@@ -1,22 +1,30 @@
 //! klines captures 1-minute OHLCV candles from crypto exchanges in real time
 //! and builds a trustworthy warehouse from them: WebSocket workers feed a
-//! PostgreSQL `bronze` table (and, in later slices, a raw S3 lake), a REST
-//! backfiller fills gaps, and an idempotent merge builds `silver` and `gold`.
+//! PostgreSQL `bronze` table and a raw S3 lake, a REST backfiller fills
+//! gaps, and an idempotent merge builds `silver` and `gold`.
 //!
-//! Module map (see `docs` in the README for the data flow):
+//! Module map (the data flow is drawn in the README):
 //! - [`domain`]: candles, minutes, exchanges: the shared vocabulary;
-//! - [`exchange`]: one protocol module per exchange behind a trait that does
-//!   no I/O;
-//! - [`ingest`]: the WebSocket workers, finality and the service supervisor;
+//! - [`exchange`]: one protocol module per exchange (Binance, OKX, Bybit,
+//!   Kraken, Coinbase) behind a trait that does no I/O; protocol facts in
+//!   `docs/exchanges.md`;
+//! - [`ingest`]: the WebSocket workers, finality, backoff, shards, the
+//!   scheduler's leader and the service supervisor;
 //! - [`instruments`]: `ref.instruments`, the pairs' check and selection;
+//! - [`backfill`]: the REST backfiller: gaps, the paced REST client, the
+//!   exchange clock, the hourly sweep and operators' jobs;
 //! - [`sink`]: bronze (batched COPY) and its disk spool;
-//! - [`db`]: pool, migrations, hourly partitions;
+//! - [`lake`]: the raw JSONL.gz lake: its sink and spool, the S3 and local
+//!   stores, `klines lake load`;
+//! - [`db`]: pools by purpose, migrations, hourly partitions;
 //! - [`merge`]: bronze → silver, completeness, gold (SQL in `sql/`);
 //! - [`retention`]: what is deleted or folded as it ages (bronze once
 //!   merged and uploaded, ops rows, optional silver/gold windows, the local
 //!   lake; silver's old hours folded into days and months);
-//! - [`simulator`]: the bundled exchange simulator;
-//! - [`config`], [`cli`], [`telemetry`].
+//! - [`api`]: the HTTP API, the status page and the OpenAPI document;
+//! - [`simulator`]: the bundled exchange simulator (`klines simulate`);
+//! - [`fuzzing`]: the fuzz targets' bodies (`fuzz/`, `scripts/fuzz.sh`);
+//! - [`config`], [`cli`], [`telemetry`] (logs and Prometheus metrics).
 
 #![forbid(unsafe_code)]
 
