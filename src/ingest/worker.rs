@@ -480,7 +480,12 @@ impl Slot {
         // so a replaced connection's backlog is not thrown away.
         let mut closing: Option<Instant> = None;
         loop {
+            // Biased: a frame already received is read before the finality
+            // clock runs, so a minute is not closed while its last update
+            // waits in the socket (a busy machine would otherwise write an
+            // earlier update as the final and correct it a moment later).
             let frame = tokio::select! {
+                biased;
                 _ = token.cancelled(), if closing.is_none() => {
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
                     closing = Some(Instant::now() + CLOSE_TIMEOUT);
@@ -494,10 +499,6 @@ impl Slot {
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
                     return ConnEnd::DeadFeed;
                 }
-                _ = finality_timer.tick(), if implicit && closing.is_none() && live => {
-                    self.expire_open_minutes().await;
-                    continue;
-                }
                 _ = ping_timer.tick(), if ping_msg.is_some() && closing.is_none() => {
                     if let Some(msg) = &ping_msg {
                         if let Err(e) = ws.send(Message::text(msg.clone())).await {
@@ -507,6 +508,10 @@ impl Slot {
                     continue;
                 }
                 msg = ws.next() => msg,
+                _ = finality_timer.tick(), if implicit && closing.is_none() && live => {
+                    self.expire_open_minutes().await;
+                    continue;
+                }
             };
             if closing.is_some()
                 && !matches!(frame, Some(Ok(Message::Text(_) | Message::Binary(_))))
