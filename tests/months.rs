@@ -496,6 +496,82 @@ async fn a_failing_pair_does_not_stop_another_pairs_sweep() {
     db.drop().await;
 }
 
+/// A pair whose sweeps failed for longer than `initial_history` (its REST
+/// refused for days, the database down) resumes where its last successful
+/// sweep ended, however long ago: the soak run lost a refused pair's minutes
+/// when the resume was cut at `initial_history`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_resumes_its_sweeps_where_they_stopped_however_long_ago() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("months_resume").await;
+    let start = Minute::containing("2023-01-21T00:00:00Z".parse().unwrap());
+    // The exchange's clock an hour after the recorded day.
+    let sim = simulator(&[BTC_DAY], 1.0, |c| {
+        c.start = Some(start);
+        c.clock_start = Some(start.plus(1440 + 60));
+        c.start_immediately = true;
+    })
+    .await;
+    let cfg = config(&sim, &db.url, &spool_dir(&tempdir()), &["BTCUSDT"], "", "");
+    let ex = &cfg.exchanges[&ExchangeId::Binance];
+    // The pair had its initial history and its sweeps reached the day's
+    // start; then they failed all day. initial_history is 2 hours.
+    sqlx::query(
+        "INSERT INTO ops.backfill_pairs (exchange, symbol, initial_from, swept_to)
+         VALUES ('binance', 'BTCUSDT', $1, $1)",
+    )
+    .bind(start.start())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let backfill = BackfillConfig {
+        initial_history: Duration::from_secs(2 * 3600),
+        tick: Duration::from_millis(200),
+        ..BackfillConfig::default()
+    };
+    let backfiller = klines::backfill::for_exchange(
+        klines::exchange::build(ExchangeId::Binance, ex).unwrap(),
+        ex,
+        &backfill,
+        db.pool.clone(),
+        Arc::new(Partitions::new()),
+        Arc::new(klines::backfill::clock::ExchangeClock::new()),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let (_outages, outage_rx) = mpsc::channel(8);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(klines::backfill::scheduler::run(
+        Arc::new(backfiller),
+        tokio::sync::watch::channel(vec!["BTCUSDT".into()]).1,
+        backfill,
+        outage_rx,
+        klines::ingest::leader::Leader::always(),
+        stop.clone(),
+    ));
+    let day = |m: &Minute| *m >= start && *m < start.plus(1440);
+    let pool = db.pool.clone();
+    let filled = wait_until(Duration::from_secs(60), || async {
+        silver_of(&pool, "BTCUSDT")
+            .await
+            .keys()
+            .filter(|m| day(m))
+            .count()
+            == 1440
+    })
+    .await;
+    let got = silver_of(&db.pool, "BTCUSDT")
+        .await
+        .keys()
+        .filter(|m| day(m))
+        .count();
+    assert!(filled, "the whole day since the last sweep: {got} of 1440");
+    stop.cancel();
+    task.await.unwrap();
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
 /// Coinbase's first minute after subscribing cannot be vouched for (the
 /// snapshot's oldest trade may have had earlier ones in its minute): it goes
 /// to bronze as not final, and the backfiller settles it from REST as soon

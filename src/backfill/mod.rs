@@ -192,6 +192,10 @@ pub struct Backfiller {
     settle: chrono::Duration,
     /// How far back REST serves 1-minute candles.
     history: Option<Duration>,
+    /// How long silver keeps its hours (`retention.silver`), when it is
+    /// limited: minutes older than that are left out of every job, since
+    /// retention would drop them again at its next pass.
+    pub(crate) silver_window: Option<chrono::Duration>,
     metrics: Arc<Metrics>,
 }
 
@@ -219,8 +223,22 @@ impl Backfiller {
             client,
             settle: chrono::Duration::from_std(settle).unwrap_or_default(),
             history,
+            silver_window: None,
             metrics,
         }
+    }
+
+    /// Leaves out of every job the minutes older than silver's window
+    /// (`retention.silver`, when retention is on): backfilling them would
+    /// only fill bronze and silver partitions that retention drops again.
+    pub fn keeping_silver(mut self, window: Option<Duration>) -> Self {
+        self.silver_window = window.and_then(|w| chrono::Duration::from_std(w).ok());
+        self
+    }
+
+    /// The oldest minute silver keeps at `now`, if its window is limited.
+    pub(crate) fn oldest_kept(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.silver_window.map(|w| now - w)
     }
 
     fn exchange(&self) -> &'static str {
@@ -486,6 +504,23 @@ impl Backfiller {
             }
             warn!(exchange = self.exchange(), error = %e, "Could not read the exchange's clock; using the best estimate");
         }
+        let clipped;
+        let spec = match self.oldest_kept(self.client.clock.now()) {
+            Some(oldest) if spec.from < oldest => {
+                warn!(
+                    exchange = self.exchange(),
+                    from = %spec.from,
+                    oldest = %oldest,
+                    "The range begins before silver's window (retention.silver); its older minutes are left out"
+                );
+                clipped = JobSpec {
+                    from: oldest.min(spec.to),
+                    ..spec.clone()
+                };
+                &clipped
+            }
+            _ => spec,
+        };
         let mut plans = Vec::with_capacity(spec.symbols.len());
         let mut failed = Vec::new();
         for symbol in &spec.symbols {

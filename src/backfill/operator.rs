@@ -80,7 +80,8 @@ pub async fn run(
         Arc::new(Partitions::new()),
         Arc::new(ExchangeClock::new()),
         metrics,
-    )?;
+    )?
+    .keeping_silver(config.retention.silver.filter(|_| config.retention.enabled));
 
     // Known symbols: ask the exchange.
     let instruments = crate::instruments::fetch(&backfiller.client, false, &cancel)

@@ -150,14 +150,17 @@ pub async fn run(
             // Resume where the last successful sweep of these pairs ended
             // (before this start: as recorded): sweeps that failed meanwhile
             // (the database or the exchange down for hours, the pair
-            // refused for days) leave no hole.
+            // refused for days) leave no hole, however long ago that was,
+            // back to the oldest minute silver keeps (the backfiller leaves
+            // out anything older).
             let mut from = hour - chrono(config.lookback);
             let reached = match (earliest_swept_to(&backfiller, &due).await, last_sweep) {
                 (Some(recorded), Some(h)) => Some(recorded.min(h)),
                 (recorded, h) => recorded.or(h),
             };
             if let Some(reached) = reached {
-                from = from.min(reached.max(now - chrono(config.initial_history)));
+                let floor = backfiller.oldest_kept(now).unwrap_or(reached);
+                from = from.min(reached.max(floor));
             }
             let spec = JobSpec {
                 requested_by: "schedule:hourly".into(),

@@ -118,15 +118,18 @@ pub async fn run(
     for (id, ex_config) in config.exchanges.iter().filter(|(_, e)| e.enabled) {
         let exchange = exchange::build(*id, ex_config)?;
         let clock = Arc::new(ExchangeClock::new());
-        let backfiller = Arc::new(backfill::for_exchange(
-            Arc::clone(&exchange),
-            ex_config,
-            &config.backfill,
-            pools.backfill.clone(),
-            Arc::clone(&partitions),
-            Arc::clone(&clock),
-            Arc::clone(&metrics),
-        )?);
+        let backfiller = Arc::new(
+            backfill::for_exchange(
+                Arc::clone(&exchange),
+                ex_config,
+                &config.backfill,
+                pools.backfill.clone(),
+                Arc::clone(&partitions),
+                Arc::clone(&clock),
+                Arc::clone(&metrics),
+            )?
+            .keeping_silver(config.retention.silver.filter(|_| config.retention.enabled)),
+        );
         exchanges.insert(*id, (exchange, backfiller, clock));
     }
     // The pairs: the configured ones the exchanges list as trading, and the
