@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
-use crate::domain::{ExchangeId, Minute};
+use crate::domain::{parse_time, ExchangeId, Minute};
 use crate::telemetry::LogFormat;
 
 /// klines: 1-minute OHLCV candles from crypto exchanges, captured in real
@@ -69,7 +69,7 @@ pub struct IngestArgs {
     /// one database and bucket; one of them (an advisory lock decides) runs
     /// the scheduled merges and backfill sweeps. Overrides ingest.shard.
     #[arg(long, value_parser = parse_shard)]
-    pub shard: Option<crate::ingest::shard::Shard>,
+    pub shard: Option<crate::domain::shard::Shard>,
     /// Start even when configured pairs were never listed by their
     /// exchange: warn and leave them out, instead of refusing to start
     /// (delisted and halted pairs are always left out with a warning).
@@ -78,7 +78,7 @@ pub struct IngestArgs {
     pub allow_missing: bool,
 }
 
-fn parse_shard(s: &str) -> Result<crate::ingest::shard::Shard, String> {
+fn parse_shard(s: &str) -> Result<crate::domain::shard::Shard, String> {
     s.parse()
 }
 
@@ -146,6 +146,20 @@ pub struct BackfillArgs {
     /// Who asked, for ops.backfill_jobs (default: cli:$USER).
     #[arg(long)]
     pub requested_by: Option<String>,
+}
+
+impl From<BackfillArgs> for crate::backfill::operator::Request {
+    fn from(a: BackfillArgs) -> Self {
+        crate::backfill::operator::Request {
+            exchange: a.exchange,
+            symbol: a.symbol,
+            all_pairs: a.all_pairs,
+            from: a.from,
+            to: a.to,
+            dry_run: a.dry_run,
+            requested_by: a.requested_by,
+        }
+    }
 }
 
 /// `klines migrate` options.
@@ -296,20 +310,6 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("`{s}` is not a fraction between 0 and 1"))
     }
-}
-
-/// Parses a CLI time: RFC 3339 or a plain date (its 00:00 UTC).
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.to_utc());
-    }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-        .ok_or_else(|| {
-            format!("`{s}` is not an RFC 3339 time (2026-11-21T13:00:00Z) or a date (2026-11-21)")
-        })
 }
 
 fn parse_time_or_now(s: &str) -> Result<DateTime<Utc>, String> {

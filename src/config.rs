@@ -237,7 +237,7 @@ pub struct IngestConfig {
     /// `"i/N"`: ingest only the pairs of shard i of N (stable hash of
     /// exchange and symbol), so N instances share the configured pairs.
     /// `klines ingest --shard i/N` overrides it. Unset: every pair.
-    pub shard: Option<crate::ingest::shard::Shard>,
+    pub shard: Option<crate::domain::shard::Shard>,
     /// Configured pairs the exchange has never listed (typos) are left out
     /// with a warning instead of stopping start-up (`klines ingest
     /// --allow-missing`). Pairs it delisted or halts are always left out
@@ -597,6 +597,22 @@ pub struct ExchangeConfig {
     pub rest_history: Option<Duration>,
 }
 
+impl ExchangeConfig {
+    /// The exchange's protocol, reached at this section's URLs.
+    pub fn build_exchange(
+        &self,
+        id: ExchangeId,
+    ) -> Result<std::sync::Arc<dyn exchange::Exchange>, exchange::ExchangeError> {
+        exchange::build(
+            id,
+            &exchange::Endpoints {
+                ws: self.ws_url.clone(),
+                rest: self.rest_url.clone(),
+            },
+        )
+    }
+}
+
 /// `[exchanges.<id>.select]`: a rule that picks pairs from the exchange's
 /// instrument list when the service starts (trading pairs only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -936,7 +952,8 @@ impl Config {
             if !ex.enabled {
                 continue;
             }
-            let exchange = exchange::build(*id, ex)
+            let exchange = ex
+                .build_exchange(*id)
                 .map_err(|e| ConfigError::invalid(format!("exchanges.{id}"), e.to_string()))?;
             let mut seen = std::collections::BTreeSet::new();
             for symbol in &ex.pairs {
@@ -990,7 +1007,7 @@ impl Config {
             .iter()
             .filter(|(_, ex)| ex.enabled)
             .filter_map(|(id, ex)| {
-                let exchange = exchange::build(*id, ex).ok()?;
+                let exchange = ex.build_exchange(*id).ok()?;
                 let pairs = ex
                     .pairs
                     .iter()

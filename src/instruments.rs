@@ -33,10 +33,10 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backfill::client::{RestClient, RestError, Tally};
 use crate::config::ExchangeConfig;
 use crate::domain::{ExchangeId, Pair};
 use crate::exchange::{DecodeError, Exchange, Instrument};
+use crate::rest::client::{RestClient, RestError, Tally};
 
 /// How long start-up waits for an exchange's instrument list.
 const START_TIMEOUT: Duration = Duration::from_secs(15);

@@ -4,19 +4,23 @@
 //! gaps, and an idempotent merge builds `silver` and `gold`.
 //!
 //! Module map (the data flow is drawn in the README):
-//! - [`domain`]: candles, minutes, exchanges: the shared vocabulary;
+//! - [`domain`]: candles, minutes, exchanges, times, shards: the shared
+//!   vocabulary;
 //! - [`exchange`]: one protocol module per exchange (Binance, OKX, Bybit,
-//!   Kraken, Coinbase) behind a trait that does no I/O; protocol facts in
-//!   `docs/exchanges.md`;
-//! - [`ingest`]: the WebSocket workers, finality, backoff, shards, the
-//!   scheduler's leader and the service supervisor;
+//!   Kraken, Coinbase) behind a trait that does no I/O and takes no config
+//!   type; protocol facts in `docs/exchanges.md`;
+//! - [`rest`]: what every REST caller goes through: the paced client, the
+//!   shared limiter, the exchange clock;
+//! - [`ingest`]: the WebSocket workers, finality, backoff and the service
+//!   supervisor;
 //! - [`instruments`]: `ref.instruments`, the pairs' check and selection;
-//! - [`backfill`]: the REST backfiller: gaps, the paced REST client, the
-//!   exchange clock, the hourly sweep and operators' jobs;
+//! - [`backfill`]: the REST backfiller: gaps, the hourly sweep, reconnect
+//!   fills and operators' jobs;
 //! - [`sink`]: bronze (batched COPY) and its disk spool;
 //! - [`lake`]: the raw JSONL.gz lake: its sink and spool, the S3 and local
 //!   stores, `klines lake load`;
-//! - [`db`]: pools by purpose, migrations, hourly partitions;
+//! - [`db`]: pools by purpose, migrations, hourly partitions, the
+//!   scheduler's leader;
 //! - [`merge`]: bronze → silver, completeness, gold (SQL in `sql/`);
 //! - [`retention`]: what is deleted or folded as it ages (bronze once
 //!   merged and uploaded, ops rows, optional silver/gold windows, the local
@@ -25,6 +29,9 @@
 //! - [`simulator`]: the bundled exchange simulator (`klines simulate`);
 //! - [`fuzzing`]: the fuzz targets' bodies (`fuzz/`, `scripts/fuzz.sh`);
 //! - [`config`], [`cli`], [`telemetry`] (logs and Prometheus metrics).
+//!
+//! The modules depend on each other one way (no cycle; the README draws the
+//! layers and `tests/module_graph.rs` checks it).
 
 #![forbid(unsafe_code)]
 
@@ -40,6 +47,7 @@ pub mod ingest;
 pub mod instruments;
 pub mod lake;
 pub mod merge;
+pub mod rest;
 pub mod retention;
 pub mod simulator;
 pub mod sink;

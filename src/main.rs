@@ -117,7 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&cli.config)?;
             let cancel = CancellationToken::new();
             tokio::spawn(cancel_on_signal(cancel.clone()));
-            klines::backfill::operator::run(&config, &args, cancel).await?;
+            klines::backfill::operator::run(&config, &args.into(), cancel).await?;
             Ok(())
         }
         Command::Lake(klines::cli::LakeCommand::Load(args)) => {

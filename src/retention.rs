@@ -37,11 +37,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backfill::clock::ExchangeClock;
 use crate::config::{LakeConfig, PartitionConfig, RetentionConfig};
+use crate::db::leader::Leader;
 use crate::db::partitions::{hour_of, Partitions};
-use crate::ingest::leader::Leader;
 use crate::lake::sink::LakePending;
+use crate::rest::clock::ExchangeClock;
 use crate::telemetry::metrics::TableLabels;
 use crate::telemetry::Metrics;
 

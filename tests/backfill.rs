@@ -803,10 +803,10 @@ async fn the_backfiller_keeps_to_its_budget_and_honours_429s_without_a_ban() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_errors_are_clear_and_only_what_is_worth_it_is_retried() {
-    use klines::backfill::client::{RestClient, RestError, Tally};
-    use klines::backfill::clock::ExchangeClock;
-    use klines::backfill::limiter::RestLimiter;
     use klines::exchange::{Exchange, RestRequest};
+    use klines::rest::client::{RestClient, RestError, Tally};
+    use klines::rest::clock::ExchangeClock;
+    use klines::rest::limiter::RestLimiter;
     use std::sync::Arc;
 
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -883,10 +883,10 @@ async fn rest_errors_are_clear_and_only_what_is_worth_it_is_retried() {
 /// caller of the exchange stays silent for at least ten minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bybit_rate_limits_are_waited_out_and_a_403_is_a_ten_minute_ban() {
-    use klines::backfill::client::{RestClient, RestError, Tally};
-    use klines::backfill::clock::ExchangeClock;
-    use klines::backfill::limiter::RestLimiter;
     use klines::exchange::Exchange;
+    use klines::rest::client::{RestClient, RestError, Tally};
+    use klines::rest::clock::ExchangeClock;
+    use klines::rest::limiter::RestLimiter;
     use std::sync::Arc;
 
     let _ = rustls::crypto::ring::default_provider().install_default();

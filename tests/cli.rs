@@ -357,8 +357,8 @@ async fn merge_command_reports_and_is_idempotent() {
     klines::db::partitions::Partitions::new()
         .ensure_range(
             &db.pool,
-            klines::cli::parse_time("2023-01-21").unwrap(),
-            klines::cli::parse_time("2023-01-21T01:00:00Z").unwrap(),
+            klines::domain::parse_time("2023-01-21").unwrap(),
+            klines::domain::parse_time("2023-01-21T01:00:00Z").unwrap(),
         )
         .await
         .unwrap();

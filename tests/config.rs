@@ -628,7 +628,7 @@ fn deployment_environment_is_understood() {
     );
     assert_eq!(
         config.ingest.shard,
-        Some(klines::ingest::shard::Shard { index: 1, count: 3 })
+        Some(klines::domain::shard::Shard { index: 1, count: 3 })
     );
     assert_eq!(config.lake.bucket.as_deref(), Some("klines-lake"));
     assert_eq!(

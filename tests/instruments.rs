@@ -79,14 +79,14 @@ async fn decide(
 ) -> Vec<(ExchangeId, Result<Vec<String>, PairsError>)> {
     let mut out = Vec::new();
     for (id, ex) in &config.exchanges {
-        let exchange = klines::exchange::build(*id, ex).unwrap();
+        let exchange = ex.build_exchange(*id).unwrap();
         let backfiller = klines::backfill::for_exchange(
             exchange,
             ex,
             &config.backfill,
             pool.clone(),
             Arc::new(klines::db::partitions::Partitions::new()),
-            Arc::new(klines::backfill::clock::ExchangeClock::new()),
+            Arc::new(klines::rest::clock::ExchangeClock::new()),
             Arc::new(klines::telemetry::Metrics::new()),
         )
         .unwrap();

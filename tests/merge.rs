@@ -20,7 +20,7 @@ const DAY_START: &str = "2023-01-21T00:00:00Z";
 const DAY_END: &str = "2023-01-22T00:00:00Z";
 
 fn t(s: &str) -> DateTime<Utc> {
-    klines::cli::parse_time(s).unwrap()
+    klines::domain::parse_time(s).unwrap()
 }
 
 fn event(symbol: &str, minute_ms: i64, r: &Row12, source: Source) -> CandleEvent {

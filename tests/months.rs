@@ -303,14 +303,14 @@ async fn a_failing_pair_does_not_stop_another_pairs_sweep() {
     );
     let ex = &cfg.exchanges[&ExchangeId::Binance];
     let metrics = Arc::new(Metrics::new());
-    let clock = Arc::new(klines::backfill::clock::ExchangeClock::new());
+    let clock = Arc::new(klines::rest::clock::ExchangeClock::new());
     let backfill = BackfillConfig {
         initial_history: Duration::from_secs(26 * 3600),
         tick: Duration::from_millis(200),
         ..BackfillConfig::default()
     };
     let backfiller = klines::backfill::for_exchange(
-        klines::exchange::build(ExchangeId::Binance, ex).unwrap(),
+        ex.build_exchange(ExchangeId::Binance).unwrap(),
         ex,
         &backfill,
         db.pool.clone(),
@@ -326,7 +326,7 @@ async fn a_failing_pair_does_not_stop_another_pairs_sweep() {
         tokio::sync::watch::channel(vec!["BTCUSDT".into(), "ETHUSDT".into()]).1,
         backfill,
         outage_rx,
-        klines::ingest::leader::Leader::always(),
+        klines::db::leader::Leader::always(),
         stop.clone(),
     ));
 
@@ -530,12 +530,12 @@ async fn a_pair_resumes_its_sweeps_where_they_stopped_however_long_ago() {
         ..BackfillConfig::default()
     };
     let backfiller = klines::backfill::for_exchange(
-        klines::exchange::build(ExchangeId::Binance, ex).unwrap(),
+        ex.build_exchange(ExchangeId::Binance).unwrap(),
         ex,
         &backfill,
         db.pool.clone(),
         Arc::new(Partitions::new()),
-        Arc::new(klines::backfill::clock::ExchangeClock::new()),
+        Arc::new(klines::rest::clock::ExchangeClock::new()),
         Arc::new(Metrics::new()),
     )
     .unwrap();
@@ -546,7 +546,7 @@ async fn a_pair_resumes_its_sweeps_where_they_stopped_however_long_ago() {
         tokio::sync::watch::channel(vec!["BTCUSDT".into()]).1,
         backfill,
         outage_rx,
-        klines::ingest::leader::Leader::always(),
+        klines::db::leader::Leader::always(),
         stop.clone(),
     ));
     let day = |m: &Minute| *m >= start && *m < start.plus(1440);

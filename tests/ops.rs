@@ -309,7 +309,7 @@ async fn metrics_status_page_and_openapi_during_a_simulated_run() {
 /// The pairs each shard ingests, by the stable hash.
 fn shard_of(symbol: &str, count: u32) -> u32 {
     (0..count)
-        .find(|&index| klines::ingest::shard::Shard { index, count }.owns_key("binance", symbol))
+        .find(|&index| klines::domain::shard::Shard { index, count }.owns_key("binance", symbol))
         .unwrap()
 }
 

@@ -65,8 +65,8 @@ async fn roles_have_least_privilege() {
 
     // Merge builds silver and gold.
     let merger = pool_as(&db.url, "klines_merge").await;
-    let from = klines::cli::parse_time("2023-01-21").unwrap();
-    let to = klines::cli::parse_time("2023-01-22").unwrap();
+    let from = klines::domain::parse_time("2023-01-21").unwrap();
+    let to = klines::domain::parse_time("2023-01-22").unwrap();
     let r = klines::merge::run_job(&merger, &Partitions::new(), "roles", from, to, true, &[])
         .await
         .unwrap();

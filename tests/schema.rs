@@ -169,5 +169,5 @@ async fn partitions_are_created_on_demand_for_any_hour_once() {
 }
 
 fn cli_time(s: &str) -> chrono::DateTime<chrono::Utc> {
-    klines::cli::parse_time(s).unwrap()
+    klines::domain::parse_time(s).unwrap()
 }

@@ -120,7 +120,7 @@ pub fn parse_time(name: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
                 ))
             });
     }
-    crate::cli::parse_time(s).map_err(|e| {
+    crate::domain::parse_time(s).map_err(|e| {
         ApiError::bad_request(format!("{name}: {e}; epoch milliseconds are accepted too"))
     })
 }

@@ -19,9 +19,9 @@ use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, ApiState};
-use crate::backfill::clock::ExchangeClock;
+use crate::db::leader::Leader;
 use crate::domain::{ExchangeId, Pair};
-use crate::ingest::leader::Leader;
+use crate::rest::clock::ExchangeClock;
 use crate::telemetry::metrics::{sum_in, ExchangeLabels};
 use crate::telemetry::Metrics;
 
@@ -218,7 +218,7 @@ struct Hour {
 pub async fn page(State(s): State<ApiState>) -> Result<Response, ApiError> {
     // The exchanges' time; before any has spoken (or in a process without
     // feeds), the latest hour silver has.
-    let now = match crate::backfill::clock::latest_heard(&s.status.clocks) {
+    let now = match crate::rest::clock::latest_heard(&s.status.clocks) {
         Some(t) => t,
         None => sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
             "SELECT max(hour_start) FROM silver.completeness_hourly WHERE hour_start <= now()",

@@ -11,10 +11,7 @@
 //! instead of being retried forever. Every run is a row in
 //! `ops.backfill_jobs`. The schedules of the service live in [`scheduler`].
 
-pub mod client;
-pub mod clock;
 pub mod gaps;
-pub mod limiter;
 pub mod operator;
 pub mod scheduler;
 
@@ -34,10 +31,11 @@ use crate::db::partitions::{hour_of, runs as hour_runs, Partitions};
 use crate::domain::{CandleEvent, Minute, Pair, Source};
 use crate::exchange::DecodeError;
 use crate::merge::{self, MergeError, Scope};
+use crate::rest::client::{RestClient, RestError, Tally};
+use crate::rest::{clock, limiter};
 use crate::sink::bronze::write_batch;
 use crate::telemetry::metrics::{ExchangeLabels, StatusLabels};
 use crate::telemetry::Metrics;
-use client::{RestClient, RestError, Tally};
 use gaps::{find_gaps, minutes_in, plan_pages, split_at, Page};
 
 #[derive(Debug, Error)]

@@ -11,18 +11,36 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use super::clock::ExchangeClock;
 use super::{JobReport, JobSpec, Progress};
-use crate::cli::BackfillArgs;
 use crate::config::Config;
 use crate::db::partitions::Partitions;
+use crate::domain::ExchangeId;
+use crate::rest::clock::ExchangeClock;
 use crate::telemetry::Metrics;
+
+/// What an operator asked for (`klines backfill`'s arguments, as the CLI
+/// parsed them).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub exchange: ExchangeId,
+    /// Symbols as the operator wrote them (normalised here).
+    pub symbol: Vec<String>,
+    /// Every pair configured for the exchange.
+    pub all_pairs: bool,
+    /// The range [from, to).
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Only find and print the gaps.
+    pub dry_run: bool,
+    /// Who asked, for ops.backfill_jobs (default: cli:$USER).
+    pub requested_by: Option<String>,
+}
 
 /// Checks the arguments against the config and the exchange, runs the job
 /// and prints its summary. Errors name the argument at fault.
 pub async fn run(
     config: &Config,
-    args: &BackfillArgs,
+    args: &Request,
     cancel: CancellationToken,
 ) -> anyhow::Result<JobReport> {
     let now = Utc::now();
@@ -49,7 +67,9 @@ pub async fn run(
             "--exchange {id}: not configured; add [exchanges.{id}] with its ws_url, rest_url and pairs to the config"
         );
     };
-    let exchange = crate::exchange::build(id, ex_config).context(format!("--exchange {id}"))?;
+    let exchange = ex_config
+        .build_exchange(id)
+        .context(format!("--exchange {id}"))?;
     let symbols: Vec<String> = if args.all_pairs {
         ex_config
             .pairs

@@ -34,11 +34,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::client::Tally;
 use super::{Backfiller, JobReport, JobSpec, Quiet};
 use crate::config::BackfillConfig;
+use crate::db::leader::Leader;
 use crate::domain::Minute;
-use crate::ingest::leader::Leader;
+use crate::rest::client::Tally;
 use crate::telemetry::metrics::ExchangeLabels;
 
 /// Minutes a WebSocket connection of `symbols` missed: `[from, to)`, where

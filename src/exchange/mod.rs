@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 use url::Url;
 
-use crate::config::ExchangeConfig;
 use crate::domain::{Candle, CandleEvent, ExchangeId, Minute, Pair};
 
 /// What an exchange allows one client to do, so generic code can stay inside
@@ -275,29 +274,23 @@ pub trait Exchange: Send + Sync + 'static {
     }
 }
 
-/// Builds the exchange named `id` from its config section.
-pub fn build(id: ExchangeId, config: &ExchangeConfig) -> Result<Arc<dyn Exchange>, ExchangeError> {
+/// Where an exchange is reached: the base URLs of its WebSocket and REST
+/// APIs (the real venue's, or the simulator's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub ws: Url,
+    pub rest: Url,
+}
+
+/// Builds the protocol of the exchange named `id`, reached at `endpoints`.
+pub fn build(id: ExchangeId, endpoints: &Endpoints) -> Result<Arc<dyn Exchange>, ExchangeError> {
+    let (ws, rest) = (endpoints.ws.clone(), endpoints.rest.clone());
     match id {
-        ExchangeId::Binance => Ok(Arc::new(binance::Binance::new(
-            config.ws_url.clone(),
-            config.rest_url.clone(),
-        ))),
-        ExchangeId::Okx => Ok(Arc::new(okx::Okx::new(
-            config.ws_url.clone(),
-            config.rest_url.clone(),
-        ))),
-        ExchangeId::Bybit => Ok(Arc::new(bybit::Bybit::new(
-            config.ws_url.clone(),
-            config.rest_url.clone(),
-        ))),
-        ExchangeId::Kraken => Ok(Arc::new(kraken::Kraken::new(
-            config.ws_url.clone(),
-            config.rest_url.clone(),
-        ))),
-        ExchangeId::Coinbase => Ok(Arc::new(coinbase::Coinbase::new(
-            config.ws_url.clone(),
-            config.rest_url.clone(),
-        ))),
+        ExchangeId::Binance => Ok(Arc::new(binance::Binance::new(ws, rest))),
+        ExchangeId::Okx => Ok(Arc::new(okx::Okx::new(ws, rest))),
+        ExchangeId::Bybit => Ok(Arc::new(bybit::Bybit::new(ws, rest))),
+        ExchangeId::Kraken => Ok(Arc::new(kraken::Kraken::new(ws, rest))),
+        ExchangeId::Coinbase => Ok(Arc::new(coinbase::Coinbase::new(ws, rest))),
     }
 }
 

@@ -6,8 +6,6 @@
 
 pub mod backoff;
 pub mod finality;
-pub mod leader;
-pub mod shard;
 pub mod worker;
 
 use std::sync::Arc;
@@ -20,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::backfill::{self, clock::ExchangeClock};
+use crate::backfill;
 use crate::config::Config;
-use crate::db::{self, partitions::Partitions};
+use crate::db::{self, leader, partitions::Partitions};
+use crate::domain::shard;
 use crate::exchange;
 use crate::lake::sink::{LakeReport, LakeSink};
+use crate::rest::clock::ExchangeClock;
 use crate::sink::bronze::{BronzeReport, BronzeSink};
 use crate::sink::spool::{Spool, SpoolError};
 use crate::telemetry::metrics::{ActionLabels, PairLabels, StatusOnly};
@@ -116,7 +116,7 @@ pub async fn run(
     // market.
     let mut exchanges = std::collections::BTreeMap::new();
     for (id, ex_config) in config.exchanges.iter().filter(|(_, e)| e.enabled) {
-        let exchange = exchange::build(*id, ex_config)?;
+        let exchange = ex_config.build_exchange(*id)?;
         let clock = Arc::new(ExchangeClock::new());
         let backfiller = Arc::new(
             backfill::for_exchange(
@@ -665,7 +665,7 @@ async fn merge_scheduler(mut s: MergeSchedule, stop: CancellationToken) {
         }
         // The latest exchange time; the local clock only when no exchange
         // has told its time for a while.
-        let heard = crate::backfill::clock::latest_heard(&s.clocks);
+        let heard = crate::rest::clock::latest_heard(&s.clocks);
         let now = match heard {
             Some(t) => t,
             None if started.elapsed() >= CLOCK_WAIT => chrono::Utc::now(),

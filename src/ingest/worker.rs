@@ -33,12 +33,12 @@ use tracing::{debug, info, warn};
 
 use super::backoff::{Backoff, ConnectLimiter};
 use super::finality::Finality;
-use crate::backfill::clock::ExchangeClock;
 use crate::backfill::scheduler::Outage;
 use crate::config::IngestConfig;
 use crate::domain::{CandleEvent, Minute, Pair};
 use crate::exchange::{Control, DecodeState, Decoded, Exchange, FinalityRule};
 use crate::lake::LakeRecord;
+use crate::rest::clock::ExchangeClock;
 use crate::telemetry::metrics::{CandleLabels, ChannelLabels, ExchangeLabels, ReasonLabels};
 use crate::telemetry::Metrics;
 

@@ -5,6 +5,8 @@
 //! [`Candle`] whatever exchange sent it. Prices and volumes are always
 //! [`Decimal`], times always UTC.
 
+pub mod shard;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -244,6 +246,21 @@ pub struct CandleEvent {
     pub event_ts: Option<DateTime<Utc>>,
     /// When klines received the frame.
     pub received_ts: DateTime<Utc>,
+}
+
+/// Parses a time as operators and API callers write it: RFC 3339 or a
+/// plain date (its 00:00 UTC).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.to_utc());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            format!("`{s}` is not an RFC 3339 time (2026-11-21T13:00:00Z) or a date (2026-11-21)")
+        })
 }
 
 #[cfg(test)]
