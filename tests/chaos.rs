@@ -17,16 +17,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
 use klines::domain::Minute;
 use klines::lake::LakeLine;
-use klines::simulator::dataset::{self, SimCandle};
-use rust_decimal::Decimal;
-use sqlx::Row;
+use klines::simulator::dataset;
 
 /// The shape of a run.
 #[derive(Debug)]
@@ -121,157 +117,6 @@ fn dataset(plan: &Plan) -> Vec<dataset::Series> {
         .collect()
 }
 
-/// What silver must hold for one minute: the data's candle, or, for a
-/// minute without trades after the pair's first, a flat candle at the
-/// previous close.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Want {
-    ohlc: [Decimal; 4],
-    volume: Decimal,
-    quote_volume: Option<Decimal>,
-    trades: Option<i64>,
-    filled: bool,
-}
-
-fn expected(
-    market: &klines::simulator::Market,
-    symbol: &str,
-    minutes: &[Minute],
-) -> BTreeMap<i64, Want> {
-    let mut out = BTreeMap::new();
-    let mut previous: Option<&SimCandle> = None;
-    for m in minutes {
-        match market.candle_at(symbol, *m) {
-            Some(c) => {
-                out.insert(
-                    m.index(),
-                    Want {
-                        ohlc: [c.open, c.high, c.low, c.close],
-                        volume: c.volume,
-                        quote_volume: Some(c.quote_volume),
-                        trades: Some(c.trades),
-                        filled: false,
-                    },
-                );
-                previous = Some(c);
-            }
-            None => {
-                if let Some(p) = previous {
-                    out.insert(
-                        m.index(),
-                        Want {
-                            ohlc: [p.close; 4],
-                            volume: Decimal::ZERO,
-                            quote_volume: Some(Decimal::ZERO),
-                            trades: Some(0),
-                            filled: true,
-                        },
-                    );
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Silver's rows of `symbol` in the range, by minute index, with the source.
-async fn silver(
-    pool: &sqlx::PgPool,
-    symbol: &str,
-    from: Minute,
-    to: Minute,
-) -> Result<BTreeMap<i64, (Want, String)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT interval_start, open, high, low, close, volume, quote_volume, trade_count, source
-           FROM silver.fact_ohlcv
-          WHERE exchange = 'binance' AND symbol = $1 AND interval_seconds = 60
-            AND interval_start >= $2 AND interval_start < $3",
-    )
-    .bind(symbol)
-    .bind(from.start())
-    .bind(to.start())
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let t: chrono::DateTime<chrono::Utc> = r.get("interval_start");
-            let source: String = r.get("source");
-            (
-                Minute::containing(t).index(),
-                (
-                    Want {
-                        ohlc: [r.get("open"), r.get("high"), r.get("low"), r.get("close")],
-                        volume: r.get("volume"),
-                        quote_volume: r.get("quote_volume"),
-                        trades: r.get("trade_count"),
-                        filled: source == "filled",
-                    },
-                    source,
-                ),
-            )
-        })
-        .collect())
-}
-
-/// Missing and wrong minutes of every pair (silver's primary key rules out
-/// duplicates; they are counted separately).
-#[derive(Debug, Default)]
-struct Diff {
-    missing: usize,
-    wrong: usize,
-    extra: usize,
-    examples: Vec<String>,
-    by_source: BTreeMap<String, usize>,
-}
-
-async fn diff(
-    pool: &sqlx::PgPool,
-    wants: &BTreeMap<String, BTreeMap<i64, Want>>,
-    from: Minute,
-    to: Minute,
-) -> Result<Diff, sqlx::Error> {
-    let mut d = Diff::default();
-    for (symbol, want) in wants {
-        let got = silver(pool, symbol, from, to).await?;
-        for (m, w) in want {
-            match got.get(m) {
-                None => {
-                    d.missing += 1;
-                    if d.examples.len() < 5 {
-                        d.examples.push(format!("{symbol} minute {m} missing"));
-                    }
-                }
-                Some((g, source)) => {
-                    *d.by_source.entry(source.clone()).or_default() += 1;
-                    if g != w {
-                        d.wrong += 1;
-                        if d.examples.len() < 5 {
-                            d.examples
-                                .push(format!("{symbol} minute {m}: {g:?} ({source}), want {w:?}"));
-                        }
-                    }
-                }
-            }
-        }
-        d.extra += got.keys().filter(|m| !want.contains_key(m)).count();
-    }
-    Ok(d)
-}
-
-fn spawn(cfg: &Path, dir: &Path, log: &str) -> Child {
-    ingester(cfg, &dir.join(log))
-        .envs(s3_env())
-        .spawn()
-        .expect("klines starts")
-}
-
-fn log_tail(dir: &Path, log: &str) -> String {
-    let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -327,7 +172,7 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     std::fs::write(&cfg, toml).unwrap();
     let store = s3.store().await;
 
-    let mut klines = spawn(&cfg, dir.path(), "first.log");
+    let mut klines = spawn_ingester(&cfg, dir.path(), "first.log");
     let progress =
         |f: f64| first.start().timestamp_millis() + (f * plan.hours as f64 * 3_600_000.0) as i64;
     let sim_now = || sim.state.clock.now_ms();
@@ -343,7 +188,7 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     assert!(
         wait_sim(plan.at[0]).await,
         "the replay runs: {}",
-        log_tail(dir.path(), "first.log")
+        log_tail(dir.path(), "first.log", 40)
     );
     pg.crash();
     let pg_crashed_at = sim_now();
@@ -361,8 +206,8 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     // 3. klines is killed with SIGKILL and started again. What it had
     // written to the lake by then: the objects it put and its spool.
     assert!(wait_sim(plan.at[2]).await);
-    klines.kill().unwrap();
-    klines.wait().unwrap();
+    klines.0.kill().unwrap();
+    klines.0.wait().unwrap();
     let killed_at = sim_now();
     let dead_since = Instant::now();
     let mut on_disk = line_counts(&read_lake(&store).await);
@@ -373,7 +218,7 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     }
     tokio::time::sleep(plan.klines_down.saturating_sub(dead_since.elapsed())).await;
     let restarted_at = sim_now();
-    let mut klines = spawn(&cfg, dir.path(), "second.log");
+    let mut klines = spawn_ingester(&cfg, dir.path(), "second.log");
 
     // 4. The replay ends; the schedules backfill and merge what the faults
     // lost. Wait for silver to be exact (or the timeout, then report).
@@ -398,11 +243,11 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     let stats = sim.state.snapshot();
 
     // 5. A clean stop: the spool empties into the lake.
-    let status = sigterm(&mut klines);
+    let status = sigterm(&mut klines.0);
     assert!(
         status.success(),
         "clean shutdown: {status}\n{}",
-        log_tail(dir.path(), "second.log")
+        log_tail(dir.path(), "second.log", 40)
     );
     let lake = line_counts(&read_lake(&store).await);
 
@@ -527,7 +372,7 @@ async fn chaos_run_ends_with_exact_silver_and_a_complete_lake() {
     assert!(
         exact,
         "silver exact within {settle_timeout:?} of the replay's end: {d:?}\n{}",
-        log_tail(dir.path(), "second.log")
+        log_tail(dir.path(), "second.log", 40)
     );
     assert_eq!((d.missing, d.wrong, duplicates), (0, 0, 0));
     assert!(

@@ -18,11 +18,14 @@ use sqlx::{PgPool, Row};
 
 mod lake;
 mod pg;
+mod replay;
 mod s3;
 #[allow(unused_imports)]
 pub use lake::*;
 #[allow(unused_imports)]
 pub use pg::*;
+#[allow(unused_imports)]
+pub use replay::*;
 #[allow(unused_imports)]
 pub use s3::*;
 
@@ -415,6 +418,37 @@ pub fn ingester(cfg: &Path, log: &Path) -> std::process::Command {
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
     c
+}
+
+/// A child process that is killed when dropped: a test that fails leaves
+/// no klines running behind it.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `klines ingest` with `cfg`, logging to `dir/log`, with the test S3
+/// server's credentials.
+pub fn spawn_ingester(cfg: &Path, dir: &Path, log: &str) -> Reaped {
+    Reaped(
+        ingester(cfg, &dir.join(log))
+            .envs(s3_env())
+            .spawn()
+            .expect("klines starts"),
+    )
+}
+
+/// The last `n` lines of `dir/log`.
+pub fn log_tail(dir: &Path, log: &str, n: usize) -> String {
+    let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Sends SIGTERM (a graceful stop) and waits for the exit.
