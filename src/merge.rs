@@ -331,13 +331,16 @@ pub async fn merge_hours(
     let mut report = MergeReport::default();
     for &hour in hours {
         let mut attempt = 0u32;
+        let mut hour_scope = scope.clone();
         let merged = loop {
-            match merge_hour(pool, partitions, hour, scope, sweep_pairs).await {
+            match merge_hour(pool, partitions, hour, &hour_scope, sweep_pairs).await {
                 // A partition this process thought it had was dropped (an
                 // old hour written again after retention took it): create
-                // it again and retry.
+                // it again and retry with every bronze row of the hour,
+                // since silver lost them all, not only the new ones.
                 Err(e) if e.partition_gone() && attempt < HOUR_RETRIES => {
                     partitions.forget([hour - 1, hour]);
+                    hour_scope = Scope::Full;
                 }
                 // PostgreSQL cancelled the hour's transaction to break a
                 // lock cycle (retention or a fold changing the catalog of
