@@ -188,6 +188,21 @@ fn log_summary(dir: &Path, log: &str) -> BTreeMap<String, usize> {
     out
 }
 
+/// The killed backfill's minutes (kept in `public.soak_killed_backfill`)
+/// inside silver's window that silver does not hold.
+async fn killed_rows_missing(pool: &PgPool, window_from_ms: i64) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM public.soak_killed_backfill k
+          WHERE k.interval_start >= $1::timestamptz + interval '1 hour'
+            AND NOT EXISTS (SELECT 1 FROM silver.fact_ohlcv f
+                             WHERE f.symbol = k.symbol AND f.interval_start = k.interval_start)",
+    )
+    .bind(klines::domain::ms_to_utc(window_from_ms))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 fn mb(bytes: i64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
@@ -346,6 +361,10 @@ async fn soak_run_keeps_silver_exact_and_disk_flat_for_months() {
     let mut pg_down_ms = 0i64;
     let mut restarted = false;
     let mut backfill_killed: Option<(f64, i64)> = None;
+    // When the backfill was killed (wall, exchange ms), and how long its
+    // rows took to be all in silver (wall s, exchange hours).
+    let mut killed_at: Option<(Instant, i64)> = None;
+    let mut killed_merged: Option<(f64, f64)> = None;
     // A day's wanted rows, and the delisted pair's minutes around its
     // delisting that silver may hold or not (right if it does).
     let wants_of = |day: i64, cut: Option<(Minute, Minute)>| {
@@ -485,28 +504,26 @@ async fn soak_run_keeps_silver_exact_and_disk_flat_for_months() {
             .await
                 - before;
             backfill_killed = Some((started.elapsed().as_secs_f64(), rows));
-            // What the killed job wrote, in silver a minute later (printed:
-            // the full run of 2026-12-05 found fewer there than in bronze,
-            // still to be explained).
-            let new_list = new_pairs.clone();
-            let merged = wait_until(Duration::from_secs(60), || {
-                let (pool, new_list) = (pool.clone(), new_list.clone());
-                async move {
-                    let (bronze, silver): (i64, i64) = sqlx::query_as(
-                        "SELECT (SELECT count(DISTINCT (symbol, interval_start)) FROM bronze.ohlcv_native
-                                  WHERE symbol = ANY($1) AND source = 'rest' AND is_final),
-                                (SELECT count(*) FROM silver.fact_ohlcv
-                                  WHERE symbol = ANY($1) AND source = 'rest')",
-                    )
-                    .bind(&new_list)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-                    bronze > 0 && silver >= bronze
-                }
-            })
-            .await;
-            println!("   killed backfill's rows all in silver within 60 s: {merged}");
+            // What the killed job wrote, kept to follow into silver: the
+            // service's scheduled merge takes it (nothing else will).
+            sqlx::query(
+                "CREATE TABLE public.soak_killed_backfill AS
+                 SELECT DISTINCT symbol, interval_start FROM bronze.ohlcv_native
+                  WHERE symbol = ANY($1) AND source = 'rest' AND is_final",
+            )
+            .bind(&new_pairs)
+            .execute(&pool)
+            .await
+            .unwrap();
+            killed_at = Some((Instant::now(), sim_now()));
+        }
+        if let (Some((wall, sim_at)), None) = (killed_at, killed_merged) {
+            if killed_rows_missing(&pool, sim_now() - plan.silver_hours * 3_600_000).await == 0 {
+                killed_merged = Some((
+                    wall.elapsed().as_secs_f64(),
+                    (sim_now() - sim_at) as f64 / 3_600_000.0,
+                ));
+            }
         }
 
         // Days of silver: each checked from the day after it ends until
@@ -568,6 +585,22 @@ async fn soak_run_keeps_silver_exact_and_disk_flat_for_months() {
         }
     }
     let settled = settle.elapsed();
+    if let (Some((wall, sim_at)), None) = (killed_at, killed_merged) {
+        let window_from = sim_now() - plan.silver_hours * 3_600_000;
+        let pool = &pool;
+        if wait_until(Duration::from_secs(240), || async move {
+            killed_rows_missing(pool, window_from).await == 0
+        })
+        .await
+        {
+            killed_merged = Some((
+                wall.elapsed().as_secs_f64(),
+                (sim_now() - sim_at) as f64 / 3_600_000.0,
+            ));
+        }
+    }
+    let killed_missing =
+        killed_rows_missing(&pool, sim_now() - plan.silver_hours * 3_600_000).await;
     let final_rss = rss_kb(klines.0.id());
     let status = sigterm(&mut klines.0);
     assert!(
@@ -656,6 +689,12 @@ async fn soak_run_keeps_silver_exact_and_disk_flat_for_months() {
         backfill_killed.map_or(0.0, |b| b.0),
         backfill_killed.map_or(0, |b| b.1)
     );
+    match killed_merged {
+        Some((wall, hours)) => println!(
+            "   the killed backfill's rows all in silver {wall:.1} wall s ({hours:.1} exchange hours) after the kill"
+        ),
+        None => println!("   the killed backfill's rows: {killed_missing} inside silver's window not in silver"),
+    }
     println!(
         "   simulator: {} frames, {} finals, {} disconnects, {} finals dropped, {} duplicated, {} late, {} REST requests",
         stats.frames_sent,
@@ -733,7 +772,7 @@ async fn soak_run_keeps_silver_exact_and_disk_flat_for_months() {
         && (plan.name != "full" || db_ratio <= 1.10)
         && rss_ratio <= 1.30
         && gold_now as f64 <= plan.gold_bound * gold_fresh as f64;
-    if !lost.is_empty() || !within_bounds {
+    if !lost.is_empty() || !within_bounds || killed_merged.is_none() {
         // Kept for a look: the logs, and the layout the run ended with.
         let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("soak-failed");
         let _ = std::fs::create_dir_all(&keep);
@@ -758,6 +797,10 @@ async fn soak_run_keeps_silver_exact_and_disk_flat_for_months() {
         "PostgreSQL down two exchange hours"
     );
     assert!(restarted && backfill_killed.is_some());
+    assert!(
+        killed_merged.is_some(),
+        "the killed backfill's rows reach silver: {killed_missing} missing"
+    );
     assert!(
         second_log.contains(&delisted),
         "the restart names the delisted pair it leaves out"
