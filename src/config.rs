@@ -566,10 +566,14 @@ pub struct ExchangeConfig {
     /// Set false to keep the section but not connect.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// WebSocket base URL (`wss://stream.binance.com:9443`).
-    pub ws_url: Url,
-    /// REST base URL (`https://api.binance.com`).
-    pub rest_url: Url,
+    /// WebSocket base URL; defaults to the venue's public one
+    /// (`wss://stream.binance.com:9443`, see [`exchange::Endpoints::public`]).
+    #[serde(default)]
+    pub ws_url: Option<Url>,
+    /// REST base URL; defaults to the venue's public one
+    /// (`https://api.binance.com`).
+    #[serde(default)]
+    pub rest_url: Option<Url>,
     /// Native symbols; a list, or a comma-separated string from the env.
     /// May be empty when `select` chooses the pairs.
     #[serde(default, deserialize_with = "string_or_list")]
@@ -598,18 +602,21 @@ pub struct ExchangeConfig {
 }
 
 impl ExchangeConfig {
+    /// This section's URLs, each the venue's public one where not given.
+    pub fn endpoints(&self, id: ExchangeId) -> exchange::Endpoints {
+        let public = exchange::Endpoints::public(id);
+        exchange::Endpoints {
+            ws: self.ws_url.clone().unwrap_or(public.ws),
+            rest: self.rest_url.clone().unwrap_or(public.rest),
+        }
+    }
+
     /// The exchange's protocol, reached at this section's URLs.
     pub fn build_exchange(
         &self,
         id: ExchangeId,
     ) -> Result<std::sync::Arc<dyn exchange::Exchange>, exchange::ExchangeError> {
-        exchange::build(
-            id,
-            &exchange::Endpoints {
-                ws: self.ws_url.clone(),
-                rest: self.rest_url.clone(),
-            },
-        )
+        exchange::build(id, &self.endpoints(id))
     }
 }
 
@@ -896,26 +903,27 @@ impl Config {
         if self.exchanges.values().all(|e| !e.enabled) {
             return Err(ConfigError::invalid(
                 "exchanges",
-                "no exchange is configured and enabled; add e.g. [exchanges.binance] with ws_url, rest_url and pairs",
+                "no exchange is configured and enabled; add e.g. [exchanges.binance] with pairs = [\"BTCUSDT\"]",
             ));
         }
         for (id, ex) in &self.exchanges {
             let key = |k: &str| format!("exchanges.{id}.{k}");
-            if !matches!(ex.ws_url.scheme(), "ws" | "wss") {
+            let endpoints = ex.endpoints(*id);
+            if !matches!(endpoints.ws.scheme(), "ws" | "wss") {
                 return Err(ConfigError::invalid(
                     key("ws_url"),
                     format!(
                         "must be a ws:// or wss:// URL, got scheme `{}`",
-                        ex.ws_url.scheme()
+                        endpoints.ws.scheme()
                     ),
                 ));
             }
-            if !matches!(ex.rest_url.scheme(), "http" | "https") {
+            if !matches!(endpoints.rest.scheme(), "http" | "https") {
                 return Err(ConfigError::invalid(
                     key("rest_url"),
                     format!(
                         "must be an http:// or https:// URL, got scheme `{}`",
-                        ex.rest_url.scheme()
+                        endpoints.rest.scheme()
                     ),
                 ));
             }

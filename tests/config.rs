@@ -48,7 +48,10 @@ fn shipped_configs_load() {
         vec!["BTCUSDT", "ETHUSDT", "SOLUSDT"]
     );
     assert_eq!(
-        prod.exchanges[&ExchangeId::Binance].ws_url.as_str(),
+        prod.exchanges[&ExchangeId::Binance]
+            .endpoints(ExchangeId::Binance)
+            .ws
+            .as_str(),
         "wss://stream.binance.com:9443/"
     );
 }
@@ -74,7 +77,10 @@ fn environment_overrides_nested_keys_and_database_url() {
     )
     .unwrap();
     let b = &config.exchanges[&ExchangeId::Binance];
-    assert_eq!(b.ws_url.as_str(), "ws://127.0.0.1:9999/binance");
+    assert_eq!(
+        b.endpoints(ExchangeId::Binance).ws.as_str(),
+        "ws://127.0.0.1:9999/binance"
+    );
     assert_eq!(
         config.enabled_pairs()[0]
             .1
@@ -408,6 +414,65 @@ fn bad_numbers_are_rejected() {
         "exchanges.binance.max_pairs_per_connection",
         "between 1 and 1024",
     );
+}
+
+/// A section with only its pairs connects to the venue's public hosts (the
+/// URLs `config/klines.toml` documents); a URL given replaces its own
+/// default only.
+#[test]
+fn a_venue_with_only_pairs_connects_to_its_public_endpoints() {
+    let venues = [
+        (
+            ExchangeId::Binance,
+            "BTCUSDT",
+            "wss://stream.binance.com:9443/",
+            "https://api.binance.com/",
+        ),
+        (
+            ExchangeId::Okx,
+            "BTC-USDT",
+            "wss://ws.okx.com:8443/ws/v5/business",
+            "https://www.okx.com/",
+        ),
+        (
+            ExchangeId::Bybit,
+            "BTCUSDT",
+            "wss://stream.bybit.com/v5/public/spot",
+            "https://api.bybit.com/",
+        ),
+        (
+            ExchangeId::Kraken,
+            "BTC/USD",
+            "wss://ws.kraken.com/v2",
+            "https://api.kraken.com/",
+        ),
+        (
+            ExchangeId::Coinbase,
+            "BTC-USD",
+            "wss://advanced-trade-ws.coinbase.com/",
+            "https://api.coinbase.com/",
+        ),
+    ];
+    assert_eq!(
+        venues.len(),
+        ExchangeId::ALL.len(),
+        "every venue has its defaults"
+    );
+    for (id, pair, ws, rest) in venues {
+        let config = load(&format!("[exchanges.{id}]\npairs = [\"{pair}\"]\n"), &[])
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        let endpoints = config.exchanges[&id].endpoints(id);
+        assert_eq!(endpoints.ws.as_str(), ws, "{id}");
+        assert_eq!(endpoints.rest.as_str(), rest, "{id}");
+    }
+    let config = load(
+        "[exchanges.binance]\nrest_url = \"https://api.binance.us\"\npairs = [\"BTCUSDT\"]\n",
+        &[],
+    )
+    .unwrap();
+    let endpoints = config.exchanges[&ExchangeId::Binance].endpoints(ExchangeId::Binance);
+    assert_eq!(endpoints.rest.as_str(), "https://api.binance.us/");
+    assert_eq!(endpoints.ws.as_str(), "wss://stream.binance.com:9443/");
 }
 
 #[test]

@@ -63,9 +63,7 @@ pub async fn run(
     }
     let id = args.exchange;
     let Some(ex_config) = config.exchanges.get(&id) else {
-        bail!(
-            "--exchange {id}: not configured; add [exchanges.{id}] with its ws_url, rest_url and pairs to the config"
-        );
+        bail!("--exchange {id}: not configured; add [exchanges.{id}] with its pairs to the config");
     };
     let exchange = ex_config
         .build_exchange(id)

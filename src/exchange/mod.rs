@@ -282,6 +282,34 @@ pub struct Endpoints {
     pub rest: Url,
 }
 
+impl Endpoints {
+    /// The venue's own public endpoints (global hosts): what a config
+    /// section without `ws_url` or `rest_url` connects to.
+    pub fn public(id: ExchangeId) -> Endpoints {
+        let (ws, rest) = match id {
+            ExchangeId::Binance => ("wss://stream.binance.com:9443", "https://api.binance.com"),
+            // Candles are served on /business only.
+            ExchangeId::Okx => (
+                "wss://ws.okx.com:8443/ws/v5/business",
+                "https://www.okx.com",
+            ),
+            ExchangeId::Bybit => (
+                "wss://stream.bybit.com/v5/public/spot",
+                "https://api.bybit.com",
+            ),
+            ExchangeId::Kraken => ("wss://ws.kraken.com/v2", "https://api.kraken.com"),
+            ExchangeId::Coinbase => (
+                "wss://advanced-trade-ws.coinbase.com",
+                "https://api.coinbase.com",
+            ),
+        };
+        Endpoints {
+            ws: Url::parse(ws).expect("a valid built-in URL"),
+            rest: Url::parse(rest).expect("a valid built-in URL"),
+        }
+    }
+}
+
 /// Builds the protocol of the exchange named `id`, reached at `endpoints`.
 pub fn build(id: ExchangeId, endpoints: &Endpoints) -> Result<Arc<dyn Exchange>, ExchangeError> {
     let (ws, rest) = (endpoints.ws.clone(), endpoints.rest.clone());
