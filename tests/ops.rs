@@ -241,6 +241,10 @@ async fn metrics_status_page_and_openapi_during_a_simulated_run() {
         assert!(row.contains("data-ws="), "hover split by source: {row}");
     }
     assert!(html.contains("data-exchange=\"binance\""), "exchange table");
+    assert!(
+        !html.contains(">-0<"),
+        "no counter reads -0 (an empty f64 sum): {html}"
+    );
     assert!(html.contains("id=\"backfills\""), "backfill table");
     let shot_run = tokio::task::spawn_blocking({
         let mut c = chromium(&[&format!("--screenshot={}", shot.display())]);

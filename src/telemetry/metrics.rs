@@ -447,7 +447,9 @@ pub fn sum_in(text: &str, name: &str, label_filter: &[&str]) -> f64 {
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
-        .sum()
+        // Not `.sum()`: an empty f64 sum is -0.0, which the status page
+        // showed as "-0" reconnects.
+        .fold(0.0, |total, v| total + v)
 }
 
 /// OpenMetrics text → Prometheus text 0.0.4.
@@ -481,6 +483,20 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sum_of_no_series_reads_zero_not_minus_zero() {
+        let text = "# TYPE klines_ws_reconnects counter\n\
+                    klines_ws_reconnects_total{exchange=\"okx\"} 2\n";
+        let none = sum_in(
+            text,
+            "klines_ws_reconnects_total",
+            &["exchange=\"binance\""],
+        );
+        assert_eq!(format!("{none}"), "0");
+        let some = sum_in(text, "klines_ws_reconnects_total", &["exchange=\"okx\""]);
+        assert_eq!(format!("{some}"), "2");
+    }
 
     #[test]
     fn the_classic_format_names_counters_by_their_total() {
