@@ -248,6 +248,101 @@ async fn websocket_beats_rest_and_lake_and_mismatches_are_recorded() {
     db.drop().await;
 }
 
+/// Silver (and Looker's `silver.v_candles`) carries each pair's base and
+/// quote assets from the exchange's instrument list, on both of the merge's
+/// inserts: the bulk one into an hour without silver rows and the one that
+/// compares with silver; a pair the list does not know has none.
+#[tokio::test]
+async fn silver_carries_the_pairs_assets_from_the_instrument_list() {
+    let db = TestDb::new("merge_assets").await;
+    sqlx::query(
+        "INSERT INTO ref.instruments (exchange, symbol, base, quote, status, trading)
+         VALUES ('binance', 'BTCUSDT', 'BTC', 'USDT', 'TRADING', true),
+                ('bybit', 'S0001USDT', 'S0001', 'USDT', 'Trading', true)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let csv = csv_rows(BTC_DAY);
+    let mut minutes = csv.iter();
+    let (m0, r0) = minutes.next().unwrap();
+    let (m1, r1) = minutes.next().unwrap();
+    let parts = Partitions::new();
+    write(
+        &db,
+        &parts,
+        &[
+            event("BTCUSDT", *m0, r0, Source::Ws),
+            event("ETHUSDT", *m0, r0, Source::Ws),
+        ],
+    )
+    .await;
+    assert_eq!(merge_day(&db, &parts).await.inserted, 2);
+    write(&db, &parts, &[event("BTCUSDT", *m1, r1, Source::Ws)]).await;
+    assert_eq!(merge_day(&db, &parts).await.inserted, 1);
+    let assets: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT symbol, base, quote FROM silver.v_candles ORDER BY symbol, minute_utc",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let known = |s: &str| {
+        (
+            s.to_string(),
+            Some("BTC".to_string()),
+            Some("USDT".to_string()),
+        )
+    };
+    assert_eq!(
+        assets,
+        vec![
+            known("BTCUSDT"),
+            known("BTCUSDT"),
+            ("ETHUSDT".to_string(), None, None)
+        ]
+    );
+    // The bulk insert into an hour without silver rows.
+    load_bulk_hour(&db).await;
+    let r = merge::merge_range(
+        &db.pool,
+        &parts,
+        t("2024-03-04T05:00:00Z"),
+        t("2024-03-04T06:00:00Z"),
+        &Scope::Full,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(r.fresh_ranges > 0, "the bulk insert ran: {r:?}");
+    type Assets = (String, String, Option<String>, Option<String>, i64);
+    let assets: Vec<Assets> = sqlx::query_as(
+        "SELECT exchange, symbol, base, quote, count(*) FROM silver.fact_ohlcv
+          WHERE symbol IN ('S0001USDT', 'S0002USDT') GROUP BY 1, 2, 3, 4 ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let row = |e: &str, s: &str, base: Option<&str>, quote: Option<&str>| {
+        (
+            e.to_string(),
+            s.to_string(),
+            base.map(str::to_string),
+            quote.map(str::to_string),
+            60,
+        )
+    };
+    assert_eq!(
+        assets,
+        vec![
+            row("binance", "S0001USDT", None, None),
+            row("binance", "S0002USDT", None, None),
+            row("bybit", "S0001USDT", Some("S0001"), Some("USDT")),
+            row("bybit", "S0002USDT", None, None),
+        ]
+    );
+    db.drop().await;
+}
+
 /// Random bronze histories: duplicate, late and out-of-order observations
 /// from all three sources, written in random batches with merges (full or
 /// incremental, over random window splits) in between. Silver must always
