@@ -11,8 +11,7 @@
 //!   type; protocol facts in `docs/exchanges.md`;
 //! - [`rest`]: what every REST caller goes through: the paced client, the
 //!   shared limiter, the exchange clock;
-//! - [`ingest`]: the WebSocket workers, finality, backoff and the service
-//!   supervisor;
+//! - [`ingest`]: the WebSocket slots, finality and reconnect pacing;
 //! - [`instruments`]: `ref.instruments`, the pairs' check and selection;
 //! - [`backfill`]: the REST backfiller: gaps, the hourly sweep, reconnect
 //!   fills and operators' jobs;
@@ -26,6 +25,8 @@
 //!   merged and uploaded, ops rows, optional silver/gold windows, the local
 //!   lake; silver's old hours folded into days and months);
 //! - [`api`]: the HTTP API, the status page and the OpenAPI document;
+//! - [`service`]: `klines ingest`'s supervisor: starts the sinks, the
+//!   slots, the upkeep, the schedules and the API, and stops them in order;
 //! - [`simulator`]: the bundled exchange simulator (`klines simulate`);
 //! - [`fuzzing`]: the fuzz targets' bodies (`fuzz/`, `scripts/fuzz.sh`);
 //! - [`config`], [`cli`], [`telemetry`] (logs and Prometheus metrics).
@@ -49,6 +50,7 @@ pub mod lake;
 pub mod merge;
 pub mod rest;
 pub mod retention;
+pub mod service;
 pub mod simulator;
 pub mod sink;
 pub mod telemetry;

@@ -49,7 +49,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let metrics = Arc::new(Metrics::new());
-            let report = klines::ingest::run(config, metrics, shutdown).await?;
+            let report = klines::service::run(config, metrics, shutdown).await?;
             info!(
                 bronze_rows_written = report.bronze.rows_written,
                 bronze_rows_left_in_spool = report.bronze.rows_left_in_spool,

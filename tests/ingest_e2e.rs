@@ -38,7 +38,7 @@ async fn ingest_whole_day(
     db: &TestDb,
     sim: &klines::simulator::SimHandle,
     tweak: impl FnOnce(&mut klines::config::Config),
-) -> (Arc<Metrics>, klines::ingest::IngestReport) {
+) -> (Arc<Metrics>, klines::service::ServiceReport) {
     let dir = tempdir();
     let mut cfg = config(sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "");
     tweak(&mut cfg);

@@ -238,7 +238,7 @@ async fn unknown_pairs_stop_the_start_unless_allowed_missing_and_delisted_ones_d
     let metrics = Arc::new(klines::telemetry::Metrics::new());
     let err = tokio::time::timeout(
         Duration::from_secs(30),
-        klines::ingest::run(cfg.clone(), metrics, CancellationToken::new()),
+        klines::service::run(cfg.clone(), metrics, CancellationToken::new()),
     )
     .await
     .expect("the start fails fast")

@@ -465,15 +465,16 @@ pub fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
 pub struct Running {
     pub metrics: std::sync::Arc<klines::telemetry::Metrics>,
     pub stop: tokio_util::sync::CancellationToken,
-    pub task:
-        tokio::task::JoinHandle<Result<klines::ingest::IngestReport, klines::ingest::IngestError>>,
+    pub task: tokio::task::JoinHandle<
+        Result<klines::service::ServiceReport, klines::service::ServiceError>,
+    >,
 }
 
 pub fn start_ingest(config: klines::config::Config) -> Running {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = std::sync::Arc::new(klines::telemetry::Metrics::new());
     let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(klines::ingest::run(
+    let task = tokio::spawn(klines::service::run(
         config,
         std::sync::Arc::clone(&metrics),
         stop.clone(),
@@ -486,7 +487,7 @@ pub fn start_ingest(config: klines::config::Config) -> Running {
 }
 
 impl Running {
-    pub async fn stop(self) -> klines::ingest::IngestReport {
+    pub async fn stop(self) -> klines::service::ServiceReport {
         self.stop.cancel();
         self.task.await.unwrap().unwrap()
     }
