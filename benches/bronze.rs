@@ -12,9 +12,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use chrono::Utc;
+use klines::db::bronze::{encode_copy_rows, write_batch, COPY_STATEMENT};
 use klines::db::partitions::Partitions;
 use klines::domain::{Candle, CandleEvent, ExchangeId, Minute, Source};
-use klines::sink::bronze::{encode_copy_rows, write_batch, COPY_STATEMENT};
 use rust_decimal::Decimal;
 
 mod common;

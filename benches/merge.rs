@@ -20,10 +20,10 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
+use klines::db::bronze::write_batch;
 use klines::db::partitions::Partitions;
 use klines::domain::{Candle, CandleEvent, ExchangeId, Minute, Source};
 use klines::merge;
-use klines::sink::bronze::write_batch;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 

@@ -15,11 +15,13 @@
 //! - [`instruments`]: `ref.instruments`, the pairs' check and selection;
 //! - [`backfill`]: the REST backfiller: gaps, the hourly sweep, reconnect
 //!   fills and operators' jobs;
-//! - [`sink`]: bronze (batched COPY) and its disk spool;
-//! - [`lake`]: the raw JSONL.gz lake: its sink and spool, the S3 and local
-//!   stores, `klines lake load`;
-//! - [`db`]: pools by purpose, migrations, hourly partitions, the
-//!   scheduler's leader;
+//! - [`sink`]: the sinks the workers feed through an [`sink::Outlet`]:
+//!   bronze (batched COPY, its disk spool) and the lake (its write-ahead
+//!   spool and uploader);
+//! - [`lake`]: the raw JSONL.gz lake's format: lines, object keys, the S3
+//!   and local stores, `klines lake load`;
+//! - [`db`]: pools by purpose, migrations, hourly partitions, bronze's
+//!   COPY writer, the scheduler's leader;
 //! - [`merge`]: bronze → silver, completeness, gold (SQL in `sql/`);
 //! - [`retention`]: what is deleted or folded as it ages (bronze once
 //!   merged and uploaded, ops rows, optional silver/gold windows, the local

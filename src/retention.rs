@@ -40,8 +40,8 @@ use tracing::{info, warn};
 use crate::config::{LakeConfig, PartitionConfig, RetentionConfig};
 use crate::db::leader::Leader;
 use crate::db::partitions::{hour_of, Partitions};
-use crate::lake::sink::LakePending;
 use crate::rest::clock::ExchangeClock;
+use crate::sink::lake::LakePending;
 use crate::telemetry::metrics::TableLabels;
 use crate::telemetry::Metrics;
 

@@ -67,7 +67,7 @@ async fn day_db() -> TestDb {
         .map(|(ms, r)| csv_event("BTCUSDT", *ms, r, Source::Ws))
         .collect();
     let parts = Partitions::new();
-    klines::sink::bronze::write_batch(&db.pool, &parts, &events)
+    klines::db::bronze::write_batch(&db.pool, &parts, &events)
         .await
         .unwrap();
     let pairs = [Pair {

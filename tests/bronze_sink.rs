@@ -12,8 +12,8 @@ use common::*;
 use klines::config::{BronzeConfig, DatabaseConfig};
 use klines::db::partitions::Partitions;
 use klines::domain::{CandleEvent, Source};
+use klines::sink::bronze::spool::Spool;
 use klines::sink::bronze::BronzeSink;
-use klines::sink::spool::Spool;
 use klines::telemetry::Metrics;
 use tokio::sync::mpsc;
 

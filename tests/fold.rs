@@ -12,11 +12,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use common::*;
 use klines::config::{LakeConfig, PartitionConfig, RetentionConfig};
+use klines::db::bronze::write_batch;
 use klines::db::partitions::Partitions;
 use klines::domain::{CandleEvent, Source};
 use klines::merge;
 use klines::retention::{self, Inputs, Part};
-use klines::sink::bronze::write_batch;
 use rust_decimal::Decimal;
 
 const PAIRS: usize = 5;

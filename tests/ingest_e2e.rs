@@ -355,3 +355,73 @@ async fn hundreds_of_pairs_subscribe_within_the_message_rate_limit() {
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+/// A lake that cannot keep up (its sink reads nothing: a hung disk) never
+/// stalls bronze: a slot replays the whole day into bronze's channel while
+/// the lake's channel, one record deep, stays full; what the lake could
+/// not take is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lake_that_cannot_keep_up_never_stalls_bronze() {
+    use klines::domain::{ExchangeId, Pair};
+    use klines::sink::{Outlet, WhenFull};
+    use tokio::sync::mpsc;
+
+    let sim = simulator(&[BTC_DAY], 240.0, |_| {}).await;
+    let exchange = klines::exchange::build(
+        ExchangeId::Binance,
+        &klines::exchange::Endpoints {
+            ws: sim.binance_ws_url().parse().unwrap(),
+            rest: sim.binance_rest_url().parse().unwrap(),
+        },
+    )
+    .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (bronze_tx, mut bronze_rx) = mpsc::channel(100);
+    let (lake_tx, _lake_rx) = mpsc::channel(1);
+    let limiter = Arc::new(klines::ingest::backoff::ConnectLimiter::new(
+        10,
+        Duration::from_secs(1),
+    ));
+    let slot = klines::ingest::worker::Slot::new(
+        exchange,
+        vec![Pair::new(ExchangeId::Binance, "BTCUSDT")],
+        klines::config::IngestConfig::default(),
+        Outlet::new("bronze", bronze_tx, WhenFull::Wait, Arc::clone(&metrics)),
+        Arc::clone(&metrics),
+        limiter,
+        0,
+    )
+    .with_lake(Outlet::new(
+        "lake",
+        lake_tx,
+        WhenFull::Drop,
+        Arc::clone(&metrics),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(Arc::new(slot).run(stop.clone()));
+    let mut minutes = std::collections::BTreeSet::new();
+    let all = tokio::time::timeout(WAIT, async {
+        while minutes.len() < 1440 {
+            let event = bronze_rx.recv().await.expect("the slot runs");
+            if event.is_final {
+                minutes.insert(event.candle.interval_start);
+            }
+        }
+    })
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    let text = metrics.encode();
+    let dropped = klines::telemetry::metrics::sum_in(
+        &text,
+        "klines_channel_dropped_total",
+        &["channel=\"lake\""],
+    );
+    assert!(
+        all.is_ok(),
+        "bronze got {} of 1440 finals with the lake full\n{text}",
+        minutes.len()
+    );
+    assert!(dropped > 1000.0, "the lake's drops are counted: {dropped}");
+    sim.stop().await.unwrap();
+}

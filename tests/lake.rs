@@ -460,8 +460,8 @@ async fn an_s3_outage_loses_nothing_and_never_stalls_the_workers() {
 /// and its removal is not written twice (`If-None-Match: *`).
 #[tokio::test]
 async fn uploads_fail_clearly_keep_the_segment_and_never_overwrite() {
-    use klines::lake::sink::upload_pending;
-    use klines::lake::spool::{sealed_segments, LakeSpool};
+    use klines::sink::lake::spool::{sealed_segments, LakeSpool};
+    use klines::sink::lake::upload_pending;
     let mut s3 = S3Server::start().await;
     let dir = tempdir();
     let mut spool =

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use common::*;
+use klines::db::bronze::write_batch;
 use klines::db::partitions::Partitions;
 use klines::domain::{CandleEvent, ExchangeId, Minute, Source};
 use klines::merge::{self, MergeReport, Scope};
-use klines::sink::bronze::write_batch;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::Row;

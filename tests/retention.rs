@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use common::*;
 use klines::config::{LakeConfig, PartitionConfig, RetentionConfig};
+use klines::db::bronze::write_batch;
 use klines::db::partitions::{hour_of, Partitions};
 use klines::domain::{CandleEvent, Source};
 use klines::merge;
 use klines::retention::{self, Inputs, RetentionReport};
-use klines::sink::bronze::write_batch;
 use rust_decimal::Decimal;
 
 /// The merge's watermark is the oldest transaction still running in the
@@ -335,9 +335,9 @@ async fn ops_rows_age_out_and_silver_and_gold_windows_drop_old_history() {
 /// uploaded, nothing is held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lake_spool_says_what_it_has_not_uploaded() {
-    use klines::lake::sink::LakeSink;
     use klines::lake::store::Store;
     use klines::lake::LakeRecord;
+    use klines::sink::lake::LakeSink;
     use std::sync::Arc;
     use std::time::Duration as StdDuration;
 

@@ -47,7 +47,7 @@ async fn roles_have_least_privilege() {
         .take(90)
         .map(|(ms, r)| csv_event("BTCUSDT", *ms, r, klines::domain::Source::Ws))
         .collect();
-    klines::sink::bronze::write_batch(&ingest, &Partitions::new(), &events)
+    klines::db::bronze::write_batch(&ingest, &Partitions::new(), &events)
         .await
         .unwrap();
     denied(

@@ -27,13 +27,13 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::db::bronze::write_batch;
 use crate::db::partitions::{hour_of, runs as hour_runs, Partitions};
 use crate::domain::{CandleEvent, Minute, Pair, Source};
 use crate::exchange::DecodeError;
 use crate::merge::{self, MergeError, Scope};
 use crate::rest::client::{RestClient, RestError, Tally};
 use crate::rest::{clock, limiter};
-use crate::sink::bronze::write_batch;
 use crate::telemetry::metrics::{ExchangeLabels, StatusLabels};
 use crate::telemetry::Metrics;
 use gaps::{find_gaps, minutes_in, plan_pages, split_at, Page};

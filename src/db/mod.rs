@@ -1,6 +1,7 @@
 //! PostgreSQL plumbing: the connection pool, the embedded migrations and the
 //! hourly partitions every write needs.
 
+pub mod bronze;
 pub mod leader;
 pub mod partitions;
 

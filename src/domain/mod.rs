@@ -263,6 +263,34 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         })
 }
 
+/// A final WebSocket candle of the first minute of Binance's BTCUSDT on
+/// 2023-01-21, for unit tests: `symbol` at `start`.
+#[cfg(test)]
+pub(crate) fn sample_final(symbol: &str, start: Minute) -> CandleEvent {
+    use std::str::FromStr;
+    let d = |s: &str| rust_decimal::Decimal::from_str(s).unwrap();
+    CandleEvent {
+        candle: Candle {
+            exchange: ExchangeId::Binance,
+            symbol: symbol.into(),
+            interval_seconds: 60,
+            interval_start: start.start(),
+            open: d("22666.00000000"),
+            high: d("22692.66000000"),
+            low: d("22658.71000000"),
+            close: d("22685.44000000"),
+            volume: d("338.71242000"),
+            quote_volume: Some(d("7680391.66219380")),
+            trade_count: Some(7236),
+            vwap: None,
+        },
+        is_final: true,
+        source: Source::Ws,
+        event_ts: None,
+        received_ts: chrono::Utc::now(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

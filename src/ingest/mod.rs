@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::backfill;
 use crate::exchange;
 use crate::rest::clock::ExchangeClock;
+use crate::sink::Outlet;
 use crate::telemetry::Metrics;
 use backoff::ConnectLimiter;
 use worker::{FeedHooks, Slot};
@@ -23,8 +24,8 @@ use worker::{FeedHooks, Slot};
 /// are dropped).
 pub struct SlotFactory {
     pub ingest: crate::config::IngestConfig,
-    pub bronze: mpsc::Sender<crate::domain::CandleEvent>,
-    pub lake: Option<mpsc::Sender<crate::lake::LakeRecord>>,
+    pub bronze: Outlet<crate::domain::CandleEvent>,
+    pub lake: Option<Outlet<crate::lake::LakeRecord>>,
     pub metrics: Arc<Metrics>,
 }
 

@@ -39,7 +39,8 @@ use crate::domain::{CandleEvent, Minute, Pair};
 use crate::exchange::{Control, DecodeState, Decoded, Exchange, FinalityRule};
 use crate::lake::LakeRecord;
 use crate::rest::clock::ExchangeClock;
-use crate::telemetry::metrics::{CandleLabels, ChannelLabels, ExchangeLabels, ReasonLabels};
+use crate::sink::Outlet;
+use crate::telemetry::metrics::{CandleLabels, ExchangeLabels, ReasonLabels};
 use crate::telemetry::Metrics;
 
 /// A rotation is scheduled at least this long before the exchange's own
@@ -90,7 +91,7 @@ pub struct Slot {
     pub exchange: Arc<dyn Exchange>,
     pub pairs: Vec<Pair>,
     pub config: IngestConfig,
-    pub bronze: mpsc::Sender<CandleEvent>,
+    pub bronze: Outlet<CandleEvent>,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<ConnectLimiter>,
     /// Index of the slot within its exchange, for logs.
@@ -102,7 +103,7 @@ pub struct Slot {
     next_conn: AtomicU64,
     feed: Option<FeedHooks>,
     outage: Mutex<OutageState>,
-    lake: Option<mpsc::Sender<LakeRecord>>,
+    lake: Option<Outlet<LakeRecord>>,
 }
 
 /// What the backfiller wants to know from a slot's feed: the exchange's
@@ -136,7 +137,7 @@ impl Slot {
         exchange: Arc<dyn Exchange>,
         pairs: Vec<Pair>,
         config: IngestConfig,
-        bronze: mpsc::Sender<CandleEvent>,
+        bronze: Outlet<CandleEvent>,
         metrics: Arc<Metrics>,
         limiter: Arc<ConnectLimiter>,
         index: usize,
@@ -161,29 +162,15 @@ impl Slot {
 
     /// Sends every observation and every undecodable frame, with the raw
     /// message, to the lake sink.
-    pub fn with_lake(mut self, lake: mpsc::Sender<LakeRecord>) -> Self {
+    pub fn with_lake(mut self, lake: Outlet<LakeRecord>) -> Self {
         self.lake = Some(lake);
         self
     }
 
     async fn send_lake(&self, record: LakeRecord) {
-        let Some(lake) = &self.lake else {
-            return;
-        };
-        match lake.try_send(record) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(record)) => {
-                self.metrics
-                    .channel_full
-                    .get_or_create(&ChannelLabels { channel: "lake" })
-                    .inc();
-                if lake.send(record).await.is_err() {
-                    warn!(exchange = %self.exchange.id(), "Lake sink is gone; observation not kept");
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                warn!(exchange = %self.exchange.id(), "Lake sink is gone; observation not kept");
-            }
+        if let Some(lake) = &self.lake {
+            // Dropped when the lake cannot keep up: counted by the outlet.
+            lake.send(record).await;
         }
     }
 
@@ -391,20 +378,8 @@ impl Slot {
     }
 
     async fn send_bronze(&self, event: CandleEvent) {
-        match self.bronze.try_send(event) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(event)) => {
-                self.metrics
-                    .channel_full
-                    .get_or_create(&ChannelLabels { channel: "bronze" })
-                    .inc();
-                if self.bronze.send(event).await.is_err() {
-                    warn!(exchange = %self.exchange.id(), "Bronze sink is gone; event not written");
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                warn!(exchange = %self.exchange.id(), "Bronze sink is gone; event not written");
-            }
+        if !self.bronze.send(event).await {
+            warn!(exchange = %self.exchange.id(), "Bronze sink is gone; event not written");
         }
     }
 

@@ -16,9 +16,9 @@ use tracing::warn;
 
 use super::store::{Store, StoreError};
 use super::LakeLine;
+use crate::db::bronze::write_batch;
 use crate::db::partitions::Partitions;
 use crate::domain::{Candle, CandleEvent, ExchangeId, Source};
-use crate::sink::bronze::write_batch;
 
 #[derive(Debug, Error)]
 pub enum LoadError {

@@ -14,17 +14,16 @@
 //! makes a handful per segment at any pair count. Lakes written with the
 //! earlier `symbol=` level are still read by `klines lake load`.
 //!
-//! Observations go to a local write-ahead spool first ([`spool`], fsynced
-//! every flush interval), which is sealed on the hour, on size and on age,
-//! split by partition, compressed and put into the [`store`] under keys that
-//! never collide (writer id per process start, segment sequence, partition).
-//! Segments a crash or an outage left behind are put at the next start.
-//! `klines lake load` ([`load`]) reads the lake back into bronze.
+//! Observations go to a local write-ahead spool first (the lake's sink,
+//! [`crate::sink::lake`], fsynced every flush interval), which is sealed on
+//! the hour, on size and on age, split by partition, compressed and put
+//! into the [`store`] under keys that never collide (writer id per process
+//! start, segment sequence, partition). Segments a crash or an outage left
+//! behind are put at the next start. `klines lake load` ([`load`]) reads
+//! the lake back into bronze.
 
 pub mod load;
 mod s3;
-pub mod sink;
-pub mod spool;
 pub mod store;
 
 use std::sync::Arc;

@@ -7,8 +7,8 @@
 //! close, the sinks drain and flush, all within the configured grace
 //! period.
 //!
-//! - [`upkeep`]: hourly partitions ahead, and what the lake spool holds;
-//! - [`merge_schedule`]: the scheduled merges and the completeness gauge.
+//! - `upkeep`: hourly partitions ahead, and what the lake spool holds;
+//! - `merge_schedule`: the scheduled merges and the completeness gauge.
 
 mod merge_schedule;
 mod upkeep;
@@ -29,10 +29,11 @@ use crate::db::{self, leader, partitions::Partitions};
 use crate::domain::shard;
 use crate::exchange;
 use crate::ingest::{ExchangeRuntime, SlotFactory};
-use crate::lake::sink::{LakeReport, LakeSink};
 use crate::rest::clock::ExchangeClock;
+use crate::sink::bronze::spool::{Spool, SpoolError};
 use crate::sink::bronze::{BronzeReport, BronzeSink};
-use crate::sink::spool::{Spool, SpoolError};
+use crate::sink::lake::{LakeReport, LakeSink};
+use crate::sink::{Outlet, WhenFull};
 use crate::telemetry::Metrics;
 use merge_schedule::{merge_scheduler, MergeSchedule};
 use upkeep::{partition_upkeep, publish_lake_pending};
@@ -295,8 +296,11 @@ pub async fn run(
         std::collections::BTreeMap::new();
     let factory = SlotFactory {
         ingest: config.ingest.clone(),
-        bronze: bronze_tx,
-        lake: config.lake.enabled.then_some(lake_tx),
+        bronze: Outlet::new("bronze", bronze_tx, WhenFull::Wait, Arc::clone(&metrics)),
+        lake: config
+            .lake
+            .enabled
+            .then(|| Outlet::new("lake", lake_tx, WhenFull::Drop, Arc::clone(&metrics))),
         metrics: Arc::clone(&metrics),
     };
     // Configured pairs left out at start (delisted, halted) that the

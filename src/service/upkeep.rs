@@ -77,7 +77,7 @@ const LAKE_PENDING_EVERY: Duration = Duration::from_secs(30);
 pub(super) async fn publish_lake_pending(
     pool: sqlx::PgPool,
     key: String,
-    pending: Arc<crate::lake::sink::LakePending>,
+    pending: Arc<crate::sink::lake::LakePending>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(LAKE_PENDING_EVERY);

@@ -82,8 +82,11 @@ pub struct Metrics {
     pub duplicate_finals: Family<ExchangeLabels, Counter>,
     /// Seconds from the end of a candle's minute to its receipt (finals).
     pub candle_lag: HistogramFamily<ExchangeLabels>,
-    /// Sends that found a data channel full and had to wait.
+    /// Sends that found a data channel full (and waited, or dropped).
     pub channel_full: Family<ChannelLabels, Counter>,
+    /// Observations dropped on a full channel (the lake's only: bronze
+    /// waits).
+    pub channel_dropped: Family<ChannelLabels, Counter>,
     /// Rows committed to bronze.ohlcv_native.
     pub bronze_rows: Counter,
     /// Rows per bronze COPY batch.
@@ -178,6 +181,7 @@ impl Metrics {
             duplicate_finals: Family::default(),
             candle_lag: Family::new_with_constructor(lag_histogram),
             channel_full: Family::default(),
+            channel_dropped: Family::default(),
             bronze_rows: Counter::default(),
             bronze_batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             bronze_batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -245,8 +249,13 @@ impl Metrics {
         );
         registry.register(
             "channel_full",
-            "Sends that waited on a full channel",
+            "Sends that found their channel full (bronze waits, the lake drops)",
             m.channel_full.clone(),
+        );
+        registry.register(
+            "channel_dropped",
+            "Observations dropped because their channel was full (the lake only)",
+            m.channel_dropped.clone(),
         );
         registry.register(
             "bronze_rows",

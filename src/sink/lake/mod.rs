@@ -18,11 +18,14 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 use tracing::{error, info, warn};
 
-use super::spool::{sealed_segments, spool_bytes, LakeSpool, Sealed};
-use super::store::{Put, Store};
-use super::{object_key, LakeRecord, Partition, PartitionFields};
+pub mod spool;
+
+use super::Throttle;
 use crate::config::LakeConfig;
+use crate::lake::store::{Put, Store};
+use crate::lake::{object_key, LakeRecord, Partition, PartitionFields};
 use crate::telemetry::Metrics;
+use spool::{sealed_segments, spool_bytes, LakeSpool, Sealed};
 
 /// What the lake sink did, reported at exit.
 #[derive(Debug, Clone, Default)]
@@ -49,29 +52,6 @@ pub struct LakeSink {
     sync_errors: Throttle,
 }
 
-/// Counts failures and says when one should be logged.
-#[derive(Debug, Default)]
-struct Throttle {
-    unlogged: u64,
-    logged_at: Option<std::time::Instant>,
-}
-
-impl Throttle {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    /// Counts a failure; true when it is time to log.
-    fn due(&mut self) -> bool {
-        self.unlogged += 1;
-        self.logged_at.is_none_or(|t| t.elapsed() >= Self::EVERY)
-    }
-
-    /// The failures since the last log line, restarting the period.
-    fn take(&mut self) -> u64 {
-        self.logged_at = Some(std::time::Instant::now());
-        std::mem::take(&mut self.unlogged)
-    }
-}
-
 impl LakeSink {
     pub fn new(
         config: &LakeConfig,
@@ -79,7 +59,7 @@ impl LakeSink {
         store: Store,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
-        let writer = super::new_writer_id();
+        let writer = crate::lake::new_writer_id();
         let spool = LakeSpool::open(
             spool_dir,
             writer,
@@ -449,22 +429,4 @@ async fn upload_segment(
         }
     }
     Ok(written)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failing_disk_logs_the_first_failure_then_a_count_per_period() {
-        let mut t = Throttle::default();
-        assert!(t.due());
-        assert_eq!(t.take(), 1);
-        for _ in 0..5 {
-            assert!(!t.due(), "quiet within the period");
-        }
-        t.logged_at = Some(std::time::Instant::now() - Throttle::EVERY);
-        assert!(t.due());
-        assert_eq!(t.take(), 6, "the summary counts every failure since");
-    }
 }

@@ -146,31 +146,10 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Candle, ExchangeId, Minute, Source};
-    use rust_decimal::Decimal;
-    use std::str::FromStr;
+    use crate::domain::Minute;
 
     fn event(i: i64) -> CandleEvent {
-        CandleEvent {
-            candle: Candle {
-                exchange: ExchangeId::Binance,
-                symbol: "BTCUSDT".into(),
-                interval_seconds: 60,
-                interval_start: Minute::from_index(27_904_320 + i).start(),
-                open: Decimal::from_str("22666.00000000").unwrap(),
-                high: Decimal::from_str("22692.66000000").unwrap(),
-                low: Decimal::from_str("22658.71000000").unwrap(),
-                close: Decimal::from_str("22685.44000000").unwrap(),
-                volume: Decimal::from_str("338.71242000").unwrap(),
-                quote_volume: Some(Decimal::from_str("7680391.66219380").unwrap()),
-                trade_count: Some(7236),
-                vwap: None,
-            },
-            is_final: true,
-            source: Source::Ws,
-            event_ts: None,
-            received_ts: chrono::Utc::now(),
-        }
+        crate::domain::sample_final("BTCUSDT", Minute::from_index(27_904_320 + i))
     }
 
     #[test]
