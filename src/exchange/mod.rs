@@ -127,12 +127,36 @@ pub enum FinalityRule {
 }
 
 /// Per-connection decode state, for exchanges whose frames only make sense
-/// in sequence (trade-built candles, snapshot-then-update feeds). Binance
-/// frames are self-contained and leave it untouched.
-#[derive(Debug, Default)]
-pub struct DecodeState {
-    /// Candles being built from trades (Coinbase).
-    pub(crate) trades: coinbase::TradeCandles,
+/// in sequence (trade-built candles, snapshot-then-update feeds). Each
+/// exchange keeps its own type in it ([`DecodeState::get`]); a feed of
+/// self-contained frames (Binance) leaves it empty. The worker makes one
+/// per connection and hands it to every [`Exchange::decode`] of it.
+#[derive(Default)]
+pub struct DecodeState(Option<Box<dyn std::any::Any + Send>>);
+
+impl DecodeState {
+    /// The exchange's own state, made with `T::default()` on first use. A
+    /// connection speaks to one exchange, so the type never changes; were
+    /// it asked for another, the state would start afresh as that type.
+    pub fn get<T: Default + Send + 'static>(&mut self) -> &mut T {
+        if !self.0.as_ref().is_some_and(|s| s.is::<T>()) {
+            self.0 = Some(Box::new(T::default()));
+        }
+        self.0
+            .as_mut()
+            .and_then(|s| s.downcast_mut::<T>())
+            .expect("the state was just made of this type")
+    }
+}
+
+impl std::fmt::Debug for DecodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "DecodeState(in use)"
+        } else {
+            "DecodeState(empty)"
+        })
+    }
 }
 
 /// Why a frame or response could not be decoded. The worker counts it, keeps
@@ -574,6 +598,17 @@ mod tests {
         assert_eq!(parse_decimal("k.o", "-1.5").unwrap().to_string(), "-1.5");
         let e = parse_decimal("k.o", "abc").unwrap_err();
         assert!(e.to_string().contains("k.o"), "{e}");
+    }
+
+    #[test]
+    fn a_decode_state_keeps_the_exchanges_own_type_across_frames() {
+        let mut state = DecodeState::default();
+        assert_eq!(format!("{state:?}"), "DecodeState(empty)");
+        *state.get::<Vec<u64>>() = vec![1];
+        state.get::<Vec<u64>>().push(2);
+        assert_eq!(state.get::<Vec<u64>>(), &vec![1, 2], "kept between frames");
+        assert_eq!(state.get::<String>(), "", "another type starts afresh");
+        assert_eq!(state.get::<Vec<u64>>(), &Vec::<u64>::new());
     }
 
     #[test]
