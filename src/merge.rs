@@ -507,8 +507,8 @@ async fn merge_hour(
     .bind(BULK_ROWS)
     .fetch_one(&mut *conn)
     .await?;
-    let anything = rows > 0 || empties;
-    if !anything && sweep_pairs.is_empty() {
+    let load = Load::of(rows, empties);
+    if load == Load::Nothing && sweep_pairs.is_empty() {
         return Ok(MergeReport::default());
     }
     tracing::debug!(
@@ -535,7 +535,7 @@ async fn merge_hour(
         .bind(i32::try_from(hour).unwrap_or(i32::MAX))
         .execute(&mut *tx)
         .await?;
-    if rows >= BULK_ROWS {
+    if load == Load::Bulk {
         let want = PARALLELISM.load(Ordering::Relaxed);
         if want > 1 {
             let workers = spare_connections(pool, want).await;
@@ -557,7 +557,7 @@ async fn merge_hour(
                     async move {
                         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                         let r =
-                            merge_shard(&mut tx, hour, scope, &sweep, true, true, &shard).await?;
+                            merge_shard(&mut tx, hour, scope, &sweep, Load::Bulk, &shard).await?;
                         tx.commit().await?;
                         Ok::<_, MergeError>(r)
                     }
@@ -582,19 +582,11 @@ async fn merge_hour(
             }
         }
     }
-    let mut report = merge_shard(
-        &mut tx,
-        hour,
-        scope,
-        sweep_pairs,
-        anything,
-        rows >= BULK_ROWS,
-        &Shard::default(),
-    )
-    .await?;
+    let mut report =
+        merge_shard(&mut tx, hour, scope, sweep_pairs, load, &Shard::default()).await?;
     report.connections = 1;
     tx.commit().await?;
-    if rows >= BULK_ROWS {
+    if load == Load::Bulk {
         analyze_hour(&mut conn, hour).await;
     }
     tracing::debug!(hour, ms = began.elapsed().as_millis() as u64, "Merged hour");
@@ -701,20 +693,43 @@ async fn sample_symbols(
     .await
 }
 
+/// What bronze holds for an hour, which decides how it is merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Nothing to look at: only the sweep's completeness rows are written.
+    Nothing,
+    /// The usual minute's rows, each compared with silver.
+    Rows,
+    /// At least `BULK_ROWS` (a first merge, a catch-up, a backfill): a range
+    /// still without silver rows is filled by plain insert, and the hour
+    /// may be split between connections.
+    Bulk,
+}
+
+impl Load {
+    fn of(rows: i64, empties: bool) -> Load {
+        if rows >= BULK_ROWS {
+            Load::Bulk
+        } else if rows > 0 || empties {
+            Load::Rows
+        } else {
+            Load::Nothing
+        }
+    }
+}
+
 /// Merges the pairs of `shard` (all of them by default) in the hour, in the
 /// caller's transaction: silver, filled minutes, mismatches, completeness
-/// and gold. `anything`: bronze has something to look at (else only the
-/// sweep's completeness rows are written); `bulk`: at least `BULK_ROWS` of
-/// it (a range still without silver rows is then filled by plain insert).
+/// and gold, as `load` says.
 async fn merge_shard(
     tx: &mut Transaction<'_, Postgres>,
     hour: i64,
     scope: &Scope,
     sweep_pairs: &[Pair],
-    anything: bool,
-    bulk: bool,
+    load: Load,
     shard: &Shard,
 ) -> Result<MergeReport, MergeError> {
+    let anything = load != Load::Nothing;
     let (from, to) = (hour_start(hour), hour_start(hour + 1));
     prepare_temp_tables(tx).await?;
     bind_silver(tx, hour).await?;
@@ -754,7 +769,7 @@ async fn merge_shard(
     lap("prepare");
     // A bulk merge into a range with no silver rows yet inserts every key of
     // it (all of bronze is new to silver, whatever the watermark says).
-    let fresh = bulk && anything && silver_range_is_empty(tx, hour, shard).await?;
+    let fresh = load == Load::Bulk && silver_range_is_empty(tx, hour, shard).await?;
     if anything {
         report.hours = 1;
         let full = *scope == Scope::Full || fresh;
@@ -1179,10 +1194,19 @@ async fn run_recorded(
 
 #[cfg(test)]
 mod tests {
-    use super::{MergeReport, Shard, StepTimes};
+    use super::{Load, MergeReport, Shard, StepTimes, BULK_ROWS};
 
     fn symbols(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_hours_load_is_told_by_its_rows_and_confirmed_empty_minutes() {
+        assert_eq!(Load::of(0, false), Load::Nothing);
+        assert_eq!(Load::of(0, true), Load::Rows, "only confirmed-empty minutes");
+        assert_eq!(Load::of(1, false), Load::Rows);
+        assert_eq!(Load::of(BULK_ROWS - 1, true), Load::Rows);
+        assert_eq!(Load::of(BULK_ROWS, false), Load::Bulk);
     }
 
     #[test]
