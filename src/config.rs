@@ -997,7 +997,7 @@ impl Config {
                 ));
             }
             if let Some(n) = ex.max_pairs_per_connection {
-                let max = exchange.limits().max_pairs_per_connection;
+                let max = exchange.limits().connection.max_pairs_per_connection;
                 if n == 0 || n > max {
                     return Err(ConfigError::invalid(
                         key("max_pairs_per_connection"),

@@ -1203,7 +1203,11 @@ mod tests {
     #[test]
     fn an_hours_load_is_told_by_its_rows_and_confirmed_empty_minutes() {
         assert_eq!(Load::of(0, false), Load::Nothing);
-        assert_eq!(Load::of(0, true), Load::Rows, "only confirmed-empty minutes");
+        assert_eq!(
+            Load::of(0, true),
+            Load::Rows,
+            "only confirmed-empty minutes"
+        );
         assert_eq!(Load::of(1, false), Load::Rows);
         assert_eq!(Load::of(BULK_ROWS - 1, true), Load::Rows);
         assert_eq!(Load::of(BULK_ROWS, false), Load::Bulk);

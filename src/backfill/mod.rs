@@ -683,7 +683,7 @@ impl Backfiller {
             None => (Vec::new(), runs),
         };
         report.unrecoverable = minutes_in(&unrecoverable);
-        let pages = plan_pages(&runs, self.client.exchange.rest_page_limit());
+        let pages = plan_pages(&runs, self.client.exchange.limits().rest_page);
         report.pages = pages.len();
         Ok(PairPlan {
             report,
@@ -938,7 +938,7 @@ pub fn for_exchange(
     clock: Arc<clock::ExchangeClock>,
     metrics: Arc<Metrics>,
 ) -> Result<Backfiller, BackfillError> {
-    let limits = exchange.rest_limits();
+    let limits = &exchange.limits().rest;
     let limiter = Arc::new(limiter::RestLimiter::new(
         ex_config.rest_weight_limit.unwrap_or(limits.weight_limit),
         ex_config.rest_weight_window.unwrap_or(limits.window),

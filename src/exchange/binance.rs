@@ -16,7 +16,7 @@ use url::Url;
 
 use super::{
     join_path, parse_decimal, parse_non_negative, ws_endpoint, ConnectionLimits, Control,
-    DecodeError, DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits,
+    DecodeError, DecodeState, Decoded, Exchange, ExchangeError, Instrument, Limits, RestLimits,
     RestRequest,
 };
 use crate::domain::{
@@ -47,6 +47,25 @@ const TIME_WEIGHT: u32 = 1;
 /// `REQUEST_WEIGHT`: 6000 per minute per IP (binance.com).
 const REQUEST_WEIGHT_LIMIT: u32 = 6000;
 const REQUEST_WEIGHT_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the exchange allows one client (see [`Limits`]).
+const LIMITS: Limits = Limits {
+    connection: ConnectionLimits {
+        max_pairs_per_connection: MAX_STREAMS_PER_CONNECTION,
+        control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
+        max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
+        connect_window: CONNECT_WINDOW,
+        max_connection_lifetime: Some(MAX_CONNECTION_LIFETIME),
+        app_ping: None,
+    },
+    rest: RestLimits {
+        weight_limit: REQUEST_WEIGHT_LIMIT,
+        window: REQUEST_WEIGHT_WINDOW,
+        used_weight_header: Some("x-mbx-used-weight-1m"),
+        history: None,
+    },
+    rest_page: KLINES_PAGE_LIMIT,
+};
 
 /// Binance spot (or any server speaking its protocol, such as Binance.US or
 /// the bundled simulator).
@@ -449,19 +468,12 @@ fn decode_slow(frame: &str, received: DateTime<Utc>) -> Result<Decoded, DecodeEr
 }
 
 impl Exchange for Binance {
-    fn id(&self) -> ExchangeId {
-        ExchangeId::Binance
+    fn limits(&self) -> &'static Limits {
+        &LIMITS
     }
 
-    fn limits(&self) -> ConnectionLimits {
-        ConnectionLimits {
-            max_pairs_per_connection: MAX_STREAMS_PER_CONNECTION,
-            control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
-            max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
-            connect_window: CONNECT_WINDOW,
-            max_connection_lifetime: Some(MAX_CONNECTION_LIFETIME),
-            app_ping: None,
-        }
+    fn id(&self) -> ExchangeId {
+        ExchangeId::Binance
     }
 
     fn normalize_symbol(&self, symbol: &str) -> Result<String, ExchangeError> {
@@ -521,10 +533,6 @@ impl Exchange for Binance {
         }
     }
 
-    fn rest_page_limit(&self) -> usize {
-        KLINES_PAGE_LIMIT
-    }
-
     fn rest_klines_request(&self, symbol: &str, range: Range<Minute>) -> RestRequest {
         let mut url = join_path(&self.rest_url, "api/v3/klines");
         let count = (range.end.index() - range.start.index()).clamp(1, KLINES_PAGE_LIMIT as i64);
@@ -575,15 +583,6 @@ impl Exchange for Binance {
             });
         }
         Ok(candles)
-    }
-
-    fn rest_limits(&self) -> RestLimits {
-        RestLimits {
-            weight_limit: REQUEST_WEIGHT_LIMIT,
-            window: REQUEST_WEIGHT_WINDOW,
-            used_weight_header: Some("x-mbx-used-weight-1m"),
-            history: None,
-        }
     }
 
     fn server_time_request(&self) -> Option<RestRequest> {

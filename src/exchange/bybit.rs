@@ -16,8 +16,8 @@ use url::Url;
 
 use super::{
     envelope_payload, join_path, json_error, parse_non_negative, ws_endpoint, ConnectionLimits,
-    Control, DecodeError, DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits,
-    RestRequest,
+    Control, DecodeError, DecodeState, Decoded, Exchange, ExchangeError, Instrument, Limits,
+    RestLimits, RestRequest,
 };
 use crate::domain::{ms_to_utc, Candle, CandleEvent, ExchangeId, Minute, Pair, Source};
 
@@ -37,6 +37,25 @@ const KLINE_PAGE_LIMIT: usize = 1000;
 /// 600 requests per 5 s per IP across the REST domain.
 const REST_RATE: u32 = 600;
 const REST_WINDOW: Duration = Duration::from_secs(5);
+
+/// What the exchange allows one client (see [`Limits`]).
+const LIMITS: Limits = Limits {
+    connection: ConnectionLimits {
+        max_pairs_per_connection: MAX_PAIRS_PER_CONNECTION,
+        control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
+        max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
+        connect_window: CONNECT_WINDOW,
+        max_connection_lifetime: None,
+        app_ping: Some((PING_EVERY, r#"{"op":"ping"}"#)),
+    },
+    rest: RestLimits {
+        weight_limit: REST_RATE,
+        window: REST_WINDOW,
+        used_weight_header: None,
+        history: None,
+    },
+    rest_page: KLINE_PAGE_LIMIT,
+};
 
 /// Bybit (or a server speaking its v5 protocol, such as the simulator).
 #[derive(Debug, Clone)]
@@ -159,19 +178,12 @@ struct WireInstrument {
 }
 
 impl Exchange for Bybit {
-    fn id(&self) -> ExchangeId {
-        ExchangeId::Bybit
+    fn limits(&self) -> &'static Limits {
+        &LIMITS
     }
 
-    fn limits(&self) -> ConnectionLimits {
-        ConnectionLimits {
-            max_pairs_per_connection: MAX_PAIRS_PER_CONNECTION,
-            control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
-            max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
-            connect_window: CONNECT_WINDOW,
-            max_connection_lifetime: None,
-            app_ping: Some((PING_EVERY, r#"{"op":"ping"}"#.into())),
-        }
+    fn id(&self) -> ExchangeId {
+        ExchangeId::Bybit
     }
 
     fn normalize_symbol(&self, symbol: &str) -> Result<String, ExchangeError> {
@@ -272,10 +284,6 @@ impl Exchange for Bybit {
         Err(DecodeError::Shape("object without `topic` or `op`".into()))
     }
 
-    fn rest_page_limit(&self) -> usize {
-        KLINE_PAGE_LIMIT
-    }
-
     fn rest_klines_request(&self, symbol: &str, range: Range<Minute>) -> RestRequest {
         let mut url = join_path(&self.rest_url, "v5/market/kline");
         let count = (range.end.index() - range.start.index()).clamp(1, KLINE_PAGE_LIMIT as i64);
@@ -343,15 +351,6 @@ impl Exchange for Bybit {
             ret_code: i64,
         }
         serde_json::from_slice::<Code>(body).is_ok_and(|c| c.ret_code == 10006)
-    }
-
-    fn rest_limits(&self) -> RestLimits {
-        RestLimits {
-            weight_limit: REST_RATE,
-            window: REST_WINDOW,
-            used_weight_header: None,
-            history: None,
-        }
     }
 
     fn server_time_request(&self) -> Option<RestRequest> {

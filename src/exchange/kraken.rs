@@ -35,7 +35,7 @@ use url::Url;
 use super::{
     envelope_payload, join_path, json_error, parse_non_negative, ws_endpoint, ConnectionLimits,
     Control, DecodeError, DecodeState, Decoded, Exchange, ExchangeError, FinalityRule, Instrument,
-    RestLimits, RestRequest,
+    Limits, RestLimits, RestRequest,
 };
 use crate::domain::{Candle, CandleEvent, ExchangeId, Minute, Pair, Source};
 
@@ -57,6 +57,25 @@ const OHLC_HISTORY: Duration = Duration::from_secs(690 * 60);
 /// Public calls: about one per second per IP stays under the limit.
 const REST_RATE: u32 = 1;
 const REST_WINDOW: Duration = Duration::from_secs(1);
+
+/// What the exchange allows one client (see [`Limits`]).
+const LIMITS: Limits = Limits {
+    connection: ConnectionLimits {
+        max_pairs_per_connection: MAX_PAIRS_PER_CONNECTION,
+        control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
+        max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
+        connect_window: CONNECT_WINDOW,
+        max_connection_lifetime: None,
+        app_ping: Some((PING_EVERY, r#"{"method":"ping"}"#)),
+    },
+    rest: RestLimits {
+        weight_limit: REST_RATE,
+        window: REST_WINDOW,
+        used_weight_header: None,
+        history: Some(OHLC_HISTORY),
+    },
+    rest_page: OHLC_PAGE_LIMIT,
+};
 
 /// Kraken spot (or a server speaking its protocol, such as the simulator).
 #[derive(Debug, Clone)]
@@ -229,19 +248,12 @@ struct WirePair {
 }
 
 impl Exchange for Kraken {
-    fn id(&self) -> ExchangeId {
-        ExchangeId::Kraken
+    fn limits(&self) -> &'static Limits {
+        &LIMITS
     }
 
-    fn limits(&self) -> ConnectionLimits {
-        ConnectionLimits {
-            max_pairs_per_connection: MAX_PAIRS_PER_CONNECTION,
-            control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
-            max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
-            connect_window: CONNECT_WINDOW,
-            max_connection_lifetime: None,
-            app_ping: Some((PING_EVERY, r#"{"method":"ping"}"#.into())),
-        }
+    fn id(&self) -> ExchangeId {
+        ExchangeId::Kraken
     }
 
     fn finality(&self) -> FinalityRule {
@@ -373,10 +385,6 @@ impl Exchange for Kraken {
         }
     }
 
-    fn rest_page_limit(&self) -> usize {
-        OHLC_PAGE_LIMIT
-    }
-
     fn rest_klines_request(&self, symbol: &str, range: Range<Minute>) -> RestRequest {
         // `since` may be exclusive: ask from a minute before; the answer
         // runs to the newest minute and the caller keeps what it asked for.
@@ -461,15 +469,6 @@ impl Exchange for Kraken {
         let text = String::from_utf8_lossy(head);
         text.contains("\"error\"")
             && (text.contains("Too many requests") || text.contains("Rate limit exceeded"))
-    }
-
-    fn rest_limits(&self) -> RestLimits {
-        RestLimits {
-            weight_limit: REST_RATE,
-            window: REST_WINDOW,
-            used_weight_header: None,
-            history: Some(OHLC_HISTORY),
-        }
     }
 
     fn server_time_request(&self) -> Option<RestRequest> {

@@ -38,7 +38,7 @@ pub struct ConnectionLimits {
     pub max_connection_lifetime: Option<Duration>,
     /// An application-level ping to send every so often, where the exchange
     /// wants one (Binance does not: it pings us).
-    pub app_ping: Option<(Duration, String)>,
+    pub app_ping: Option<(Duration, &'static str)>,
 }
 
 /// The exchange's REST request budget, per IP.
@@ -53,6 +53,17 @@ pub struct RestLimits {
     pub used_weight_header: Option<&'static str>,
     /// How far back REST serves 1-minute candles; `None` is since listing.
     pub history: Option<Duration>,
+}
+
+/// Everything an exchange limits one client to: one constant per exchange
+/// module (`LIMITS`), read by the workers, the REST client and the
+/// backfiller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub connection: ConnectionLimits,
+    pub rest: RestLimits,
+    /// Most candles one REST klines call returns.
+    pub rest_page: usize,
 }
 
 /// A REST request the exchange wants made: a GET of `url` that costs
@@ -197,7 +208,8 @@ pub enum ExchangeError {
 pub trait Exchange: Send + Sync + 'static {
     fn id(&self) -> ExchangeId;
 
-    fn limits(&self) -> ConnectionLimits;
+    /// What the exchange allows one client, before config overrides.
+    fn limits(&self) -> &'static Limits;
 
     /// How the worker decides that a minute is final.
     fn finality(&self) -> FinalityRule {
@@ -224,11 +236,8 @@ pub trait Exchange: Send + Sync + 'static {
         state: &mut DecodeState,
     ) -> Result<Decoded, DecodeError>;
 
-    /// Most candles one REST klines call returns.
-    fn rest_page_limit(&self) -> usize;
-
     /// The REST request for the 1-minute candles of `symbol` whose start lies
-    /// in `range` (at most [`Exchange::rest_page_limit`] minutes).
+    /// in `range` (at most [`Limits::rest_page`] minutes).
     fn rest_klines_request(&self, symbol: &str, range: Range<Minute>) -> RestRequest;
 
     /// Parses a REST klines response. Candles not yet closed at the server
@@ -262,9 +271,6 @@ pub trait Exchange: Send + Sync + 'static {
     fn rest_ip_ban(&self, status: u16) -> Option<Duration> {
         (status == 418).then_some(Duration::from_secs(120))
     }
-
-    /// The REST request budget, before config overrides.
-    fn rest_limits(&self) -> RestLimits;
 
     /// A cheap request for the exchange's clock, where it has one.
     fn server_time_request(&self) -> Option<RestRequest>;

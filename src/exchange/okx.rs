@@ -19,7 +19,7 @@ use url::Url;
 use super::{
     dash_pair, envelope_payload, join_path, json_error, parse_non_negative, ws_endpoint,
     ConnectionLimits, Control, DecodeError, DecodeState, Decoded, Exchange, ExchangeError,
-    Instrument, RestLimits, RestRequest,
+    Instrument, Limits, RestLimits, RestRequest,
 };
 use crate::domain::{ms_to_utc, Candle, CandleEvent, ExchangeId, Minute, Pair, Source};
 
@@ -41,6 +41,25 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const HISTORY_PAGE_LIMIT: usize = 100;
 const HISTORY_RATE: u32 = 20;
 const HISTORY_WINDOW: Duration = Duration::from_secs(2);
+
+/// What the exchange allows one client (see [`Limits`]).
+const LIMITS: Limits = Limits {
+    connection: ConnectionLimits {
+        max_pairs_per_connection: MAX_PAIRS_PER_CONNECTION,
+        control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
+        max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
+        connect_window: CONNECT_WINDOW,
+        max_connection_lifetime: None,
+        app_ping: Some((PING_EVERY, "ping")),
+    },
+    rest: RestLimits {
+        weight_limit: HISTORY_RATE,
+        window: HISTORY_WINDOW,
+        used_weight_header: None,
+        history: None,
+    },
+    rest_page: HISTORY_PAGE_LIMIT,
+};
 
 /// OKX (or a server speaking its v5 protocol, such as the simulator).
 #[derive(Debug, Clone)]
@@ -160,19 +179,12 @@ struct WireTicker<'a> {
 }
 
 impl Exchange for Okx {
-    fn id(&self) -> ExchangeId {
-        ExchangeId::Okx
+    fn limits(&self) -> &'static Limits {
+        &LIMITS
     }
 
-    fn limits(&self) -> ConnectionLimits {
-        ConnectionLimits {
-            max_pairs_per_connection: MAX_PAIRS_PER_CONNECTION,
-            control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
-            max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
-            connect_window: CONNECT_WINDOW,
-            max_connection_lifetime: None,
-            app_ping: Some((PING_EVERY, "ping".into())),
-        }
+    fn id(&self) -> ExchangeId {
+        ExchangeId::Okx
     }
 
     fn normalize_symbol(&self, symbol: &str) -> Result<String, ExchangeError> {
@@ -263,10 +275,6 @@ impl Exchange for Okx {
         }
     }
 
-    fn rest_page_limit(&self) -> usize {
-        HISTORY_PAGE_LIMIT
-    }
-
     fn rest_klines_request(&self, symbol: &str, range: Range<Minute>) -> RestRequest {
         // `history-candles` reaches back years and serves recent minutes
         // too. `after` and `before` are both exclusive: rows with
@@ -299,15 +307,6 @@ impl Exchange for Okx {
             candles.push(candle);
         }
         Ok(candles)
-    }
-
-    fn rest_limits(&self) -> RestLimits {
-        RestLimits {
-            weight_limit: HISTORY_RATE,
-            window: HISTORY_WINDOW,
-            used_weight_header: None,
-            history: None,
-        }
     }
 
     fn server_time_request(&self) -> Option<RestRequest> {

@@ -52,7 +52,7 @@ impl ExchangeRuntime {
         max_pairs_per_connection: Option<usize>,
         outages: Option<mpsc::Sender<backfill::scheduler::Outage>>,
     ) -> ExchangeRuntime {
-        let limits = exchange.limits();
+        let limits = &exchange.limits().connection;
         let per_conn = max_pairs_per_connection
             .unwrap_or(limits.max_pairs_per_connection)
             .max(1);

@@ -200,7 +200,7 @@ impl Slot {
     /// How long a connection is used before it is replaced.
     fn rotate_after(&self) -> Duration {
         let configured = self.config.rotate_after;
-        match self.exchange.limits().max_connection_lifetime {
+        match self.exchange.limits().connection.max_connection_lifetime {
             Some(life) if life > ROTATION_MARGIN * 2 => configured.min(life - ROTATION_MARGIN),
             _ => configured,
         }
@@ -418,7 +418,7 @@ impl Slot {
 
         // Subscribe, paced under the exchange's control-message rate (one
         // message of headroom for pongs).
-        let limits = self.exchange.limits();
+        let limits = &self.exchange.limits().connection;
         let pace =
             Duration::from_secs(1) / limits.control_messages_per_second.saturating_sub(1).max(1);
         for (i, msg) in self
@@ -475,8 +475,8 @@ impl Slot {
                     return ConnEnd::DeadFeed;
                 }
                 _ = ping_timer.tick(), if ping_msg.is_some() && closing.is_none() => {
-                    if let Some(msg) = &ping_msg {
-                        if let Err(e) = ws.send(Message::text(msg.clone())).await {
+                    if let Some(msg) = ping_msg {
+                        if let Err(e) = ws.send(Message::text(msg)).await {
                             return ConnEnd::Error(format!("ping failed: {e}"));
                         }
                     }

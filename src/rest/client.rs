@@ -95,7 +95,7 @@ impl RestClient {
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .build()?;
-        let used_weight_header = exchange.rest_limits().used_weight_header;
+        let used_weight_header = exchange.limits().rest.used_weight_header;
         Ok(RestClient {
             exchange,
             limiter,

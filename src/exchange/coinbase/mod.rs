@@ -64,7 +64,7 @@ use trades::{Trade, TradeCandles};
 
 use super::{
     dash_pair, join_path, json_error, parse_non_negative, ConnectionLimits, Control, DecodeError,
-    DecodeState, Decoded, Exchange, ExchangeError, Instrument, RestLimits, RestRequest,
+    DecodeState, Decoded, Exchange, ExchangeError, Instrument, Limits, RestLimits, RestRequest,
 };
 use crate::domain::{ms_to_utc, Candle, ExchangeId, Minute, Pair};
 
@@ -82,6 +82,26 @@ const CANDLES_PAGE_LIMIT: usize = 300;
 /// Public REST: 10 requests per second per IP.
 const REST_RATE: u32 = 10;
 const REST_WINDOW: Duration = Duration::from_secs(1);
+
+/// What the exchange allows one client (see [`Limits`]).
+const LIMITS: Limits = Limits {
+    connection: ConnectionLimits {
+        max_pairs_per_connection: MAX_PAIRS_PER_CONNECTION,
+        control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
+        max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
+        connect_window: CONNECT_WINDOW,
+        max_connection_lifetime: None,
+        // The `heartbeats` subscription keeps the connection open.
+        app_ping: None,
+    },
+    rest: RestLimits {
+        weight_limit: REST_RATE,
+        window: REST_WINDOW,
+        used_weight_header: None,
+        history: None,
+    },
+    rest_page: CANDLES_PAGE_LIMIT,
+};
 
 /// Coinbase Advanced Trade (or a server speaking its protocol, such as the
 /// simulator).
@@ -218,20 +238,12 @@ struct WireProduct {
 }
 
 impl Exchange for Coinbase {
-    fn id(&self) -> ExchangeId {
-        ExchangeId::Coinbase
+    fn limits(&self) -> &'static Limits {
+        &LIMITS
     }
 
-    fn limits(&self) -> ConnectionLimits {
-        ConnectionLimits {
-            max_pairs_per_connection: MAX_PAIRS_PER_CONNECTION,
-            control_messages_per_second: CONTROL_MESSAGES_PER_SECOND,
-            max_connects_per_window: MAX_CONNECTS_PER_WINDOW,
-            connect_window: CONNECT_WINDOW,
-            max_connection_lifetime: None,
-            // The `heartbeats` subscription keeps the connection open.
-            app_ping: None,
-        }
+    fn id(&self) -> ExchangeId {
+        ExchangeId::Coinbase
     }
 
     fn normalize_symbol(&self, symbol: &str) -> Result<String, ExchangeError> {
@@ -357,10 +369,6 @@ impl Exchange for Coinbase {
         }
     }
 
-    fn rest_page_limit(&self) -> usize {
-        CANDLES_PAGE_LIMIT
-    }
-
     fn rest_klines_request(&self, symbol: &str, range: Range<Minute>) -> RestRequest {
         // Whether start and end are inclusive is undocumented: ask from a
         // minute early; the caller keeps the minutes it asked for.
@@ -424,15 +432,6 @@ impl Exchange for Coinbase {
             candles.push(candle);
         }
         Ok(candles)
-    }
-
-    fn rest_limits(&self) -> RestLimits {
-        RestLimits {
-            weight_limit: REST_RATE,
-            window: REST_WINDOW,
-            used_weight_header: None,
-            history: None,
-        }
     }
 
     fn server_time_request(&self) -> Option<RestRequest> {
