@@ -44,7 +44,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::Minute;
+use crate::domain::{ExchangeId, Minute};
 use clock::Clock;
 use dataset::{Series, SimCandle};
 
@@ -356,7 +356,7 @@ pub struct SimState {
     subscribed: AtomicU64,
     rest: Mutex<RestLedger>,
     /// Per exchange: the wall times of recent connection attempts.
-    connects: Mutex<HashMap<&'static str, std::collections::VecDeque<std::time::Instant>>>,
+    connects: Mutex<HashMap<ExchangeId, std::collections::VecDeque<std::time::Instant>>>,
     /// Symbols whose REST klines are refused as if the exchange did not
     /// know them (Binance: 400 `Invalid symbol`), while their WebSocket
     /// streams go on: a pair the exchange stopped serving over REST.
@@ -368,15 +368,27 @@ pub struct SimState {
 
 /// Each exchange's documented limit on WebSocket connection attempts per IP:
 /// (attempts, window). Past it the simulator refuses the upgrade with 429.
-pub fn connect_limit(exchange: &str) -> (usize, Duration) {
+pub fn connect_limit(exchange: ExchangeId) -> (usize, Duration) {
     match exchange {
-        "binance" => (300, Duration::from_secs(300)),
-        "okx" => (3, Duration::from_secs(1)),
-        "bybit" => (500, Duration::from_secs(300)),
+        ExchangeId::Binance => (300, Duration::from_secs(300)),
+        ExchangeId::Okx => (3, Duration::from_secs(1)),
+        ExchangeId::Bybit => (500, Duration::from_secs(300)),
         // Cloudflare in front of Kraken: about 150 per rolling 10 minutes.
-        "kraken" => (150, Duration::from_secs(600)),
-        "coinbase" => (8, Duration::from_secs(1)),
-        _ => (usize::MAX, Duration::from_secs(1)),
+        ExchangeId::Kraken => (150, Duration::from_secs(600)),
+        ExchangeId::Coinbase => (8, Duration::from_secs(1)),
+    }
+}
+
+/// Each exchange's protocol: its HTTP and WebSocket routes, served under
+/// `/{exchange}`. A venue added to [`ExchangeId`] needs its module and an
+/// arm here and in [`connect_limit`] (both matches are exhaustive).
+fn venue_routes(exchange: ExchangeId) -> Router<Arc<SimState>> {
+    match exchange {
+        ExchangeId::Binance => binance::routes(),
+        ExchangeId::Okx => okx::routes(),
+        ExchangeId::Bybit => bybit::routes(),
+        ExchangeId::Kraken => kraken::routes(),
+        ExchangeId::Coinbase => coinbase::routes(),
     }
 }
 
@@ -531,7 +543,7 @@ impl SimState {
 
     /// Accounts a WebSocket connection attempt on `exchange`; false (and
     /// counted) when it is over the exchange's [`connect_limit`].
-    pub fn admit_connection(&self, exchange: &'static str) -> bool {
+    pub fn admit_connection(&self, exchange: ExchangeId) -> bool {
         let (limit, window) = connect_limit(exchange);
         let now = std::time::Instant::now();
         let mut all = self.connects.lock().expect("connects poisoned");
@@ -906,18 +918,15 @@ pub fn router(state: Arc<SimState>) -> Router {
             stamp_date,
         ))
     };
-    let limited = |exchange: &'static str, routes: Router<Arc<SimState>>| {
-        stamped(routes).layer(axum::middleware::from_fn_with_state(
+    let mut router = Router::new();
+    for exchange in ExchangeId::ALL {
+        let routes = stamped(venue_routes(exchange)).layer(axum::middleware::from_fn_with_state(
             (Arc::clone(&state), exchange),
             limit_connects,
-        ))
-    };
-    Router::new()
-        .nest("/binance", limited("binance", binance::routes()))
-        .nest("/okx", limited("okx", okx::routes()))
-        .nest("/bybit", limited("bybit", bybit::routes()))
-        .nest("/kraken", limited("kraken", kraken::routes()))
-        .nest("/coinbase", limited("coinbase", coinbase::routes()))
+        ));
+        router = router.nest(&format!("/{exchange}"), routes);
+    }
+    router
         .route("/sim/stats", get(stats))
         .route("/sim/rest-log", get(rest_log))
         .route("/sim/pause", post(pause))
@@ -928,7 +937,7 @@ pub fn router(state: Arc<SimState>) -> Router {
 /// Refuses a WebSocket upgrade over the exchange's connection-attempt limit
 /// with 429, as the exchanges (or the CDN in front of them) do.
 async fn limit_connects(
-    State((sim, exchange)): State<(Arc<SimState>, &'static str)>,
+    State((sim, exchange)): State<(Arc<SimState>, ExchangeId)>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
