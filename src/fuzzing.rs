@@ -9,32 +9,28 @@
 //! one input that disagree.
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use url::Url;
 
-use crate::domain::Candle;
-use crate::exchange::binance::{self, Binance};
-use crate::exchange::bybit::Bybit;
-use crate::exchange::coinbase::Coinbase;
-use crate::exchange::kraken::Kraken;
-use crate::exchange::okx::Okx;
-use crate::exchange::{DecodeState, Decoded, Exchange};
+use crate::domain::{Candle, ExchangeId};
+use crate::exchange::binance;
+use crate::exchange::{self, DecodeState, Decoded, Endpoints, Exchange};
 
-/// Every exchange decoder the service has.
-fn exchanges() -> &'static [Box<dyn Exchange>] {
-    static ALL: OnceLock<Vec<Box<dyn Exchange>>> = OnceLock::new();
+/// Every exchange decoder the service has (every [`ExchangeId`], so a venue
+/// added to klines is fuzzed without a change here).
+fn exchanges() -> &'static [Arc<dyn Exchange>] {
+    static ALL: OnceLock<Vec<Arc<dyn Exchange>>> = OnceLock::new();
     ALL.get_or_init(|| {
-        let ws = Url::parse("ws://127.0.0.1:9/ws").expect("static URL");
-        let rest = Url::parse("http://127.0.0.1:9/rest").expect("static URL");
-        vec![
-            Box::new(Binance::new(ws.clone(), rest.clone())),
-            Box::new(Okx::new(ws.clone(), rest.clone())),
-            Box::new(Bybit::new(ws.clone(), rest.clone())),
-            Box::new(Kraken::new(ws.clone(), rest.clone())),
-            Box::new(Coinbase::new(ws, rest)),
-        ]
+        let endpoints = Endpoints {
+            ws: Url::parse("ws://127.0.0.1:9/ws").expect("static URL"),
+            rest: Url::parse("http://127.0.0.1:9/rest").expect("static URL"),
+        };
+        ExchangeId::ALL
+            .iter()
+            .map(|id| exchange::build(*id, &endpoints).expect("every exchange builds"))
+            .collect()
     })
 }
 
