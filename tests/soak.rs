@@ -657,13 +657,24 @@ async fn soak_run_keeps_silver_exact_and_disk_flat_for_months() {
     // the scheduled merge has taken them all (one run of some 340 hours,
     // its watermark moving at the end) retention keeps those bronze hours
     // as not merged. Tens of wall seconds, which this replay's speed turns
-    // into exchange days. It lasts from the sample at the backfill to the
-    // first one back within the bounds, which must come within
-    // RECOVERY_WALL of the kill.
+    // into exchange days, and retention then drops some 300 partitions.
+    // It lasts from the sample at the backfill to the first one back
+    // within the bounds and (the full run, which asserts the flatness)
+    // within 10 % of the smallest database before it, which must come
+    // within RECOVERY_WALL of the kill.
     const RECOVERY_WALL: Duration = Duration::from_secs(180);
-    let recovered = samples
+    let db_before = samples
         .iter()
-        .find(|s| s.day * 24 > plan.backfill_at && in_bounds(s));
+        .filter(|s| s.day * 24 >= plan.flat_from.min(plan.backfill_at / 2))
+        .filter(|s| s.day * 24 < plan.backfill_at)
+        .map(|s| s.db_bytes)
+        .min()
+        .unwrap_or(i64::MAX);
+    let recovered = samples.iter().find(|s| {
+        s.day * 24 > plan.backfill_at
+            && in_bounds(s)
+            && (plan.name != "full" || s.db_bytes as f64 <= 1.10 * db_before as f64)
+    });
     let transient =
         |s: &Sample| s.day * 24 >= plan.backfill_at && recovered.is_none_or(|r| s.day < r.day);
     let recovery = recovered
