@@ -4,10 +4,15 @@
 # --- build: dependencies first (cached until Cargo.toml/Cargo.lock change)
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# (the workspace's other members, the simulator and the fuzz bodies, only as
+# manifests: the image builds and carries the klines binary alone)
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY sim/Cargo.toml sim/Cargo.toml
+COPY fuzz/Cargo.toml fuzz/Cargo.toml
 COPY benches benches
 COPY migrations migrations
-RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir -p src sim/src fuzz/src && echo 'fn main() {}' > src/main.rs \
+    && cp src/main.rs sim/src/main.rs && touch src/lib.rs sim/src/lib.rs fuzz/src/lib.rs \
     && (cargo build --release --locked --bin klines || true)
 COPY . .
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin klines \

@@ -21,4 +21,4 @@ fmt:
 	cargo fmt --all
 
 clippy:
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings

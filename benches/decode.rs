@@ -23,8 +23,8 @@ use klines::exchange::coinbase::Coinbase;
 use klines::exchange::kraken::Kraken;
 use klines::exchange::okx::Okx;
 use klines::exchange::{DecodeState, Decoded, Exchange};
-use klines::simulator::dataset::{self, SimCandle};
-use klines::simulator::{kraken as sim_kraken, okx as sim_okx};
+use klines_sim::dataset::{self, SimCandle};
+use klines_sim::{kraken as sim_kraken, okx as sim_okx};
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ws");

@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 
 SIM_ADDR=${SIM_ADDR:-127.0.0.1:9190}
 FIX=tests/fixtures/binanceus
-cargo build --release --quiet
+cargo build --release --quiet --workspace --bins
 BIN=target/release/klines
+SIM=target/release/klines-sim
 ensure_postgres
 DB_URL="${DATABASE_URL%/*}/klines_bench_backfill"
 psql "${DATABASE_URL%/*}/postgres" -X -q -c "DROP DATABASE IF EXISTS klines_bench_backfill WITH (FORCE)"
@@ -30,7 +31,7 @@ trap cleanup EXIT
 
 data=()
 for s in BTCUSDT BTCUSDC BTCUSD; do data+=(--data "$s=$FIX/binanceus_${s}_1m_20230301_20230321.csv"); done
-"$BIN" simulate --listen "$SIM_ADDR" "${data[@]}" --loop --start-immediately \
+"$SIM" --listen "$SIM_ADDR" "${data[@]}" --loop --start-immediately \
   --clock-start 2023-04-02 >"$work/sim.log" 2>&1 &
 sim_pid=$!
 for _ in $(seq 50); do tcp_open "${SIM_ADDR%:*}" "${SIM_ADDR#*:}" && break; sleep 0.1; done

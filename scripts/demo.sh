@@ -18,8 +18,9 @@ FIX=tests/fixtures/binance_vision
 mkdir -p data/demo
 
 echo "== building klines"
-cargo build --quiet
+cargo build --quiet --workspace --bins
 BIN=target/debug/klines
+SIM=target/debug/klines-sim
 
 ensure_postgres
 DEMO_URL="${DATABASE_URL%/*}/klines_demo"
@@ -34,7 +35,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "== simulator on $SIM_ADDR (BTCUSDT 2023-01-21 and ETHUSDT 2022-08-14, rebased onto one day, 5 minutes per second)"
-"$BIN" --log-format pretty simulate --listen "$SIM_ADDR" \
+"$SIM" --log-format pretty --listen "$SIM_ADDR" \
   --data "$FIX/BTCUSDT-1m-2023-01-21.csv" --data "$FIX/ETHUSDT-1m-2022-08-14.csv" \
   --start 2023-01-21 --speed 5 --loop --ping-interval 5s >data/demo/simulator.log 2>&1 &
 pids+=($!)

@@ -22,7 +22,7 @@ for t in "${targets[@]}"; do
     log="fuzz/target/$t.log"
     mkdir -p fuzz/target
     status=0
-    "$CARGO_FUZZ" fuzz run --sanitizer none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+    "$CARGO_FUZZ" fuzz run --features libfuzzer --sanitizer none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -max_len=65536 >"$log" 2>&1 || status=$?
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*')

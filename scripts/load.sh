@@ -28,9 +28,10 @@ WARMUP="${LOAD_WARMUP:-45}"
 PHASES="${LOAD_PHASES:-1 10}"
 FIX=tests/fixtures/binance_vision
 BIN=target/release/klines
+SIM=target/release/klines-sim
 
 echo "== building klines (release)"
-cargo build --release --quiet
+cargo build --release --quiet --workspace --bins
 
 work=$(mktemp -d /tmp/klines-load.XXXXXX)
 pids=()
@@ -125,7 +126,7 @@ TOML
   # The simulated clock starts on a wall-clock minute, so exchange time and
   # wall time agree (lag and freshness are then wall-clock figures).
   sleep $((60 - 10#$(date +%S)))
-  "$BIN" simulate --listen "127.0.0.1:$simport" --data "BTCUSDT=$FIX/BTCUSDT-1m-2023-01-21.csv" \
+  "$SIM" --listen "127.0.0.1:$simport" --data "BTCUSDT=$FIX/BTCUSDT-1m-2023-01-21.csv" \
     --data "ETHUSDT=$FIX/ETHUSDT-1m-2022-08-14.csv" --replicate "$PAIRS" --start now --clock-start now \
     --start-immediately --loop --speed realtime --updates-per-minute "$upm" --ping-interval 20s \
     >"$dir/sim.log" 2>&1 &

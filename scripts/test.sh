@@ -14,8 +14,8 @@ ensure_debian_packages  # chromium (status page test), promtool (/metrics)
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --all-targets --quiet
-cargo test --doc --quiet
+cargo test --workspace --all-targets --quiet
+cargo test --workspace --doc --quiet

@@ -29,8 +29,6 @@
 //! - [`api`]: the HTTP API, the status page and the OpenAPI document;
 //! - [`service`]: `klines ingest`'s supervisor: starts the sinks, the
 //!   slots, the upkeep, the schedules and the API, and stops them in order;
-//! - [`simulator`]: the bundled exchange simulator (`klines simulate`);
-//! - [`fuzzing`]: the fuzz targets' bodies (`fuzz/`, `scripts/fuzz.sh`);
 //! - [`config`], [`cli`], [`telemetry`] (logs and Prometheus metrics).
 //!
 //! The modules depend on each other one way (no cycle; the README draws the
@@ -45,7 +43,6 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod exchange;
-pub mod fuzzing;
 pub mod ingest;
 pub mod instruments;
 pub mod lake;
@@ -53,6 +50,5 @@ pub mod merge;
 pub mod rest;
 pub mod retention;
 pub mod service;
-pub mod simulator;
 pub mod sink;
 pub mod telemetry;

@@ -9,9 +9,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use klines::cli::{Cli, Command, SimulateArgs};
+use klines::cli::{Cli, Command};
 use klines::config::Config;
-use klines::simulator::{self, dataset, Faults, SimConfig};
 use klines::telemetry::{self, Metrics};
 
 fn main() -> ExitCode {
@@ -47,7 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.ingest.shard = args.shard;
             }
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            tokio::spawn(klines::service::cancel_on_signal(shutdown.clone()));
             let metrics = Arc::new(Metrics::new());
             let report = klines::service::run(config, metrics, shutdown).await?;
             info!(
@@ -116,7 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backfill(args) => {
             let config = Config::load(&cli.config)?;
             let cancel = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(cancel.clone()));
+            tokio::spawn(klines::service::cancel_on_signal(cancel.clone()));
             klines::backfill::operator::run(&config, &args.into(), cancel).await?;
             Ok(())
         }
@@ -156,81 +155,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Simulate(args) => simulate(*args).await,
     }
-}
-
-async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    let data = dataset::load_all(&args.data).context("cannot load replay data")?;
-    let config = SimConfig {
-        listen: args.listen,
-        data,
-        speed: args.speed,
-        start: args.start,
-        looped: args.looped,
-        start_immediately: args.start_immediately,
-        wait_for_clients: args.wait_for_clients as usize,
-        updates_per_minute: args.updates_per_minute,
-        final_delay: args.final_delay,
-        ping_interval: args.ping_interval,
-        faults: Faults {
-            drop_updates: args.drop_updates,
-            drop_finals: args.drop_finals,
-            duplicate: args.duplicate,
-            late_finals: args.late_finals,
-            malformed: args.malformed,
-            disconnect_every: args.disconnect_every,
-            max_connection_age: args.max_connection_age,
-            shutdown_notice: args.shutdown_notice,
-            rest_429_every: args.rest_429_every,
-        },
-        seed: args.seed,
-        rest_weight_limit: args.rest_weight_limit,
-        rest_weight_window: args.rest_weight_window,
-        rest_ban: std::time::Duration::from_secs(120),
-        clock_start: args.clock_start,
-        replicate: args.replicate,
-    };
-    let symbols: Vec<String> = config.data.iter().map(|s| s.symbol.clone()).collect();
-    let handle = simulator::start(config)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("klines simulator listening on {}", handle.addr);
-    println!("  binance ws_url   = \"{}\"", handle.binance_ws_url());
-    println!("  binance rest_url = \"{}\"", handle.binance_rest_url());
-    println!("  symbols: {}", symbols.join(", "));
-    println!("  stats:   http://{}/sim/stats", handle.addr);
-    info!(addr = %handle.addr, symbols = symbols.join(","), "Simulator started");
-    let stop = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(stop.clone()));
-    stop.cancelled().await;
-    handle.stop().await.context("simulator failed")?;
-    Ok(())
-}
-
-/// Cancels `token` on SIGTERM or SIGINT.
-async fn cancel_on_signal(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => info!(signal = "SIGTERM", "Shutdown requested"),
-                    _ = int.recv() => info!(signal = "SIGINT", "Shutdown requested"),
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    token.cancel();
 }

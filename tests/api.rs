@@ -532,7 +532,7 @@ async fn ingest_with_api(
     binance_extra: &str,
 ) -> (
     std::process::Child,
-    klines::simulator::SimHandle,
+    klines_sim::SimHandle,
     String,
     std::path::PathBuf,
     tempfile::TempDir,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use klines::domain::{ExchangeId, Minute};
-use klines::simulator::{RestLogEntry, SimHandle};
+use klines_sim::{RestLogEntry, SimHandle};
 use rust_decimal::Decimal;
 use sqlx::Row;
 

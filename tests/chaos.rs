@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use klines::domain::Minute;
 use klines::lake::LakeLine;
-use klines::simulator::dataset;
+use klines_sim::dataset;
 
 /// The shape of a run.
 #[derive(Debug)]

@@ -40,12 +40,15 @@ fn every_command_explains_itself() {
     let out = klines(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in [
-        "ingest", "migrate", "backfill", "merge", "simulate", "--config",
-    ] {
+    for word in ["ingest", "migrate", "backfill", "merge", "--config"] {
         assert!(text.contains(word), "--help mentions {word}:\n{text}");
     }
-    for cmd in ["ingest", "migrate", "backfill", "merge", "simulate"] {
+    // The simulator ships apart (klines-sim); the service carries none of it.
+    assert!(
+        !text.contains("simulat"),
+        "--help offers no simulator:\n{text}"
+    );
+    for cmd in ["ingest", "migrate", "backfill", "merge"] {
         let out = klines(&[cmd, "--help"]);
         assert!(out.status.success(), "{cmd} --help");
         assert!(out.stdout.len() > 200, "{cmd} --help says something");
@@ -103,16 +106,6 @@ fn bad_arguments_and_config_stop_with_a_message() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("expected i/N"), "{stderr}");
     }
-
-    let out = klines(&[
-        "simulate",
-        "--data",
-        "/nonexistent/BTCUSDT-1m-2023-01-21.csv",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/BTCUSDT-1m-2023-01-21.csv"));
 }
 
 /// No secret reaches the terminal or the log, whatever goes wrong: a bad

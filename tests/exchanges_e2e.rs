@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use klines::domain::{ExchangeId, Minute};
-use klines::simulator::dataset::{self, SimCandle};
+use klines_sim::dataset::{self, SimCandle};
 use rust_decimal::Decimal;
 use sqlx::Row;
 
@@ -75,7 +75,7 @@ fn day(path: &str) -> BTreeMap<Minute, SimCandle> {
 
 /// The config of [`config_toml`] with `exchange` in place of Binance.
 fn exchange_config(
-    sim: &klines::simulator::SimHandle,
+    sim: &klines_sim::SimHandle,
     db: &TestDb,
     dir: &tempfile::TempDir,
     exchange: ExchangeId,

@@ -36,7 +36,7 @@ fn assert_matches_csv(
 /// the 1440 finals of the day, then stops it.
 async fn ingest_whole_day(
     db: &TestDb,
-    sim: &klines::simulator::SimHandle,
+    sim: &klines_sim::SimHandle,
     tweak: impl FnOnce(&mut klines::config::Config),
 ) -> (Arc<Metrics>, klines::service::ServiceReport) {
     let dir = tempdir();
@@ -327,7 +327,7 @@ async fn hundreds_of_pairs_subscribe_within_the_message_rate_limit() {
     // 700 streams on one connection: 100 in the URL, 600 in three SUBSCRIBE
     // messages; the last pair is subscribed last, so its data proves the
     // paced subscriptions worked without tripping the 5 messages/s limit.
-    let pairs: Vec<String> = (0..700).map(klines::simulator::replica_symbol).collect();
+    let pairs: Vec<String> = (0..700).map(klines_sim::replica_symbol).collect();
     let pair_refs: Vec<&str> = pairs.iter().map(String::as_str).collect();
     let ingest = start_ingest(config(&sim, &db.url, &spool_dir(&dir), &pair_refs, "", ""));
     let last_pair_finals = || async {

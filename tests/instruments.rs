@@ -24,7 +24,7 @@ fn binanceus(symbol: &str) -> String {
 
 /// BTC against USD, USDT and USDC on Binance.US, 2023-03: over the 24 hours
 /// of 2023-03-01 the USD pair traded the most, then USDT, then USDC.
-async fn three_quotes() -> klines::simulator::SimHandle {
+async fn three_quotes() -> klines_sim::SimHandle {
     let files: Vec<String> = ["BTCUSD", "BTCUSDT", "BTCUSDC"]
         .iter()
         .map(|s| binanceus(s))
@@ -43,7 +43,7 @@ async fn three_quotes() -> klines::simulator::SimHandle {
 /// A config of every exchange at `sim` (REST at `rest` when given), each
 /// with `section` added.
 fn all_exchanges(
-    sim: &klines::simulator::SimHandle,
+    sim: &klines_sim::SimHandle,
     db_url: &str,
     rest: Option<&str>,
     section: &str,
@@ -52,7 +52,7 @@ fn all_exchanges(
 }
 
 fn all_exchanges_with(
-    sim: &klines::simulator::SimHandle,
+    sim: &klines_sim::SimHandle,
     db_url: &str,
     rest: Option<&str>,
     section: impl Fn(ExchangeId) -> String,

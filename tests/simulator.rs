@@ -14,7 +14,7 @@ use klines::exchange::{DecodeState, Decoded, Exchange};
 use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 
-fn binance(sim: &klines::simulator::SimHandle) -> Binance {
+fn binance(sim: &klines_sim::SimHandle) -> Binance {
     Binance::new(
         Url::parse(&sim.binance_ws_url()).unwrap(),
         Url::parse(&sim.binance_rest_url()).unwrap(),

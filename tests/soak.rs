@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use klines::domain::Minute;
-use klines::simulator::dataset;
+use klines_sim::dataset;
 use sqlx::PgPool;
 
 /// The shape of a run; times are exchange hours from its start.
@@ -316,12 +316,10 @@ async fn soak_run_keeps_silver_exact_and_disk_flat_for_months() {
         c.rest_weight_limit = rest_weight_limit;
     })
     .await;
-    let pairs: Vec<String> = (0..plan.pairs)
-        .map(klines::simulator::replica_symbol)
-        .collect();
+    let pairs: Vec<String> = (0..plan.pairs).map(klines_sim::replica_symbol).collect();
     let pair_refs: Vec<&str> = pairs.iter().map(String::as_str).collect();
     let new_pairs: Vec<String> = (plan.pairs..plan.pairs + plan.new_pairs)
-        .map(klines::simulator::replica_symbol)
+        .map(klines_sim::replica_symbol)
         .collect();
     let delisted = pairs[1].clone();
     let refused = pairs[2].clone();

@@ -1,3 +1,3 @@
 #![no_main]
-//! See klines::fuzzing::config.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| klines::fuzzing::config(data));
+//! See klines_fuzz::config.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| klines_fuzz::config(data));

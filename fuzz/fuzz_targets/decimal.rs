@@ -1,3 +1,3 @@
 #![no_main]
-//! See klines::fuzzing::decimal.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| klines::fuzzing::decimal(data));
+//! See klines_fuzz::decimal.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| klines_fuzz::decimal(data));

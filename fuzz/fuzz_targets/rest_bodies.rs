@@ -1,3 +1,3 @@
 #![no_main]
-//! See klines::fuzzing::rest_bodies.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| klines::fuzzing::rest_bodies(data));
+//! See klines_fuzz::rest_bodies.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| klines_fuzz::rest_bodies(data));

@@ -1,3 +1,3 @@
 #![no_main]
-//! See klines::fuzzing::ws_frames.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| klines::fuzzing::ws_frames(data));
+//! See klines_fuzz::ws_frames.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| klines_fuzz::ws_frames(data));

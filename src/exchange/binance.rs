@@ -412,7 +412,7 @@ fn event_from_wire(ev: &KlineEvent<'_>, received: DateTime<Utc>) -> Result<Decod
 
 /// The scanner's reading of `frame`, when it has one, equals serde_json's
 /// (the fuzzer's differential check; the unit tests check the same).
-#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn scanner_agrees_with_serde(frame: &str) -> bool {
     match scan::combined_kline(frame) {
         None => true,

@@ -470,7 +470,7 @@ fn parse_plain_decimal(text: &str) -> Option<rust_decimal::Decimal> {
 
 /// The fast path reads `text` as the general parser does (same value and
 /// scale), or leaves it to it (the fuzzer's differential check).
-#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn plain_decimal_agrees(text: &str) -> bool {
     match parse_plain_decimal(text) {
         None => true,

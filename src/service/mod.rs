@@ -484,3 +484,30 @@ fn instance_name(shard: shard::Shard) -> String {
     // PostgreSQL truncates application_name at 63 bytes.
     name.chars().take(63).collect()
 }
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => info!(signal = "SIGTERM", "Shutdown requested"),
+                    _ = int.recv() => info!(signal = "SIGINT", "Shutdown requested"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}

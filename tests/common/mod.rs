@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use klines::config::Config;
 use klines::domain::Minute;
-use klines::simulator::dataset::{self, SimCandle};
-use klines::simulator::{self, SimConfig, SimHandle};
+use klines_sim::dataset::{self, SimCandle};
+use klines_sim::{SimConfig, SimHandle};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
@@ -154,7 +154,7 @@ pub async fn simulator(
         ..SimConfig::default()
     };
     tweak(&mut config);
-    simulator::start(config).await.unwrap()
+    klines_sim::start(config).await.unwrap()
 }
 
 /// A config pointing at `sim` and `db_url`, with short timers for tests.

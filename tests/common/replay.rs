@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use klines::domain::Minute;
-use klines::simulator::Market;
+use klines_sim::Market;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Row};
 

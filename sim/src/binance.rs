@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use super::dataset::SimCandle;
 use super::ws::{serve, Protocol};
 use super::{partial_candle, plain, quote_volume_24h, split_symbol, RestVerdict, SimState};
-use crate::domain::{ms_to_utc, Minute};
+use klines::domain::{ms_to_utc, Minute};
 
 /// Binance closes a connection whose client sends more than this many
 /// messages (including pongs) per second.
@@ -519,7 +519,7 @@ mod tests {
         let doc: Value = serde_json::from_str(
             &std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/ws/docs_example_binance_ws_kline.json"
+                "/../tests/fixtures/ws/docs_example_binance_ws_kline.json"
             ))
             .unwrap(),
         )

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rust_decimal::Decimal;
 use thiserror::Error;
 
-use crate::domain::Minute;
+use klines::domain::Minute;
 
 /// A candle of the replay data, with the fields the simulator serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,7 +232,10 @@ pub fn load_all(args: &[String]) -> Result<Vec<Series>, DatasetError> {
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/binance_vision");
+    const FIXTURES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/binance_vision"
+    );
 
     #[test]
     fn spot_day_has_1440_exact_candles() {
@@ -249,7 +252,7 @@ mod tests {
     fn six_column_iso_files_load() {
         let c = load_csv(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/binanceus/binanceus_BTCUSDT_1m_20230301_20230321.csv"
+            "/../tests/fixtures/binanceus/binanceus_BTCUSDT_1m_20230301_20230321.csv"
         )))
         .unwrap();
         assert_eq!(c.len(), 30_240);
@@ -263,7 +266,7 @@ mod tests {
     fn kraken_ohlcvt_files_load_with_their_gaps() {
         let c = load_csv(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/kraken/kraken_ohlcvt_XBTUSDC_1m_2023-01-10.csv"
+            "/../tests/fixtures/kraken/kraken_ohlcvt_XBTUSDC_1m_2023-01-10.csv"
         )))
         .unwrap();
         assert_eq!(c.len(), 718, "minutes without trades are absent");

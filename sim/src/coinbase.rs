@@ -33,7 +33,7 @@ use super::{
     client_of, market_symbol, plain, quote_volume_24h, rest_minutes, split_symbol, RestVerdict,
     SimState,
 };
-use crate::domain::{ms_to_utc, Minute};
+use klines::domain::{ms_to_utc, Minute};
 
 /// Trades in a subscription snapshot, per product.
 const SNAPSHOT_TRADES: usize = 100;
@@ -481,8 +481,8 @@ async fn time(State(sim): State<Arc<SimState>>, headers: HeaderMap) -> Response 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::dataset::Series;
-    use crate::simulator::SimConfig;
+    use crate::dataset::Series;
+    use crate::SimConfig;
     use std::str::FromStr;
 
     fn d(s: &str) -> Decimal {

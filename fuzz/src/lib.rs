@@ -1,8 +1,8 @@
-//! The bodies of the fuzz targets under `fuzz/` (cargo-fuzz, run for a
-//! bounded time by `scripts/fuzz.sh`). They live in the library so that
-//! every build compiles them and `make test` runs them over the seed corpus
-//! (`fuzz/seeds/`): a target that rotted would fail the tests, not the next
-//! fuzzing session.
+//! The bodies of the fuzz targets in `fuzz_targets/` (cargo-fuzz, run for a
+//! bounded time by `scripts/fuzz.sh`). They live in this workspace crate,
+//! apart from the product, so that every `make test` compiles them and runs
+//! them over the seed corpus (`fuzz/seeds/`): a target that rotted would
+//! fail the tests, not the next fuzzing session.
 //!
 //! Each body panics only on a real finding: a decoder that panicked, a
 //! decoded candle that breaks the domain's invariants, or two readings of
@@ -14,9 +14,9 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, Utc};
 use url::Url;
 
-use crate::domain::{Candle, ExchangeId};
-use crate::exchange::binance;
-use crate::exchange::{self, DecodeState, Decoded, Endpoints, Exchange};
+use klines::domain::{Candle, ExchangeId};
+use klines::exchange::binance;
+use klines::exchange::{self, DecodeState, Decoded, Endpoints, Exchange};
 
 /// Every exchange decoder the service has (every [`ExchangeId`], so a venue
 /// added to klines is fuzzed without a change here).
@@ -113,7 +113,7 @@ pub fn rest_bodies(data: &[u8]) {
 pub fn decimal(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         assert!(
-            crate::exchange::plain_decimal_agrees(text),
+            klines::exchange::plain_decimal_agrees(text),
             "the fast decimal path reads {text:?} differently"
         );
     }
@@ -138,7 +138,7 @@ pub fn config(data: &[u8]) {
                 .collect()
         })
         .unwrap_or_default();
-    if let Ok(cfg) = crate::config::Config::from_toml_with_env(text, Path::new("fuzz.toml"), env) {
+    if let Ok(cfg) = klines::config::Config::from_toml_with_env(text, Path::new("fuzz.toml"), env) {
         // The database section's Debug form (what logs and errors print)
         // never holds the URL's password. (Checked on the section: the same
         // text may well appear in another, non-secret value of the file.)
@@ -162,7 +162,7 @@ mod tests {
 
     fn seeds(target: &str) -> Vec<Vec<u8>> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fuzz/seeds")
+            .join("seeds")
             .join(target);
         let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))

@@ -26,8 +26,8 @@ use serde_json::{json, Value};
 use super::dataset::SimCandle;
 use super::ws::{serve, Protocol};
 use super::{client_of, partial_candle, split_symbol, unflagged_state_at, RestVerdict, SimState};
-use crate::domain::{ms_to_utc, Minute};
-use crate::exchange::kraken::{canonical_asset, kraken_asset};
+use klines::domain::{ms_to_utc, Minute};
+use klines::exchange::kraken::{canonical_asset, kraken_asset};
 
 /// REST serves this many committed minutes, plus the open one.
 const OHLC_DEPTH: i64 = 720;
@@ -427,7 +427,7 @@ mod tests {
         let doc: Value = serde_json::from_str(
             &std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/ws/docs_example_kraken_ws_ohlc.json"
+                "/../tests/fixtures/ws/docs_example_kraken_ws_ohlc.json"
             ))
             .unwrap(),
         )

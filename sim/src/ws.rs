@@ -12,7 +12,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::dataset::SimCandle;
 use super::{partial_candle, FaultDice, Schedule, SimState, SimStats, Step};
-use crate::domain::Minute;
+use klines::domain::Minute;
 
 /// One exchange's WebSocket protocol as the simulator speaks it.
 pub trait Protocol: Send + Sync + 'static {

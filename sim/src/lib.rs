@@ -1,4 +1,4 @@
-//! The bundled exchange simulator (`klines simulate`): serves each supported
+//! The bundled exchange simulator (`klines-sim`): serves each supported
 //! exchange's WebSocket and REST protocol on localhost, shaped exactly like
 //! the real exchange's messages, replaying a real candle data set at real or
 //! accelerated speed, with faults injected on request (drops, duplicates,
@@ -19,6 +19,7 @@
 
 pub mod binance;
 pub mod bybit;
+pub mod cli;
 pub mod clock;
 pub mod coinbase;
 pub mod dataset;
@@ -44,9 +45,9 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{ExchangeId, Minute};
 use clock::Clock;
 use dataset::{Series, SimCandle};
+use klines::domain::{ExchangeId, Minute};
 
 /// Faults to inject. Probabilities are per frame, in `[0, 1]`.
 #[derive(Debug, Clone, Default)]
@@ -75,7 +76,7 @@ pub struct Faults {
     pub rest_429_every: Option<u64>,
 }
 
-/// Everything `klines simulate` can be told.
+/// Everything `klines-sim` can be told.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub listen: SocketAddr,
@@ -696,7 +697,7 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(now_ms: i64, updates: u32, final_delay: Duration, end: Option<Minute>) -> Self {
-        let now_minute = Minute::containing(crate::domain::ms_to_utc(now_ms));
+        let now_minute = Minute::containing(klines::domain::ms_to_utc(now_ms));
         Schedule {
             heap: BinaryHeap::new(),
             // The previous minute's final may still be due.
@@ -866,7 +867,7 @@ pub fn quote_volume_24h(sim: &SimState, symbol: &str) -> Decimal {
 /// `symbol`'s (base, quote) volume over the 24 hours before the clock's
 /// minute; see [`quote_volume_24h`].
 pub fn volumes_24h(sim: &SimState, symbol: &str) -> (Decimal, Decimal) {
-    let now = Minute::containing(crate::domain::ms_to_utc(sim.clock.now_ms()));
+    let now = Minute::containing(klines::domain::ms_to_utc(sim.clock.now_ms()));
     (1..=1440)
         .filter_map(|back| sim.market.candle_at(symbol, now.plus(-back)))
         .fold((Decimal::ZERO, Decimal::ZERO), |(base, quote), c| {
@@ -890,7 +891,7 @@ pub fn rest_minutes(
     limit: usize,
 ) -> Vec<(Minute, SimCandle, bool)> {
     let now_ms = sim.clock.now_ms();
-    let current = Minute::containing(crate::domain::ms_to_utc(now_ms));
+    let current = Minute::containing(klines::domain::ms_to_utc(now_ms));
     let to = to.min(current);
     let from = from.max(sim.market.first());
     let mut out = Vec::new();
@@ -1009,12 +1010,12 @@ impl SimHandle {
     }
 
     /// Base URL of `exchange`'s WebSocket API (`ws_url` in config).
-    pub fn ws_url(&self, exchange: crate::domain::ExchangeId) -> String {
+    pub fn ws_url(&self, exchange: klines::domain::ExchangeId) -> String {
         format!("ws://{}/{}", self.addr, exchange.as_str())
     }
 
     /// Base URL of `exchange`'s REST API (`rest_url` in config).
-    pub fn rest_url(&self, exchange: crate::domain::ExchangeId) -> String {
+    pub fn rest_url(&self, exchange: klines::domain::ExchangeId) -> String {
         format!("http://{}/{}", self.addr, exchange.as_str())
     }
 

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::dataset::SimCandle;
 use super::ws::{serve, Protocol};
 use super::{client_of, plain, rest_minutes, split_symbol, RestVerdict, SimState};
-use crate::domain::{ms_to_utc, Minute};
+use klines::domain::{ms_to_utc, Minute};
 
 const SPOT_ARGS_PER_REQUEST: usize = 10;
 const KLINE_MAX_LIMIT: usize = 1000;
@@ -307,7 +307,7 @@ mod tests {
         let doc: Value = serde_json::from_str(
             &std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/ws/docs_example_bybit_ws_kline.json"
+                "/../tests/fixtures/ws/docs_example_bybit_ws_kline.json"
             ))
             .unwrap(),
         )

@@ -22,7 +22,7 @@ use super::{
     client_of, market_symbol, plain, quote_volume_24h, rest_minutes, split_symbol, RestVerdict,
     SimState,
 };
-use crate::domain::{ms_to_utc, Minute};
+use klines::domain::{ms_to_utc, Minute};
 
 const HISTORY_MAX_LIMIT: usize = 100;
 const CANDLES_MAX_LIMIT: usize = 300;
@@ -353,7 +353,7 @@ mod tests {
         let doc: Value = serde_json::from_str(
             &std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/ws/docs_example_okx_ws_candle.json"
+                "/../tests/fixtures/ws/docs_example_okx_ws_candle.json"
             ))
             .unwrap(),
         )
