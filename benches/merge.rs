@@ -210,14 +210,19 @@ fn steps_text(steps: &merge::StepTimes) -> String {
     )
 }
 
+/// One incremental merge of `[from, to)` with `connections` per bulk hour
+/// (merge.parallelism): its wall time and report.
 async fn timed_job(
     pool: &PgPool,
     parts: &Partitions,
+    connections: usize,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> (f64, merge::MergeReport) {
     let started = Instant::now();
-    let r = merge::run_job(pool, parts, "bench_recent", from, to, true, &[])
+    let r = merge::Merger::new(pool, parts)
+        .parallelism(connections)
+        .run_job("bench_recent", from, to, true, &[])
         .await
         .unwrap();
     (started.elapsed().as_secs_f64(), r)
@@ -238,7 +243,6 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(2);
-        merge::set_parallelism(parallelism);
         let db = common::bench_database(DB, parallelism as u32 + 3).await;
         let pool = db.pool.clone();
         sqlx::raw_sql(
@@ -273,15 +277,15 @@ fn main() {
         sqlx::query("VACUUM ANALYZE bronze.ohlcv_native").execute(&pool).await.unwrap();
 
         checkpoint(&pool).await;
-        let (first, r) = timed_job(&pool, &parts, from, to).await;
+        let (first, r) = timed_job(&pool, &parts, parallelism, from, to).await;
         println!("klines first merge:      {first:>7.3} s  (inserted {}, updated {}, {} connections)", r.inserted, r.updated, r.connections);
         println!("  of which {}", steps_text(&r.steps));
         let first_silver = r.steps.silver.as_secs_f64();
-        let (noop, r) = timed_job(&pool, &parts, from, to).await;
+        let (noop, r) = timed_job(&pool, &parts, parallelism, from, to).await;
         println!("klines no-op re-merge:   {noop:>7.3} s  (keys {}, inserted {}, updated {})", r.keys, r.inserted, r.updated);
         let minute: Vec<CandleEvent> = (0..PAIRS).map(|p| event(p, hour.plus(60), 0)).collect();
         load(&pool, &parts, minute).await;
-        let (incr, r) = timed_job(&pool, &parts, from, to).await;
+        let (incr, r) = timed_job(&pool, &parts, parallelism, from, to).await;
         println!("klines +1 minute merge:  {incr:>7.3} s  (keys {}, inserted {}, updated {})", r.keys, r.inserted, r.updated);
 
         checkpoint(&pool).await;
@@ -301,7 +305,6 @@ fn main() {
             .unwrap_or(5);
         let history = gold_history(&pool, from).await;
         for connections in [parallelism, 1] {
-            merge::set_parallelism(connections);
             let mut runs = Vec::with_capacity(repeat);
             let mut cpu = Vec::with_capacity(repeat);
             let mut steps = Vec::with_capacity(repeat);
@@ -326,7 +329,7 @@ fn main() {
                 }
                 checkpoint(&pool).await;
                 let cpu_before = server_cpu_seconds();
-                let (t, r) = timed_job(&pool, &parts, from, from + Duration::hours(1)).await;
+                let (t, r) = timed_job(&pool, &parts, connections, from, from + Duration::hours(1)).await;
                 cpu.push(server_cpu_seconds() - cpu_before);
                 assert_eq!(r.inserted, 300_000);
                 runs.push(t);

@@ -22,7 +22,8 @@
 //!   and local stores, `klines lake load`;
 //! - [`db`]: pools by purpose, migrations, hourly partitions, bronze's
 //!   COPY writer, the scheduler's leader;
-//! - [`merge`]: bronze → silver, completeness, gold (SQL in `sql/`);
+//! - [`merge`]: bronze → silver, completeness, gold: runs, hours, a bulk
+//!   hour's ranges, and the renderer of its SQL (`sql/merge/`);
 //! - [`retention`]: what is deleted or folded as it ages (bronze once
 //!   merged and uploaded, ops rows, optional silver/gold windows, the local
 //!   lake; silver's old hours folded into days and months);

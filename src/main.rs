@@ -92,17 +92,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let pool = klines::db::connect_checked(&config.database).await?;
             let partitions = klines::db::partitions::Partitions::new();
-            klines::merge::set_parallelism(config.merge.parallelism);
-            let r = klines::merge::run_job(
-                &pool,
-                &partitions,
-                "merge_cli",
-                args.from,
-                args.to,
-                false,
-                &[],
-            )
-            .await?;
+            let r = klines::merge::Merger::new(&pool, &partitions)
+                .parallelism(config.merge.parallelism)
+                .run_job("merge_cli", args.from, args.to, false, &[])
+                .await?;
             println!("merged {} .. {}", args.from, args.to);
             println!("  hours with data  {:>10}", r.hours);
             println!("  keys examined    {:>10}", r.keys);

@@ -74,17 +74,10 @@ async fn day_db() -> TestDb {
         exchange: ExchangeId::Binance,
         symbol: "BTCUSDT".into(),
     }];
-    klines::merge::run_job(
-        &db.pool,
-        &parts,
-        "test",
-        t(DAY_START),
-        t(DAY_END),
-        false,
-        &pairs,
-    )
-    .await
-    .unwrap();
+    klines::merge::Merger::new(&db.pool, &parts)
+        .run_job("test", t(DAY_START), t(DAY_END), false, &pairs)
+        .await
+        .unwrap();
     db
 }
 

@@ -83,7 +83,8 @@ async fn folding_loses_and_duplicates_nothing_while_merges_run() {
         })
         .collect();
     write_batch(&db.pool, &parts, &events).await.unwrap();
-    let r = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+    let r = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled("merge_recent", None)
         .await
         .unwrap();
     let total = (DAYS as u64) * (PAIRS as u64) * 1440;
@@ -117,7 +118,8 @@ async fn folding_loses_and_duplicates_nothing_while_merges_run() {
                     }
                 }
                 write_batch(&pool, &parts, &late).await.unwrap();
-                merge::run_scheduled(&pool, &parts, "merge_recent", None)
+                merge::Merger::new(&pool, &parts)
+                    .run_scheduled("merge_recent", None)
                     .await
                     .unwrap();
                 let mut changed = changed.lock().unwrap();
@@ -212,7 +214,8 @@ async fn folding_loses_and_duplicates_nothing_while_merges_run() {
     write_batch(&db.pool, &fresh_cache, &[late.clone()])
         .await
         .unwrap();
-    let m = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+    let m = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled("merge_recent", None)
         .await
         .unwrap();
     assert_eq!(m.updated, 1, "{m:?}");
@@ -272,7 +275,8 @@ async fn folding_loses_and_duplicates_nothing_while_merges_run() {
     write_batch(&db.pool, &Partitions::new(), &[later.clone()])
         .await
         .unwrap();
-    let m = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+    let m = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled("merge_recent", None)
         .await
         .unwrap();
     assert_eq!(m.updated, 1);
@@ -370,7 +374,8 @@ async fn an_hour_written_again_after_its_silver_partition_was_dropped_is_merged(
         .map(|(ms, r)| csv_event("BTCUSDT", *ms, r, Source::Ws))
         .collect();
     write_batch(&db.pool, &parts, &events).await.unwrap();
-    let r = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+    let r = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled("merge_recent", None)
         .await
         .unwrap();
     assert_eq!(r.inserted, 120);
@@ -391,7 +396,8 @@ async fn an_hour_written_again_after_its_silver_partition_was_dropped_is_merged(
     write_batch(&db.pool, &parts, &[again.clone()])
         .await
         .unwrap();
-    let r = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+    let r = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled("merge_recent", None)
         .await
         .unwrap();
     // The hour's bronze rows are all merged again into its new partition.

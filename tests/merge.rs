@@ -29,7 +29,8 @@ fn event(symbol: &str, minute_ms: i64, r: &Row12, source: Source) -> CandleEvent
 
 /// A full merge of the whole test day.
 async fn merge_day(db: &TestDb, parts: &Partitions) -> MergeReport {
-    merge::merge_range(&db.pool, parts, t(DAY_START), t(DAY_END), &Scope::Full, &[])
+    merge::Merger::new(&db.pool, parts)
+        .merge_range(t(DAY_START), t(DAY_END), &Scope::Full, &[])
         .await
         .unwrap()
 }
@@ -86,17 +87,10 @@ async fn real_day_merges_to_the_csv_and_gold_to_binances_own_rollups() {
     let db = TestDb::new("merge_day").await;
     let csv = load_day(&db, |_| false).await;
     let parts = Partitions::new();
-    let r = merge::run_job(
-        &db.pool,
-        &parts,
-        "test",
-        t(DAY_START),
-        t(DAY_END),
-        false,
-        &[],
-    )
-    .await
-    .unwrap();
+    let r = merge::Merger::new(&db.pool, &parts)
+        .run_job("test", t(DAY_START), t(DAY_END), false, &[])
+        .await
+        .unwrap();
     assert_eq!(
         (r.keys, r.inserted, r.updated, r.unchanged),
         (1440, 1440, 0, 0)
@@ -159,17 +153,10 @@ async fn real_day_merges_to_the_csv_and_gold_to_binances_own_rollups() {
     assert!(vwap_ok);
 
     // A second merge changes nothing, and says so in ops.runs.
-    let again = merge::run_job(
-        &db.pool,
-        &parts,
-        "test",
-        t(DAY_START),
-        t(DAY_END),
-        false,
-        &[],
-    )
-    .await
-    .unwrap();
+    let again = merge::Merger::new(&db.pool, &parts)
+        .run_job("test", t(DAY_START), t(DAY_END), false, &[])
+        .await
+        .unwrap();
     assert_eq!(
         (again.inserted, again.updated, again.unchanged),
         (0, 0, 1440)
@@ -303,16 +290,15 @@ async fn silver_carries_the_pairs_assets_from_the_instrument_list() {
     );
     // The bulk insert into an hour without silver rows.
     load_bulk_hour(&db).await;
-    let r = merge::merge_range(
-        &db.pool,
-        &parts,
-        t("2024-03-04T05:00:00Z"),
-        t("2024-03-04T06:00:00Z"),
-        &Scope::Full,
-        &[],
-    )
-    .await
-    .unwrap();
+    let r = merge::Merger::new(&db.pool, &parts)
+        .merge_range(
+            t("2024-03-04T05:00:00Z"),
+            t("2024-03-04T06:00:00Z"),
+            &Scope::Full,
+            &[],
+        )
+        .await
+        .unwrap();
     assert!(r.fresh_ranges > 0, "the bulk insert ran: {r:?}");
     type Assets = (String, String, Option<String>, Option<String>, i64);
     let assets: Vec<Assets> = sqlx::query_as(
@@ -393,22 +379,26 @@ async fn randomized_histories_merge_to_the_model_answer() {
             match rng.random_range(0..3) {
                 0 => {
                     let cut = start + chrono::Duration::minutes(rng.random_range(1..180));
-                    merge::merge_range(&db.pool, &parts, start, cut, &Scope::Full, &[])
+                    merge::Merger::new(&db.pool, &parts)
+                        .merge_range(start, cut, &Scope::Full, &[])
                         .await
                         .unwrap();
-                    merge::merge_range(&db.pool, &parts, cut, end, &Scope::Full, &[])
+                    merge::Merger::new(&db.pool, &parts)
+                        .merge_range(cut, end, &Scope::Full, &[])
                         .await
                         .unwrap();
                 }
                 1 => {
-                    merge::run_job(&db.pool, &parts, "model", start, end, true, &[])
+                    merge::Merger::new(&db.pool, &parts)
+                        .run_job("model", start, end, true, &[])
                         .await
                         .unwrap();
                 }
                 _ => {}
             }
         }
-        merge::run_job(&db.pool, &parts, "model", start, end, true, &[])
+        merge::Merger::new(&db.pool, &parts)
+            .run_job("model", start, end, true, &[])
             .await
             .unwrap();
         let s = silver(&db).await;
@@ -419,16 +409,15 @@ async fn randomized_histories_merge_to_the_model_answer() {
         // Any further merge, in any split, changes nothing.
         let mut total = MergeReport::default();
         for (a, b) in [(0, 60), (60, 61), (61, 180)] {
-            let r = merge::merge_range(
-                &db.pool,
-                &parts,
-                start + chrono::Duration::minutes(a),
-                start + chrono::Duration::minutes(b),
-                &Scope::Full,
-                &[],
-            )
-            .await
-            .unwrap();
+            let r = merge::Merger::new(&db.pool, &parts)
+                .merge_range(
+                    start + chrono::Duration::minutes(a),
+                    start + chrono::Duration::minutes(b),
+                    &Scope::Full,
+                    &[],
+                )
+                .await
+                .unwrap();
             total.inserted += r.inserted;
             total.updated += r.updated;
         }
@@ -456,17 +445,10 @@ async fn completeness_counts_holes_and_sources_exactly() {
         .collect();
     write_batch(&db.pool, &parts, &rest).await.unwrap();
     let pairs = [klines::domain::Pair::new(ExchangeId::Binance, "BTCUSDT")];
-    merge::run_job(
-        &db.pool,
-        &parts,
-        "test",
-        t(DAY_START),
-        t(DAY_END),
-        false,
-        &pairs,
-    )
-    .await
-    .unwrap();
+    merge::Merger::new(&db.pool, &parts)
+        .run_job("test", t(DAY_START), t(DAY_END), false, &pairs)
+        .await
+        .unwrap();
     let rows: Vec<(i32, i32, i32, i32, i32, String)> = sqlx::query_as(
         "SELECT present, from_ws, from_rest, filled, missing, ratio::text FROM silver.completeness_hourly ORDER BY hour_start",
     )
@@ -499,27 +481,15 @@ async fn concurrent_merges_neither_deadlock_nor_double_write() {
     let (a, b) = tokio::join!(
         async {
             let parts = Partitions::new();
-            merge::merge_range(
-                &db.pool,
-                &parts,
-                t(DAY_START),
-                t(DAY_END),
-                &Scope::Full,
-                &[],
-            )
-            .await
+            merge::Merger::new(&db.pool, &parts)
+                .merge_range(t(DAY_START), t(DAY_END), &Scope::Full, &[])
+                .await
         },
         async {
             let parts = Partitions::new();
-            merge::merge_range(
-                &db.pool,
-                &parts,
-                t(DAY_START),
-                t(DAY_END),
-                &Scope::Full,
-                &[],
-            )
-            .await
+            merge::Merger::new(&db.pool, &parts)
+                .merge_range(t(DAY_START), t(DAY_END), &Scope::Full, &[])
+                .await
         }
     );
     let (a, b) = (a.unwrap(), b.unwrap());
@@ -546,29 +516,15 @@ async fn incremental_merge_looks_only_at_what_arrived() {
     let day = t(DAY_START).timestamp_millis();
     let csv = load_day(&db, |ms| ms == day + 600_000).await;
     let parts = Partitions::new();
-    let first = merge::run_job(
-        &db.pool,
-        &parts,
-        "recent",
-        t(DAY_START),
-        t(DAY_END),
-        true,
-        &[],
-    )
-    .await
-    .unwrap();
+    let first = merge::Merger::new(&db.pool, &parts)
+        .run_job("recent", t(DAY_START), t(DAY_END), true, &[])
+        .await
+        .unwrap();
     assert_eq!(first.inserted, 1439);
-    let noop = merge::run_job(
-        &db.pool,
-        &parts,
-        "recent",
-        t(DAY_START),
-        t(DAY_END),
-        true,
-        &[],
-    )
-    .await
-    .unwrap();
+    let noop = merge::Merger::new(&db.pool, &parts)
+        .run_job("recent", t(DAY_START), t(DAY_END), true, &[])
+        .await
+        .unwrap();
     // Nothing changes. (Keys may be looked at again when another transaction
     // in the cluster, e.g. a parallel test, was running when the watermark
     // was taken: the watermark never skips what it cannot prove finished.)
@@ -585,17 +541,10 @@ async fn incremental_merge_looks_only_at_what_arrived() {
         ],
     )
     .await;
-    let next = merge::run_job(
-        &db.pool,
-        &parts,
-        "recent",
-        t(DAY_START),
-        t(DAY_END),
-        true,
-        &[],
-    )
-    .await
-    .unwrap();
+    let next = merge::Merger::new(&db.pool, &parts)
+        .run_job("recent", t(DAY_START), t(DAY_END), true, &[])
+        .await
+        .unwrap();
     assert_eq!((next.inserted, next.updated), (1, 0));
     assert!(
         next.keys >= 2 && next.unchanged == next.keys - 1,
@@ -632,17 +581,10 @@ async fn confirmed_empty_minutes_are_filled_flat_but_never_across_a_gap() {
     }
     let parts = Partitions::new();
     let pairs = [klines::domain::Pair::new(ExchangeId::Binance, "BTCUSDT")];
-    let r = merge::run_job(
-        &db.pool,
-        &parts,
-        "recent",
-        t(DAY_START),
-        t(DAY_END),
-        true,
-        &pairs,
-    )
-    .await
-    .unwrap();
+    let r = merge::Merger::new(&db.pool, &parts)
+        .run_job("recent", t(DAY_START), t(DAY_END), true, &pairs)
+        .await
+        .unwrap();
     assert_eq!(r.filled, 5);
     let s = silver(&db).await;
     let prev_close = &csv[&minute(4)].close;
@@ -689,17 +631,10 @@ async fn confirmed_empty_minutes_are_filled_flat_but_never_across_a_gap() {
         &[event("BTCUSDT", minute(7), &late, Source::Rest)],
     )
     .await;
-    let r = merge::run_job(
-        &db.pool,
-        &parts,
-        "recent",
-        t(DAY_START),
-        t(DAY_END),
-        true,
-        &pairs,
-    )
-    .await
-    .unwrap();
+    let r = merge::Merger::new(&db.pool, &parts)
+        .run_job("recent", t(DAY_START), t(DAY_END), true, &pairs)
+        .await
+        .unwrap();
     assert_eq!((r.updated, r.filled), (1, 2));
     let s = silver(&db).await;
     assert_eq!(s[&("BTCUSDT".to_string(), minute(7))].1, "rest");
@@ -709,17 +644,10 @@ async fn confirmed_empty_minutes_are_filled_flat_but_never_across_a_gap() {
             "22700.00000000"
         );
     }
-    let again = merge::run_job(
-        &db.pool,
-        &parts,
-        "recent",
-        t(DAY_START),
-        t(DAY_END),
-        false,
-        &pairs,
-    )
-    .await
-    .unwrap();
+    let again = merge::Merger::new(&db.pool, &parts)
+        .run_job("recent", t(DAY_START), t(DAY_END), false, &pairs)
+        .await
+        .unwrap();
     assert_eq!(
         (again.inserted, again.updated, again.filled),
         (0, 0, 0),
@@ -879,14 +807,16 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     let db = TestDb::new("merge_bulk").await;
     let pairs = load_bulk_hour(&db).await;
     let (from, to) = (t("2024-03-04T05:00:00Z"), t("2024-03-04T06:00:00Z"));
-    let merge = |pool: sqlx::PgPool, pairs: Vec<klines::domain::Pair>| async move {
-        merge::merge_range(&pool, &Partitions::new(), from, to, &Scope::Full, &pairs)
+    // `connections`: merge.parallelism.
+    let merge = |connections: usize, pool: sqlx::PgPool, pairs: Vec<klines::domain::Pair>| async move {
+        merge::Merger::new(&pool, &Partitions::new())
+            .parallelism(connections)
+            .merge_range(from, to, &Scope::Full, &pairs)
             .await
             .unwrap()
     };
 
-    merge::set_parallelism(1);
-    let one = merge(db.pool.clone(), pairs.clone()).await;
+    let one = merge(1, db.pool.clone(), pairs.clone()).await;
     assert_eq!(one.connections, 1);
     assert_eq!(one.fresh_ranges, 1, "silver had nothing of the hour");
     assert_eq!(
@@ -923,11 +853,10 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     assert_eq!(has("1d|"), 2 * 500);
 
     clear_merged(&db.pool).await;
-    merge::set_parallelism(2);
     // The merge takes spare connections without waiting long for new ones
     // to open: have them open, so that a loaded machine still splits.
     warm(&db.pool, 3).await;
-    let two = merge(db.pool.clone(), pairs.clone()).await;
+    let two = merge(2, db.pool.clone(), pairs.clone()).await;
     assert_eq!(two.connections, 2, "the bulk hour was split");
     for (step, took) in [
         ("silver", two.steps.silver),
@@ -942,7 +871,7 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
         (one.keys, one.inserted, one.filled)
     );
     assert_eq!(merged_tables(&db.pool).await, expected);
-    let again = merge(db.pool.clone(), pairs.clone()).await;
+    let again = merge(2, db.pool.clone(), pairs.clone()).await;
     assert_eq!((again.inserted, again.updated, again.filled), (0, 0, 0));
     assert_eq!(again.fresh_ranges, 0);
 
@@ -950,8 +879,8 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     clear_merged(&db.pool).await;
     let other = pool_of(&db.url, 4).await;
     let (a, b) = tokio::join!(
-        merge(db.pool.clone(), pairs.clone()),
-        merge(other.clone(), pairs.clone())
+        merge(2, db.pool.clone(), pairs.clone()),
+        merge(2, other.clone(), pairs.clone())
     );
     assert_eq!(
         a.inserted + b.inserted,
@@ -965,7 +894,7 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     // A pool of two has no connection to spare beyond the hour's own.
     clear_merged(&db.pool).await;
     let small = pool_of(&db.url, 2).await;
-    let r = merge(small.clone(), pairs.clone()).await;
+    let r = merge(2, small.clone(), pairs.clone()).await;
     assert_eq!(r.connections, 1);
     assert_eq!(merged_tables(&db.pool).await, expected);
     small.close().await;
@@ -1009,9 +938,8 @@ async fn a_bulk_hour_merged_in_parallel_equals_one_connection() {
     .execute(&db.pool)
     .await
     .unwrap();
-    merge::set_parallelism(2);
     warm(&db.pool, 3).await;
-    let over = merge(db.pool.clone(), pairs.clone()).await;
+    let over = merge(2, db.pool.clone(), pairs.clone()).await;
     assert_eq!((over.connections, over.fresh_ranges), (2, 1));
     assert_eq!(
         (over.inserted, over.updated, over.filled),

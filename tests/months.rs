@@ -77,11 +77,13 @@ async fn scheduled_merges(
     now: DateTime<Utc>,
     pairs: &[klines::domain::Pair],
 ) -> merge::MergeReport {
-    let recent = merge::run_scheduled(pool, parts, "merge_recent", None)
+    let recent = merge::Merger::new(pool, parts)
+        .run_scheduled("merge_recent", None)
         .await
         .unwrap();
     let window = (now - chrono::Duration::hours(24), now, pairs);
-    let sweep = merge::run_scheduled(pool, parts, "merge_sweep", Some(window))
+    let sweep = merge::Merger::new(pool, parts)
+        .run_scheduled("merge_sweep", Some(window))
         .await
         .unwrap();
     merge::MergeReport {
@@ -190,7 +192,8 @@ async fn a_killed_backfills_rows_reach_silver_after_restart() {
     })
     .await;
     // The service ran before: its merge has a watermark.
-    merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+    merge::Merger::new(&db.pool, &parts)
+        .run_scheduled("merge_recent", None)
         .await
         .unwrap();
 
@@ -247,7 +250,8 @@ async fn a_killed_backfills_rows_reach_silver_after_restart() {
 
     // The service comes back: its next scheduled merge takes every row the
     // killed run wrote.
-    let report = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+    let report = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled("merge_recent", None)
         .await
         .unwrap();
     assert_eq!(report.inserted, written.len() as u64);
@@ -702,7 +706,8 @@ async fn gold_rewrites_stay_hot_and_bulk_hours_are_analyzed() {
         })
         .collect();
     write_batch(&db.pool, &parts, &events).await.unwrap();
-    let first = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+    let first = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled("merge_recent", None)
         .await
         .unwrap();
     assert_eq!(first.inserted, 60_000);
@@ -734,7 +739,8 @@ async fn gold_rewrites_stay_hot_and_bulk_hours_are_analyzed() {
             })
             .collect();
         write_batch(&db.pool, &parts, &changed).await.unwrap();
-        let r = merge::run_scheduled(&db.pool, &parts, "merge_recent", None)
+        let r = merge::Merger::new(&db.pool, &parts)
+            .run_scheduled("merge_recent", None)
             .await
             .unwrap();
         assert_eq!(r.updated, 1000);

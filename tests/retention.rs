@@ -119,7 +119,8 @@ async fn retention_drops_only_merged_and_uploaded_bronze_hours() {
     assert!(r.bronze_dropped.is_empty(), "{r:?}");
     assert_eq!(r.bronze_unmerged.len(), 4);
 
-    let merged = merge::run_scheduled(&db.pool, &parts, retention::MERGE_JOB, None)
+    let merged = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled(retention::MERGE_JOB, None)
         .await
         .unwrap();
     assert_eq!(merged.inserted, 240);
@@ -153,7 +154,8 @@ async fn retention_drops_only_merged_and_uploaded_bronze_hours() {
     assert_eq!(silver(&db.pool).await, silver_before, "silver keeps all");
 
     // Merged and uploaded: the rest goes.
-    merge::run_scheduled(&db.pool, &parts, retention::MERGE_JOB, None)
+    merge::Merger::new(&db.pool, &parts)
+        .run_scheduled(retention::MERGE_JOB, None)
         .await
         .unwrap();
     sqlx::query("UPDATE ops.lake_spool SET oldest_pending = NULL")
@@ -189,7 +191,8 @@ async fn retention_drops_only_merged_and_uploaded_bronze_hours() {
     let mut rest = csv_event("BTCUSDT", rows[5].0, &rows[5].1, Source::Rest);
     rest.candle.close += Decimal::ONE;
     assert_eq!(write_batch(&db.pool, &stale, &[rest]).await.unwrap(), 1);
-    let again = merge::run_scheduled(&db.pool, &parts, retention::MERGE_JOB, None)
+    let again = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled(retention::MERGE_JOB, None)
         .await
         .unwrap();
     assert_eq!((again.inserted, again.updated), (0, 0), "{again:?}");
@@ -211,7 +214,8 @@ async fn no_bronze_hour_goes_before_a_lake_spool_has_reported() {
         .map(|(ms, r)| csv_event("BTCUSDT", *ms, r, Source::Ws))
         .collect();
     write_batch(&db.pool, &parts, &ws).await.unwrap();
-    merge::run_scheduled(&db.pool, &parts, retention::MERGE_JOB, None)
+    merge::Merger::new(&db.pool, &parts)
+        .run_scheduled(retention::MERGE_JOB, None)
         .await
         .unwrap();
     let now = ws[0].candle.interval_start + Duration::days(20);
@@ -251,7 +255,8 @@ async fn ops_rows_age_out_and_silver_and_gold_windows_drop_old_history() {
     )];
     let first = ws[0].candle.interval_start;
     let window = (first, first + Duration::days(1), &pair[..]);
-    merge::run_scheduled(&db.pool, &parts, retention::MERGE_JOB, Some(window))
+    merge::Merger::new(&db.pool, &parts)
+        .run_scheduled(retention::MERGE_JOB, Some(window))
         .await
         .unwrap();
     for (sql, rows) in [
@@ -438,7 +443,8 @@ async fn an_hour_a_reader_holds_is_left_for_the_next_pass() {
         .map(|(ms, r)| csv_event("BTCUSDT", *ms, r, Source::Ws))
         .collect();
     write_batch(&db.pool, &parts, &ws).await.unwrap();
-    let merged = merge::run_scheduled(&db.pool, &parts, retention::MERGE_JOB, None)
+    let merged = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled(retention::MERGE_JOB, None)
         .await
         .unwrap();
     assert_eq!(merged.inserted, 180);
@@ -507,7 +513,8 @@ async fn a_bronze_hour_is_dropped_once_the_merge_in_flight_ends() {
         .map(|(ms, r)| csv_event("BTCUSDT", *ms, r, Source::Ws))
         .collect();
     write_batch(&db.pool, &parts, &ws).await.unwrap();
-    merge::run_scheduled(&db.pool, &parts, retention::MERGE_JOB, None)
+    merge::Merger::new(&db.pool, &parts)
+        .run_scheduled(retention::MERGE_JOB, None)
         .await
         .unwrap();
     let first = ws[0].candle.interval_start;
@@ -574,15 +581,10 @@ async fn hours_older_than_silvers_window_are_not_merged_again() {
     // Silver keeps 14 days; the rows are 20 days old.
     let now = first + Duration::days(20);
     let keep_from = now - Duration::days(14);
-    let r = merge::run_scheduled_keeping(
-        &db.pool,
-        &parts,
-        retention::MERGE_JOB,
-        None,
-        Some(keep_from),
-    )
-    .await
-    .unwrap();
+    let r = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled_keeping(retention::MERGE_JOB, None, Some(keep_from))
+        .await
+        .unwrap();
     assert_eq!((r.hours, r.inserted), (0, 0), "{r:?}");
     let silver: i64 = sqlx::query_scalar("SELECT count(*) FROM silver.fact_ohlcv")
         .fetch_one(&db.pool)
@@ -593,15 +595,10 @@ async fn hours_older_than_silvers_window_are_not_merged_again() {
     assert_eq!(r.bronze_dropped, hours, "{r:?}");
     // Within the window, the same rows are merged.
     write_batch(&db.pool, &parts, &rest).await.unwrap();
-    let r = merge::run_scheduled_keeping(
-        &db.pool,
-        &parts,
-        retention::MERGE_JOB,
-        None,
-        Some(last - Duration::hours(3)),
-    )
-    .await
-    .unwrap();
+    let r = merge::Merger::new(&db.pool, &parts)
+        .run_scheduled_keeping(retention::MERGE_JOB, None, Some(last - Duration::hours(3)))
+        .await
+        .unwrap();
     assert_eq!(r.inserted, 120, "{r:?}");
     db.drop().await;
 }

@@ -67,7 +67,8 @@ async fn roles_have_least_privilege() {
     let merger = pool_as(&db.url, "klines_merge").await;
     let from = klines::domain::parse_time("2023-01-21").unwrap();
     let to = klines::domain::parse_time("2023-01-22").unwrap();
-    let r = klines::merge::run_job(&merger, &Partitions::new(), "roles", from, to, true, &[])
+    let r = klines::merge::Merger::new(&merger, &Partitions::new())
+        .run_job("roles", from, to, true, &[])
         .await
         .unwrap();
     assert_eq!(r.inserted, 90);

@@ -194,6 +194,9 @@ pub struct Backfiller {
     /// limited: minutes older than that are left out of every job, since
     /// retention would drop them again at its next pass.
     pub(crate) silver_window: Option<chrono::Duration>,
+    /// Connections a bulk hour of the job's merge may use
+    /// (`merge.parallelism`).
+    merge_parallelism: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -222,8 +225,16 @@ impl Backfiller {
             settle: chrono::Duration::from_std(settle).unwrap_or_default(),
             history,
             silver_window: None,
+            merge_parallelism: merge::DEFAULT_PARALLELISM,
             metrics,
         }
+    }
+
+    /// Merges each job's hours with up to `connections` per bulk hour
+    /// (`merge.parallelism`).
+    pub fn merging_on(mut self, connections: usize) -> Self {
+        self.merge_parallelism = connections.max(1);
+        self
     }
 
     /// Leaves out of every job the minutes older than silver's window
@@ -609,8 +620,10 @@ impl Backfiller {
         for (first, end) in hour_runs(&hours) {
             let start = DateTime::from_timestamp(first * 3600, 0).unwrap_or_default();
             let end = DateTime::from_timestamp(end * 3600, 0).unwrap_or_default();
-            let merged =
-                merge::merge_range(&self.pool, &self.partitions, start, end, &scope, &pairs).await;
+            let merged = merge::Merger::new(&self.pool, &self.partitions)
+                .parallelism(self.merge_parallelism)
+                .merge_range(start, end, &scope, &pairs)
+                .await;
             if let Err(e) = merged {
                 // The job's own error says more; the scheduled merge takes
                 // these hours in any case.

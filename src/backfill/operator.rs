@@ -99,7 +99,8 @@ pub async fn run(
         Arc::new(ExchangeClock::new()),
         metrics,
     )?
-    .keeping_silver(config.retention.silver.filter(|_| config.retention.enabled));
+    .keeping_silver(config.retention.silver.filter(|_| config.retention.enabled))
+    .merging_on(config.merge.parallelism);
 
     // Known symbols: ask the exchange.
     let instruments = crate::instruments::fetch(&backfiller.client, false, &cancel)

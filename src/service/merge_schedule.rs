@@ -81,9 +81,10 @@ pub(super) async fn merge_scheduler(mut s: MergeSchedule, stop: CancellationToke
         let keep_from = s
             .silver_window
             .map(|w| now - chrono::Duration::from_std(w).unwrap_or_default());
-        let result =
-            crate::merge::run_scheduled_keeping(&s.pool, &s.partitions, kind, window, keep_from)
-                .await;
+        let result = crate::merge::Merger::new(&s.pool, &s.partitions)
+            .parallelism(s.config.parallelism)
+            .run_scheduled_keeping(kind, window, keep_from)
+            .await;
         s.metrics
             .merge_seconds
             .observe(began.elapsed().as_secs_f64());

@@ -134,7 +134,8 @@ pub async fn run(
                 Arc::clone(&clock),
                 Arc::clone(&metrics),
             )?
-            .keeping_silver(config.retention.silver.filter(|_| config.retention.enabled)),
+            .keeping_silver(config.retention.silver.filter(|_| config.retention.enabled))
+            .merging_on(config.merge.parallelism),
         );
         exchanges.insert(*id, (exchange, backfiller, clock));
     }
@@ -199,7 +200,6 @@ pub async fn run(
         if config.merge.recent_window.is_some() {
             warn!("merge.recent_window is no longer used (the merge follows what was written, whatever its age); remove it from the config");
         }
-        crate::merge::set_parallelism(config.merge.parallelism);
         let pairs: Vec<crate::domain::Pair> = configured
             .iter()
             .flat_map(|(_, pairs)| pairs.iter().cloned())

@@ -11,8 +11,8 @@
 --
 -- The CTE `agg` of the recomputed buckets (the placeholder after WITH) comes
 -- from one of two files:
--- gold_agg_changed.sql (the usual merge: only the buckets whose rows below
--- changed, each read by index) or gold_agg_hour.sql (a bulk merge, where
+-- 09_gold_agg_changed.sql (the usual merge: only the buckets whose rows below
+-- changed, each read by index) or 09_gold_agg_hour.sql (a bulk merge, where
 -- nearly every bucket changed: every bucket of the hour in one pass).
 -- Written only when values differ, so a re-run changes nothing, whichever
 -- form computed them.

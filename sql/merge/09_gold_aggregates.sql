@@ -1,5 +1,5 @@
 -- The columns of a gold bucket from the rows `x` of the level below, for
--- gold_agg_changed.sql and gold_agg_hour.sql: first open, max high, min low,
+-- 09_gold_agg_changed.sql and 09_gold_agg_hour.sql: first open, max high, min low,
 -- last close, summed volumes and trades, vwap = Σquote / Σbase, minutes
 -- present. The open of the first row and the close of the last are the
 -- [start, price] pair with the smallest (largest) start, a plain min/max

@@ -1,4 +1,4 @@
--- After merge_silver_fresh.sql: the pairs of this connection's range of
+-- After 05_silver_fresh.sql: the pairs of this connection's range of
 -- symbols go to merge_changed once each, at the hour's start. The caller
 -- then recomputes completeness and every gold bucket of the hour for them.
 -- Every silver row of the range was just inserted, so the pairs are read

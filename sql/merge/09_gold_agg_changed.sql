@@ -1,4 +1,4 @@
--- Step 5, the usual merge: `agg` for gold_refresh.sql, the buckets that
+-- Step 5, the usual merge: `agg` for 09_gold_refresh.sql, the buckets that
 -- contain a row of the level below changed in this merge: for the 5-minute
 -- level the buckets of merge_changed (silver minutes changed), for the others
 -- the buckets of the level below that this merge really changed

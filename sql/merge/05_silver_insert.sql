@@ -1,4 +1,4 @@
--- The insert of merge_silver.sql and merge_silver_fresh.sql: the rows of
+-- The insert of 05_silver.sql and 05_silver_fresh.sql: the rows of
 -- their CTE `winners` into the hour's silver partition (each adds its own
 -- WHERE and RETURNING), with the pair's base and quote assets from the
 -- exchange's instrument list (NULL until the instruments refresh has seen

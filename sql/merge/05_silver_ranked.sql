@@ -1,4 +1,4 @@
--- The CTE `ranked` of merge_silver.sql and merge_silver_fresh.sql: the final
+-- The CTE `ranked` of 05_silver.sql and 05_silver_fresh.sql: the final
 -- observations of the hour's keys (of this connection's range of symbols),
 -- each ranked by the winner rules: rank 1 wins.
 --   1. source: a WebSocket candle beats a lake reload (the same WebSocket data

@@ -1,4 +1,4 @@
--- Step 5, a bulk merge: `agg` for gold_refresh.sql, every bucket of the merged
+-- Step 5, a bulk merge: `agg` for 09_gold_refresh.sql, every bucket of the merged
 -- hour (widened to whole buckets) of every pair with a change below, when
 -- nearly every bucket of the hour changed. A bucket whose rows did not change
 -- comes out as it is in gold and is not written.

@@ -1,6 +1,6 @@
 -- Step 2: the winning final observation of every touched key goes to silver.
 --
--- The winner of a key is its observation ranked first (silver_ranked.sql:
+-- The winner of a key is its observation ranked first (05_silver_ranked.sql:
 -- WebSocket over lake over REST, then the newest).
 -- New keys are inserted; existing rows are updated only when the winning
 -- values really differ (and the winner's source ranks at least as high as

@@ -1,0 +1,1 @@
+(SELECT exchange, symbol, bucket_start AS start FROM gold_changed WHERE level = '{previous}')
