@@ -14,18 +14,22 @@
 //! reading of the socket without losing anything. The lake drops and
 //! counts: it is the raw copy beside bronze, and a lake that cannot keep up
 //! (a hung disk) must never stall bronze.
+//!
+//! What happens to a sink (a batch written, a write failed, a segment
+//! spooled, an item dropped) is an internal event of [`events`], logged and
+//! counted in one place.
 
 pub mod bronze;
+pub(crate) mod events;
 pub mod lake;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::warn;
 
-use crate::telemetry::metrics::ChannelLabels;
 use crate::telemetry::Metrics;
+use events::{ChannelFull, InternalEvent};
 
 /// What an [`Outlet`] does when its sink's channel is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,21 +88,27 @@ impl<T> Outlet<T> {
             Err(mpsc::error::TrySendError::Closed(_)) => return false,
             Err(mpsc::error::TrySendError::Full(item)) => item,
         };
-        let labels = ChannelLabels { channel: self.name };
-        self.metrics.channel_full.get_or_create(&labels).inc();
         match self.when_full {
-            WhenFull::Wait => self.tx.send(item).await.is_ok(),
-            WhenFull::Drop => {
-                self.metrics.channel_dropped.get_or_create(&labels).inc();
-                let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
-                if drops.due() {
-                    let dropped = drops.take();
-                    warn!(
-                        channel = self.name,
-                        dropped,
-                        "Sink's channel full: observations dropped (it cannot keep up; see klines_channel_dropped_total)"
-                    );
+            WhenFull::Wait => {
+                ChannelFull {
+                    channel: self.name,
+                    dropped: false,
+                    report: None,
                 }
+                .emit(&self.metrics);
+                self.tx.send(item).await.is_ok()
+            }
+            WhenFull::Drop => {
+                let report = {
+                    let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+                    drops.due().then(|| drops.take())
+                };
+                ChannelFull {
+                    channel: self.name,
+                    dropped: true,
+                    report,
+                }
+                .emit(&self.metrics);
                 false
             }
         }

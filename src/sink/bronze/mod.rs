@@ -21,6 +21,10 @@ use tracing::{error, info, warn};
 
 pub mod spool;
 
+use super::events::{
+    BronzeCaughtUp, BronzeSpoolDrained, BronzeSpoolFound, BronzeSpoolWriteFailed, BronzeSpooled,
+    BronzeWriteFailed, BronzeWritten, InternalEvent,
+};
 use crate::config::BronzeConfig;
 use crate::db::bronze::write_batch;
 use crate::db::partitions::Partitions;
@@ -82,9 +86,12 @@ impl BronzeSink {
         grace: Duration,
     ) -> BronzeReport {
         let spooled = self.spool.count_rows();
-        self.metrics.bronze_spool_rows.set(spooled as i64);
+        BronzeSpoolFound {
+            rows: spooled,
+            dir: self.spool.dir(),
+        }
+        .emit(&self.metrics);
         if spooled > 0 {
-            info!(rows = spooled, dir = %self.spool.dir().display(), "Spooled bronze rows from an earlier run will be written");
             self.retry_at = Some(Instant::now());
         }
         loop {
@@ -127,16 +134,18 @@ impl BronzeSink {
         match self.try_write_all().await {
             Ok(()) => {
                 if self.retry_at.take().is_some() {
-                    info!("PostgreSQL is writable again; bronze caught up");
+                    BronzeCaughtUp.emit(&self.metrics);
                 }
                 self.retry_delay = RETRY_INITIAL;
                 true
             }
             Err(e) => {
-                self.metrics.bronze_write_errors.inc();
-                if self.retry_at.is_none() {
-                    warn!(error = %e, pending = self.pending.len(), "Bronze write failed; buffering and retrying");
+                BronzeWriteFailed {
+                    error: &e,
+                    pending: self.pending.len(),
+                    first: self.retry_at.is_none(),
                 }
+                .emit(&self.metrics);
                 self.retry_at = Some(Instant::now() + self.retry_delay);
                 self.retry_delay = (self.retry_delay * 2).min(self.config.retry_backoff_max);
                 if self.pending.len() > self.config.memory_buffer_rows {
@@ -162,7 +171,7 @@ impl BronzeSink {
             if let Err(e) = self.spool.remove_segment(&segment) {
                 error!(error = %e, "Cannot delete a written spool segment; its rows may be written again");
             }
-            self.metrics.bronze_spool_rows.dec_by(events.len() as i64);
+            BronzeSpoolDrained { rows: events.len() }.emit(&self.metrics);
         }
         while !self.pending.is_empty() {
             let n = self.pending.len().min(self.config.batch_rows);
@@ -177,16 +186,13 @@ impl BronzeSink {
     async fn write(&mut self, batch: &[CandleEvent]) -> Result<(), sqlx::Error> {
         let started = Instant::now();
         let rows = write_batch(&self.pool, &self.partitions, batch).await?;
-        self.metrics.bronze_rows.inc_by(rows);
-        self.metrics.bronze_batch_rows.observe(rows as f64);
-        self.metrics
-            .bronze_batch_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let committed = chrono::Utc::now();
-        for event in batch {
-            let lag = (committed - event.received_ts).to_std().unwrap_or_default();
-            self.metrics.bronze_commit_lag.observe(lag.as_secs_f64());
+        BronzeWritten {
+            rows,
+            took: started.elapsed(),
+            batch,
+            committed: chrono::Utc::now(),
         }
+        .emit(&self.metrics);
         self.report.rows_written += rows;
         Ok(())
     }
@@ -197,15 +203,21 @@ impl BronzeSink {
         let events: Vec<CandleEvent> = self.pending.iter().cloned().collect();
         match self.spool.write_segment(&events) {
             Ok(path) => {
-                info!(rows = events.len(), segment = %path.display(), "Spooled bronze rows to disk");
-                self.metrics.bronze_spool_rows.inc_by(events.len() as i64);
+                BronzeSpooled {
+                    rows: events.len(),
+                    segment: &path,
+                }
+                .emit(&self.metrics);
                 self.pending.clear();
                 self.oldest = None;
                 true
             }
             Err(e) => {
-                self.metrics.spool_write_errors.inc();
-                error!(error = %e, rows = events.len(), "Cannot write the bronze spool; keeping rows in memory");
+                BronzeSpoolWriteFailed {
+                    error: &e,
+                    rows: events.len(),
+                }
+                .emit(&self.metrics);
                 false
             }
         }

@@ -20,6 +20,10 @@ use tracing::{error, info, warn};
 
 pub mod spool;
 
+use super::events::{
+    InternalEvent, LakeLineRefused, LakeLineWritten, LakeObjectPut, LakeSealFailed, LakeSyncFailed,
+    LakeUploadFailed,
+};
 use super::Throttle;
 use crate::config::LakeConfig;
 use crate::lake::store::{Put, Store};
@@ -124,10 +128,8 @@ impl LakeSink {
                         Err(e) => Err(e),
                     };
                     if let Err(e) = synced {
-                        self.metrics.lake_write_errors.inc();
-                        if self.sync_errors.due() {
-                            error!(error = %e, failures = self.sync_errors.take(), "Lake spool flush/fsync failing (disk full?); lines wait in memory (up to 256 KiB) and further ones are refused");
-                        }
+                        let report = self.sync_errors.due().then(|| self.sync_errors.take());
+                        LakeSyncFailed { error: &e, report }.emit(&self.metrics);
                     }
                     if self.spool.due(Utc::now()) {
                         self.seal(&wake);
@@ -166,19 +168,17 @@ impl LakeSink {
                     self.pending.note(event.candle.interval_start);
                 }
                 report.lines += 1;
-                self.metrics.lake_lines.inc();
+                LakeLineWritten.emit(&self.metrics);
             }
             Err(e) => {
                 report.refused += 1;
-                self.metrics.lake_write_errors.inc();
-                if self.refusals.due() {
-                    error!(
-                        error = %e,
-                        spool = %self.spool.dir().display(),
-                        refused = self.refusals.take(),
-                        "Lake spool write failed (disk full?): the observations refused since the last report are not in the lake; the workers carry on"
-                    );
+                let report = self.refusals.due().then(|| self.refusals.take());
+                LakeLineRefused {
+                    error: &e,
+                    spool: self.spool.dir(),
+                    report,
                 }
+                .emit(&self.metrics);
             }
         }
     }
@@ -192,8 +192,7 @@ impl LakeSink {
             Ok(None) => {}
             Err(e) => {
                 // Sealed anyway when the disk is full (see LakeSpool::seal).
-                self.metrics.lake_write_errors.inc();
-                error!(error = %e, "Lake spool segment sealed with an error");
+                LakeSealFailed { error: &e }.emit(&self.metrics);
                 wake.notify_one();
             }
         }
@@ -279,8 +278,11 @@ async fn upload_loop(
                 backoff = Duration::from_millis(500);
             }
             Err(e) => {
-                metrics.lake_upload_errors.inc();
-                warn!(error = %e, retry_ms = backoff.as_millis() as u64, "Lake upload failed; segments stay in the spool");
+                LakeUploadFailed {
+                    error: &e,
+                    retry: backoff,
+                }
+                .emit(&metrics);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 if last {
                     return objects;
@@ -412,9 +414,11 @@ async fn upload_segment(
                     .put_if_absent(&key, body)
                     .await
                     .map_err(|e| e.to_string())?;
-                metrics
-                    .lake_upload_seconds
-                    .observe(began.elapsed().as_secs_f64());
+                LakeObjectPut {
+                    took: began.elapsed(),
+                    created: matches!(put, Put::Created),
+                }
+                .emit(metrics);
                 Ok::<_, String>(put)
             }
         })
@@ -425,7 +429,6 @@ async fn upload_segment(
     while let Some(put) = puts.next().await {
         if let Put::Created = put? {
             written += 1;
-            metrics.lake_objects.inc();
         }
     }
     Ok(written)
