@@ -1021,3 +1021,105 @@ async fn kraken_minutes_that_left_rest_history_before_the_answer_are_not_confirm
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+/// The day from 00:30 on, on every venue: Binance tells the pair's first
+/// candle, the others publish no listing time. Backfilled from 23:00 the day
+/// before, each venue's pair expects no minute before 00:30: Binance's by
+/// its listing, Bybit's, Coinbase's and Kraken's by the first traded minute
+/// REST showed (the minutes before it confirmed empty, nothing older), so
+/// the hours before the data read "not trading yet", not missing. Kraken
+/// answers with its last 720 minutes, quiet ones as flat rows: its answer
+/// beginning at 00:30, well inside that window, shows nothing traded before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_venue_expects_no_minute_before_the_pairs_first_trade() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_first_trade").await;
+    let dir = tempdir();
+    let late = dir.path().join("BTCUSDT-1m-late.csv");
+    let text = std::fs::read_to_string(BTC_DAY).unwrap();
+    let rows: Vec<&str> = text.lines().skip(30).collect();
+    std::fs::write(&late, rows.join("\n")).unwrap();
+    let late_arg = format!("BTCUSDT={}", late.display());
+    let sim = simulator(&[&late_arg], 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(Minute::containing("2023-01-21T03:00:00Z".parse().unwrap()));
+    })
+    .await;
+    let first: chrono::DateTime<chrono::Utc> = "2023-01-21T00:30:00Z".parse().unwrap();
+    let hour: chrono::DateTime<chrono::Utc> = "2023-01-21T00:00:00Z".parse().unwrap();
+    let before: chrono::DateTime<chrono::Utc> = "2023-01-20T23:00:00Z".parse().unwrap();
+    for (exchange, symbol) in [
+        (ExchangeId::Binance, "BTCUSDT"),
+        (ExchangeId::Bybit, "BTCUSDT"),
+        (ExchangeId::Coinbase, "BTC-USDT"),
+        (ExchangeId::Kraken, "BTC/USDT"),
+    ] {
+        let sub = dir.path().join(exchange.as_str());
+        std::fs::create_dir_all(&sub).unwrap();
+        let config = exchange_config_file(&sub, &sim, exchange, &[symbol], "");
+        let (ok, out, err) = backfill_cli(
+            &config,
+            &db.url,
+            &[
+                "--exchange",
+                exchange.as_str(),
+                "--symbol",
+                symbol,
+                "--from",
+                "2023-01-20T23:00:00Z",
+                "--to",
+                "2023-01-21T02:00:00Z",
+            ],
+        );
+        assert!(ok, "{exchange}: {out}\n{err}");
+        let (native, listed, traded): (
+            String,
+            Option<chrono::DateTime<chrono::Utc>>,
+            Option<chrono::DateTime<chrono::Utc>>,
+        ) = sqlx::query_as(
+            "SELECT symbol, listed_at, first_traded FROM ref.instruments WHERE exchange = $1",
+        )
+        .bind(exchange.as_str())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{exchange}: an instruments row: {e}\n{out}\n{err}"));
+        if exchange == ExchangeId::Binance {
+            assert_eq!((listed, traded), (Some(first), None), "{exchange}");
+        } else {
+            assert_eq!(
+                (listed, traded),
+                (None, Some(first)),
+                "{exchange}\n{out}\n{err}"
+            );
+        }
+        // The hourly sweep's completeness for the hour before and the hour
+        // of the first trade.
+        let pair = klines::domain::Pair::new(exchange, native);
+        let parts = klines::db::partitions::Partitions::new();
+        klines::merge::Merger::new(&db.pool, &parts)
+            .merge_range(
+                before,
+                hour + chrono::Duration::hours(1),
+                &klines::merge::Scope::Full,
+                std::slice::from_ref(&pair),
+            )
+            .await
+            .unwrap();
+        let got: Vec<(chrono::DateTime<chrono::Utc>, i32, i32)> = sqlx::query_as(
+            "SELECT hour_start, expected, present FROM silver.completeness_hourly
+              WHERE exchange = $1 AND hour_start < $2 ORDER BY hour_start",
+        )
+        .bind(exchange.as_str())
+        .bind(hour + chrono::Duration::hours(1))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![(before, 0, 0), (hour, 30, 30)],
+            "{exchange}: nothing expected before 00:30, every minute after it present"
+        );
+    }
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

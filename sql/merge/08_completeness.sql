@@ -5,7 +5,8 @@
 -- $1 text[] exchanges, $2 text[] symbols (pairwise), $3 timestamptz[] hours;
 -- $4, $5: the merged hour [from, to), which holds every hour above.
 -- Expected is 60 minutes per hour, fewer in the hours a pair was listed or
--- delisted (ref.instruments). Missing minutes that REST can no longer reach
+-- delisted (ref.instruments: the listing the venue publishes, else the first
+-- traded minute REST showed). Missing minutes that REST can no longer reach
 -- (ops.unrecoverable_gaps) are counted as unrecoverable.
 WITH hours AS (
     SELECT DISTINCT exchange, symbol,
@@ -28,7 +29,8 @@ counted AS (
      CROSS JOIN LATERAL (
            SELECT greatest(0, extract(epoch FROM
                       least(h.hour_start + interval '1 hour', coalesce(max(i.delisted_at), 'infinity'))
-                    - greatest(h.hour_start, coalesce(max(i.listed_at), '-infinity'))) / 60)::integer
+                    - greatest(h.hour_start,
+                               coalesce(max(i.listed_at), max(i.first_traded), '-infinity'))) / 60)::integer
                   AS expected
              FROM ref.instruments i
             WHERE i.exchange = h.exchange AND i.symbol = h.symbol) e

@@ -416,7 +416,7 @@ footer{{margin-top:2rem;color:#5a6272}} a{{color:#2457c5}}
                 Some(c) if c.expected == 0 => {
                     let _ = write!(
                         html,
-                        "<td class=\"unlisted\" title=\"{} {} {hour}: not listed yet (no minute expected)\"></td>",
+                        "<td class=\"unlisted\" title=\"{} {} {hour}: before its listing or first trade (no minute expected)\"></td>",
                         esc(exchange),
                         esc(symbol)
                     );

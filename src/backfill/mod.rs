@@ -200,6 +200,68 @@ pub struct Backfiller {
     metrics: Arc<Metrics>,
 }
 
+/// Where the venue publishes no listing time, the pair's first traded
+/// minute as REST showed it (`ref.instruments.first_traded`): the candle
+/// right after a run of minutes REST confirmed empty (`after_empty`, the
+/// first such minute of the page), when no older candle of the pair is in
+/// bronze or silver. Completeness expects nothing before it (those minutes
+/// have no close to carry, so they could never be filled). A candle older
+/// than it (`oldest`, the page's oldest written) clears it unless the same
+/// evidence holds again; it never bounds a backfill.
+async fn record_first_traded(
+    pool: &PgPool,
+    exchange: &str,
+    symbol: &str,
+    oldest: Option<DateTime<Utc>>,
+    after_empty: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    if let Some(oldest) = oldest {
+        sqlx::query(
+            "UPDATE ref.instruments SET first_traded = NULL, updated_at = now()
+              WHERE exchange = $1 AND symbol = $2 AND first_traded > $3",
+        )
+        .bind(exchange)
+        .bind(symbol)
+        .bind(oldest)
+        .execute(pool)
+        .await?;
+    }
+    let Some(first) = after_empty else {
+        return Ok(());
+    };
+    let recorded = sqlx::query(
+        "INSERT INTO ref.instruments (exchange, symbol, first_traded)
+         SELECT $1, $2, $3
+          WHERE EXISTS (SELECT 1 FROM bronze.ohlcv_native b
+                         WHERE b.exchange = $1 AND b.symbol = $2 AND b.is_final
+                           AND b.interval_start = $3)
+            AND EXISTS (SELECT 1 FROM bronze.empty_minutes e
+                         WHERE e.exchange = $1 AND e.symbol = $2
+                           AND e.interval_start = $3 - interval '1 minute')
+            AND NOT EXISTS (SELECT 1 FROM bronze.ohlcv_native b
+                             WHERE b.exchange = $1 AND b.symbol = $2 AND b.is_final
+                               AND b.interval_start < $3)
+            AND NOT EXISTS (SELECT 1 FROM silver.fact_ohlcv s
+                             WHERE s.exchange = $1 AND s.symbol = $2
+                               AND s.interval_seconds = 60 AND s.interval_start < $3
+                               AND s.source <> 'filled')
+         ON CONFLICT (exchange, symbol) DO UPDATE
+            SET first_traded = EXCLUDED.first_traded, updated_at = now()
+          WHERE ref.instruments.listed_at IS NULL
+            AND ref.instruments.first_traded IS DISTINCT FROM EXCLUDED.first_traded",
+    )
+    .bind(exchange)
+    .bind(symbol)
+    .bind(first)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if recorded > 0 {
+        info!(exchange, symbol, first_traded = %first, "Recorded the pair's first traded minute (REST confirmed nothing before it)");
+    }
+    Ok(())
+}
+
 /// One pair's plan: what to fetch.
 struct PairPlan {
     report: PairReport,
@@ -853,12 +915,21 @@ impl Backfiller {
             // unrecoverable at the next plan, never filled. Where the answer
             // shows where it begins (Kraken's first row), that is the bound;
             // and the history before the answer's time, two minutes inside.
-            let covered_from = self.client.exchange.rest_covered_from(&resp.body);
             let oldest_served = self.history.map(|h| {
                 let reach = answered - chrono::Duration::from_std(h).unwrap_or_default();
                 // (the margin of `plan`)
                 Minute::containing(reach).plus(2).start()
             });
+            // An answer that begins well inside that history (Kraken answers
+            // quiet minutes with flat rows) shows the pair did not trade
+            // before its first row: the minutes between are confirmed empty.
+            let covered_from =
+                self.client
+                    .exchange
+                    .rest_covered_from(&resp.body)
+                    .filter(|&first| {
+                        oldest_served.is_none_or(|o| first <= o + chrono::Duration::minutes(2))
+                    });
             let candles = self
                 .client
                 .exchange
@@ -895,6 +966,7 @@ impl Backfiller {
             hours.extend(events.iter().map(|e| hour_of(e.candle.interval_start)));
             hours.extend(empties.iter().map(|t| hour_of(*t)));
             let inserted = write_batch(&self.pool, &self.partitions, &events).await?;
+            let first = events.iter().map(|e| e.candle.interval_start).min();
             let confirmed = if empties.is_empty() {
                 0
             } else {
@@ -910,6 +982,18 @@ impl Backfiller {
                 .await?
                 .rows_affected()
             };
+            if report.listed_at.is_none() {
+                // Where a run of confirmed-empty minutes ends, the first
+                // candle after it may be the pair's first trade.
+                // (empties are in order)
+                let minute = chrono::Duration::minutes(1);
+                let run_end = empties
+                    .windows(2)
+                    .find(|w| w[1] - w[0] != minute)
+                    .map(|w| w[0] + minute)
+                    .or_else(|| empties.last().map(|t| *t + minute));
+                record_first_traded(&self.pool, exchange, &symbol, first, run_end).await?;
+            }
             report.candles_inserted += inserted;
             report.empty_confirmed += confirmed;
             let labels = ExchangeLabels { exchange };
