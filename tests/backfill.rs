@@ -61,6 +61,16 @@ async fn silver(
     .collect()
 }
 
+/// BTCUSDT's day from 00:30 on, written under `dir`, as the simulator's
+/// `--data` argument: a pair that first traded at 00:30.
+fn day_from_half_past(dir: &Path) -> String {
+    let late = dir.join("BTCUSDT-1m-late.csv");
+    let text = std::fs::read_to_string(BTC_DAY).unwrap();
+    let rows: Vec<&str> = text.lines().skip(30).collect();
+    std::fs::write(&late, rows.join("\n")).unwrap();
+    format!("BTCUSDT={}", late.display())
+}
+
 fn klines_requests(log: &[RestLogEntry], path: &str) -> usize {
     log.iter()
         .filter(|e| e.client.starts_with("klines/") && e.path == path)
@@ -383,11 +393,7 @@ async fn dry_run_listing_and_unrecoverable_history() {
     let db = TestDb::new("bf_hist").await;
     // The day from 00:30 on: the pair was "listed" at 00:30.
     let dir = tempdir();
-    let late = dir.path().join("BTCUSDT-1m-late.csv");
-    let text = std::fs::read_to_string(BTC_DAY).unwrap();
-    let rows: Vec<&str> = text.lines().skip(30).collect();
-    std::fs::write(&late, rows.join("\n")).unwrap();
-    let late_arg = format!("BTCUSDT={}", late.display());
+    let late_arg = day_from_half_past(dir.path());
     // The server is 2 days past the day; REST keeps 36 hours here.
     let sim = simulator(&[&late_arg], 1.0, |c| {
         c.start_immediately = true;
@@ -1035,11 +1041,7 @@ async fn every_venue_expects_no_minute_before_the_pairs_first_trade() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let db = TestDb::new("bf_first_trade").await;
     let dir = tempdir();
-    let late = dir.path().join("BTCUSDT-1m-late.csv");
-    let text = std::fs::read_to_string(BTC_DAY).unwrap();
-    let rows: Vec<&str> = text.lines().skip(30).collect();
-    std::fs::write(&late, rows.join("\n")).unwrap();
-    let late_arg = format!("BTCUSDT={}", late.display());
+    let late_arg = day_from_half_past(dir.path());
     let sim = simulator(&[&late_arg], 1.0, |c| {
         c.start_immediately = true;
         c.clock_start = Some(Minute::containing("2023-01-21T03:00:00Z".parse().unwrap()));
