@@ -358,6 +358,11 @@ pub struct MergeConfig {
     pub parallelism: usize,
 }
 
+impl MergeConfig {
+    /// `merge.parallelism` when the file does not say.
+    pub const DEFAULT_PARALLELISM: usize = 2;
+}
+
 impl Default for MergeConfig {
     fn default() -> Self {
         MergeConfig {
@@ -366,7 +371,7 @@ impl Default for MergeConfig {
             recent_window: None,
             sweep_every: Duration::from_secs(3600),
             sweep_window: Duration::from_secs(24 * 3600),
-            parallelism: 2,
+            parallelism: MergeConfig::DEFAULT_PARALLELISM,
         }
     }
 }

@@ -10,8 +10,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::shard::Shard;
 use super::sql::{self, render, without_tagged};
-use super::{hour_start, MergeError, MergeReport, Scope, StepTimes};
-use crate::db::partitions::Partitions;
+use super::{hour_start, MergeError, MergeReport, Merger, Scope, StepTimes};
 use crate::domain::Pair;
 
 /// An hour with at least this many final bronze rows to look at is merged by
@@ -103,18 +102,17 @@ fn statement(
 /// transaction (or one per range of symbols, for a bulk hour with
 /// connections to spare).
 pub(super) async fn merge_hour(
-    pool: &PgPool,
-    partitions: &Partitions,
-    parallelism: usize,
+    m: &Merger<'_>,
     hour: i64,
     scope: &Scope,
     sweep_pairs: &[Pair],
 ) -> Result<MergeReport, MergeError> {
+    let (pool, parallelism) = (m.pool, m.parallelism);
     let (from, to) = (hour_start(hour), hour_start(hour + 1));
     let began = Instant::now();
     // The statements name this hour's partitions (and the previous hour's
     // silver one), so they must exist.
-    partitions.ensure_hours(pool, [hour - 1, hour]).await?;
+    m.partitions.ensure_hours(pool, [hour - 1, hour]).await?;
     // The check and the hour's transaction share one connection: a
     // connection given back goes home on a task of its own after a round
     // trip, and while it is on its way the pool looks busy to

@@ -171,7 +171,7 @@ fn hour_start(hour: i64) -> DateTime<Utc> {
 
 /// How many connections a bulk hour may use unless told otherwise
 /// (`merge.parallelism`'s default).
-pub const DEFAULT_PARALLELISM: usize = 2;
+pub const DEFAULT_PARALLELISM: usize = crate::config::MergeConfig::DEFAULT_PARALLELISM;
 
 /// Where and how merges run: the pool, the cache of partitions known to
 /// exist, and how many connections a bulk hour may use (`merge.parallelism`;
@@ -230,16 +230,7 @@ impl<'a> Merger<'a> {
             let mut attempt = 0u32;
             let mut hour_scope = scope.clone();
             let merged = loop {
-                match hour::merge_hour(
-                    self.pool,
-                    self.partitions,
-                    self.parallelism,
-                    hour,
-                    &hour_scope,
-                    sweep_pairs,
-                )
-                .await
-                {
+                match hour::merge_hour(self, hour, &hour_scope, sweep_pairs).await {
                     // A partition this process thought it had was dropped (an
                     // old hour written again after retention took it): create
                     // it again and retry with every bronze row of the hour,
