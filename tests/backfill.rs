@@ -1125,3 +1125,79 @@ async fn every_venue_expects_no_minute_before_the_pairs_first_trade() {
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+/// Each running job holds its exchange's lock on a connection of the
+/// backfill pool. With that pool at its default size and every exchange's
+/// first fill starting together (a new deployment), the jobs timed out
+/// waiting for connections ("pool timed out"); the pool now has one per
+/// exchange beyond `pools.backfill`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exchanges_jobs_run_at_once_on_the_default_backfill_pool() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_pool").await;
+    let sim = simulator(&[BTC_DAY], 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(Minute::containing("2023-01-22T00:10:00Z".parse().unwrap()));
+    })
+    .await;
+    let venues = [
+        (ExchangeId::Binance, "BTCUSDT"),
+        (ExchangeId::Bybit, "BTCUSDT"),
+        (ExchangeId::Coinbase, "BTC-USDT"),
+        (ExchangeId::Okx, "BTC-USDT"),
+    ];
+    let mut toml = format!(
+        "[database]\nurl = \"{}\"\nconnect_timeout = \"2s\"\n",
+        db.url
+    );
+    for (exchange, symbol) in venues {
+        toml.push_str(&format!(
+            "[exchanges.{exchange}]\nws_url = \"{}\"\nrest_url = \"{}\"\npairs = [\"{symbol}\"]\n",
+            sim.ws_url(exchange),
+            sim.rest_url(exchange)
+        ));
+    }
+    let cfg = parse_config(&toml);
+    assert_eq!(cfg.database.pools.backfill, 2, "the default size");
+    let pools = klines::db::Pools::connect_lazy_as(&cfg.database, "pool test", cfg.exchanges.len())
+        .unwrap();
+    let parts = std::sync::Arc::new(klines::db::partitions::Partitions::new());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let jobs = venues.map(|(exchange, symbol)| {
+        let ex_config = &cfg.exchanges[&exchange];
+        let backfiller = klines::backfill::for_exchange(
+            ex_config.build_exchange(exchange).unwrap(),
+            ex_config,
+            &cfg.backfill,
+            pools.backfill.clone(),
+            std::sync::Arc::clone(&parts),
+            std::sync::Arc::new(klines::rest::clock::ExchangeClock::new()),
+            std::sync::Arc::new(klines::telemetry::Metrics::new()),
+        )
+        .unwrap()
+        .merging_on(cfg.merge.parallelism);
+        let native = backfiller.client.exchange.normalize_symbol(symbol).unwrap();
+        let spec = klines::backfill::JobSpec {
+            requested_by: "test".into(),
+            symbols: vec![native],
+            from: "2023-01-21T00:00:00Z".parse().unwrap(),
+            to: "2023-01-21T06:00:00Z".parse().unwrap(),
+            dry_run: false,
+        };
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            backfiller
+                .run(&spec, &klines::backfill::Quiet, &cancel)
+                .await
+                .map(|r| (r.candles_inserted(), r.failed().count()))
+                .map_err(|e| format!("{exchange}: {e}"))
+        })
+    });
+    for (job, (exchange, _)) in jobs.into_iter().zip(venues) {
+        let (inserted, failed) = job.await.unwrap().unwrap();
+        assert_eq!((inserted, failed), (360, 0), "{exchange}");
+    }
+    pools.close().await;
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

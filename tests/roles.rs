@@ -230,7 +230,7 @@ async fn the_service_runs_as_a_least_privilege_login() {
         assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
     }
     // And its connections cannot write.
-    let pools = klines::db::Pools::connect_lazy_as(&cfg.database, "roles test").unwrap();
+    let pools = klines::db::Pools::connect_lazy_as(&cfg.database, "roles test", 1).unwrap();
     for sql in [
         "DELETE FROM silver.fact_ohlcv",
         "INSERT INTO ops.backfill_jobs (requested_by, exchange, symbols, range_from, range_to) VALUES ('x', 'binance', '{}', now(), now())",

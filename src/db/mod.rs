@@ -80,7 +80,17 @@ impl Pools {
     /// Lazy pools (the service starts while PostgreSQL is down) whose
     /// sessions carry `name` as their `application_name` (seen in
     /// `pg_stat_activity`, recorded in `ops.runs.instance`).
-    pub fn connect_lazy_as(cfg: &DatabaseConfig, name: &str) -> Result<Pools, sqlx::Error> {
+    ///
+    /// A running backfill job holds one connection of the backfill pool for
+    /// its exchange's session lock as long as it runs, so that pool has one
+    /// connection per exchange (`exchanges`) beyond `pools.backfill`: with
+    /// every exchange's first fill running at once, the jobs still have
+    /// `pools.backfill` connections to work on.
+    pub fn connect_lazy_as(
+        cfg: &DatabaseConfig,
+        name: &str,
+        exchanges: usize,
+    ) -> Result<Pools, sqlx::Error> {
         let sizes = &cfg.pools;
         let pool_options = || PgPoolOptions::new().acquire_timeout(cfg.connect_timeout);
         let pool = |size: u32| -> Result<PgPool, sqlx::Error> {
@@ -104,7 +114,7 @@ impl Pools {
         Ok(Pools {
             sink: pool(sizes.sink)?,
             merge: pool(sizes.merge)?,
-            backfill: pool(sizes.backfill)?,
+            backfill: pool(sizes.backfill + u32::try_from(exchanges).unwrap_or(u32::MAX))?,
             api: api.connect_lazy_with(options(cfg)?.application_name(name)),
         })
     }

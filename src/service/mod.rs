@@ -83,7 +83,7 @@ pub async fn run(
     }
     let shard = config.ingest.shard.unwrap_or_default();
     let instance = instance_name(shard);
-    let pools = db::Pools::connect_lazy_as(&config.database, &instance)?;
+    let pools = db::Pools::connect_lazy_as(&config.database, &instance, config.exchanges.len())?;
     // Schema, partitions, the leader's lock, the schedules' bookkeeping.
     let pool = pools.merge.clone();
     info!(instance, shard = %shard, "Starting");
