@@ -35,7 +35,7 @@ GRANT USAGE ON SCHEMA silver, gold TO klines_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA silver, gold TO klines_reader;
 ALTER DEFAULT PRIVILEGES IN SCHEMA silver, gold GRANT SELECT ON TABLES TO klines_reader;
 GRANT USAGE ON SCHEMA ref, ops TO klines_reader;
-GRANT SELECT ON ref.instruments, ops.backfill_jobs, ops.backfill_pairs TO klines_reader;
+GRANT SELECT ON ref.instruments, ops.backfill_jobs, ops.backfill_pairs, ops.archive_files TO klines_reader;
 
 -- Ingest: append to bronze, create the partitions it writes into.
 GRANT USAGE ON SCHEMA bronze, ops TO klines_ingest;
@@ -50,7 +50,7 @@ GRANT EXECUTE ON FUNCTION ops.ensure_hourly_partitions(regclass, timestamptz, ti
 -- and gap detection, which reads silver.
 GRANT USAGE ON SCHEMA ref TO klines_ingest;
 GRANT SELECT, INSERT, UPDATE ON ref.instruments, ops.backfill_jobs, ops.backfill_pairs,
-      ops.unrecoverable_gaps TO klines_ingest;
+      ops.unrecoverable_gaps, ops.archive_files TO klines_ingest;
 GRANT USAGE ON SEQUENCE ops.backfill_jobs_id_seq TO klines_ingest;
 GRANT SELECT ON silver.fact_ohlcv TO klines_ingest;
 

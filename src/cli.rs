@@ -54,6 +54,59 @@ pub enum Command {
     /// it (disaster recovery); idempotent.
     #[command(subcommand)]
     Lake(LakeCommand),
+    /// The exchanges' own published history files: `klines archive import`
+    /// reads them into bronze (source = 'archive') and merges them.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+/// `klines archive` commands.
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// Import the exchange's published 1-minute files for a range: found by
+    /// listing its archive, each checked against its checksum, every row read
+    /// before any is written; then merged. Idempotent: a file imported before
+    /// with the same checksum is skipped, a re-issued one imported again.
+    /// The range is widened to the whole files that touch it.
+    Import(ArchiveImportArgs),
+}
+
+/// `klines archive import` options.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("pairs").required(true).args(["symbol", "all_pairs"])))]
+pub struct ArchiveImportArgs {
+    /// Exchange, as configured (binance).
+    #[arg(long, value_parser = parse_exchange)]
+    pub exchange: ExchangeId,
+    /// Symbol(s), e.g. BTCUSDT; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub symbol: Vec<String>,
+    /// Every pair configured for the exchange.
+    #[arg(long)]
+    pub all_pairs: bool,
+    /// Start of the range (RFC 3339 or a date, meaning its 00:00 UTC),
+    /// inclusive.
+    #[arg(long, value_parser = parse_time)]
+    pub from: DateTime<Utc>,
+    /// End of the range, exclusive (RFC 3339, a date, or `now`).
+    #[arg(long, value_parser = parse_time_or_now)]
+    pub to: DateTime<Utc>,
+    /// Only list the files that would be imported; download nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl From<ArchiveImportArgs> for crate::archive::operator::Request {
+    fn from(a: ArchiveImportArgs) -> Self {
+        crate::archive::operator::Request {
+            exchange: a.exchange,
+            symbol: a.symbol,
+            all_pairs: a.all_pairs,
+            from: a.from,
+            to: a.to,
+            dry_run: a.dry_run,
+        }
+    }
 }
 
 /// `klines ingest` options.

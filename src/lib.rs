@@ -18,6 +18,9 @@
 //! - [`sink`]: the sinks the workers feed through an [`sink::Outlet`]:
 //!   bronze (batched COPY, its disk spool) and the lake (its write-ahead
 //!   spool and uploader);
+//! - [`archive`]: the exchanges' own published history files (Binance's
+//!   data.binance.vision): `klines archive import` checks, reads and
+//!   writes them to bronze, and merges them;
 //! - [`lake`]: the raw JSONL.gz lake's format: lines, object keys, the S3
 //!   and local stores, `klines lake load`;
 //! - [`db`]: pools by purpose, migrations, hourly partitions, bronze's
@@ -38,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod archive;
 pub mod backfill;
 pub mod cli;
 pub mod config;

@@ -112,6 +112,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             klines::backfill::operator::run(&config, &args.into(), cancel).await?;
             Ok(())
         }
+        Command::Archive(klines::cli::ArchiveCommand::Import(args)) => {
+            let config = Config::load(&cli.config)?;
+            let cancel = CancellationToken::new();
+            tokio::spawn(klines::service::cancel_on_signal(cancel.clone()));
+            klines::archive::operator::run(&config, &args.into(), cancel).await?;
+            Ok(())
+        }
         Command::Lake(klines::cli::LakeCommand::Load(args)) => {
             let config = Config::load(&cli.config)?;
             if args.from >= args.to {

@@ -6,8 +6,8 @@
 //!
 //! The layers, bottom up: `domain`, `config`, `telemetry`, `exchange`
 //! (protocol only), `db`, `rest`; then the sinks, `lake`, `merge`,
-//! `instruments`, `backfill`, `retention`, `ingest`, `api`; `service` (the
-//! supervisor); `cli` and `main.rs` on top.
+//! `instruments`, `backfill`, `archive`, `retention`, `ingest`, `api`;
+//! `service` (the supervisor); `cli` and `main.rs` on top.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

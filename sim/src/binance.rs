@@ -42,6 +42,8 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/api/v3/time", get(server_time))
         .route("/api/v3/ticker/24hr", get(ticker_24hr))
         .route("/api/v3/ping", get(ping))
+        .route("/vision/", get(crate::archive::binance_listing))
+        .route("/vision/{*key}", get(crate::archive::binance_object))
 }
 
 /// `btcusdt@kline_1m` → `BTCUSDT`; other stream types are not simulated.

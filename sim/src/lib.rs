@@ -11,12 +11,16 @@
 //! by changing only the base URLs. Each exchange serves the same replay
 //! data under its own symbols (`BTCUSDT` is `BTC-USDT` on OKX, `BTC/USDT`
 //! on Kraken's WebSocket and `XBTUSDT` on its REST). `/sim/stats` reports what was sent,
-//! `/sim/pause` and `/sim/resume` control the replay clock.
+//! `/sim/pause` and `/sim/resume` control the replay clock. Binance's
+//! published files (data.binance.vision's layout, bucket listing and
+//! checksums) are served from the same data under `/binance/vision/`, with
+//! faults per file (`/sim/archive-fault`, [`archive`]).
 //!
 //! Adding an exchange: a module with its [`ws::Protocol`] and REST routes,
 //! nested under its name in [`router`]; the replay data, clock, schedule,
 //! faults and WebSocket loop (`ws.rs`) are shared.
 
+pub mod archive;
 pub mod binance;
 pub mod bybit;
 pub mod cli;
@@ -365,6 +369,8 @@ pub struct SimState {
     /// Symbols the exchange has delisted: gone from its instrument list,
     /// no more candles on its streams, REST klines refused.
     delisted: Mutex<BTreeSet<String>>,
+    /// The archive files served and their faults.
+    pub archive: archive::ArchiveStore,
 }
 
 /// Each exchange's documented limit on WebSocket connection attempts per IP:
@@ -465,6 +471,7 @@ impl SimState {
             connects: Mutex::new(HashMap::new()),
             rest_refused: Mutex::new(BTreeSet::new()),
             delisted: Mutex::new(BTreeSet::new()),
+            archive: archive::ArchiveStore::default(),
             config,
         }
     }
@@ -932,6 +939,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/sim/rest-log", get(rest_log))
         .route("/sim/pause", post(pause))
         .route("/sim/resume", post(resume))
+        .route("/sim/archive-fault", post(archive::set_fault))
         .with_state(state)
 }
 
@@ -1017,6 +1025,12 @@ impl SimHandle {
     /// Base URL of `exchange`'s REST API (`rest_url` in config).
     pub fn rest_url(&self, exchange: klines::domain::ExchangeId) -> String {
         format!("http://{}/{}", self.addr, exchange.as_str())
+    }
+
+    /// Base URL of `exchange`'s published history files (`archive_url` in
+    /// config): Binance's data.binance.vision layout and bucket listing.
+    pub fn archive_url(&self, exchange: klines::domain::ExchangeId) -> String {
+        format!("http://{}/{}/vision/", self.addr, exchange.as_str())
     }
 
     /// Stops serving and closes every connection.

@@ -1,7 +1,7 @@
 -- Step 2: the winning final observation of every touched key goes to silver.
 --
 -- The winner of a key is its observation ranked first (05_silver_ranked.sql:
--- WebSocket over lake over REST, then the newest).
+-- WebSocket over lake over archive over REST, then the newest).
 -- New keys are inserted; existing rows are updated only when the winning
 -- values really differ (and the winner's source ranks at least as high as
 -- the row's), so a re-run reports 0 inserted, 0 updated. (The
@@ -43,11 +43,11 @@ updated AS (
          = (w.exchange, w.symbol, w.interval_seconds, w.interval_start)
        AND s.interval_start >= $1 AND s.interval_start < $2
        -- Never for a source that ranks below silver's own: once retention
-       -- has dropped an old hour of bronze, a REST or lake row arriving for
+       -- has dropped an old hour of bronze, a REST, archive or lake row arriving for
        -- it is the only observation there, and must not replace the
        -- WebSocket candle silver keeps (a filled minute ranks last).
-       AND CASE w.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 WHEN 'rest' THEN 2 ELSE 3 END
-        <= CASE s.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 WHEN 'rest' THEN 2 ELSE 3 END
+       AND CASE w.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 WHEN 'archive' THEN 2 WHEN 'rest' THEN 3 ELSE 4 END
+        <= CASE s.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 WHEN 'archive' THEN 2 WHEN 'rest' THEN 3 ELSE 4 END
        AND (s.open, s.high, s.low, s.close, s.volume, s.quote_volume, s.trade_count,
             s.vwap, s.source)
            IS DISTINCT FROM

@@ -2,8 +2,8 @@
 -- observations of the hour's keys (of this connection's range of symbols),
 -- each ranked by the winner rules: rank 1 wins.
 --   1. source: a WebSocket candle beats a lake reload (the same WebSocket data
---      replayed), which beats REST; so REST or lake data never replaces a
---      WebSocket candle;
+--      replayed), which beats the exchange's archive files, which beat REST;
+--      so REST, archive or lake data never replaces a WebSocket candle;
 --   2. within a source, the newest observation wins (latest ingestion).
 -- $1, $2: the hour [from, to). The line marked @only-touched is dropped when
 -- the merge covers every key of the hour (then merge_touched is not filled).
@@ -17,7 +17,7 @@ ranked AS (
            b.vwap, b.source, b.event_ts,
            row_number() OVER (
                PARTITION BY b.exchange, b.symbol, b.interval_seconds, b.interval_start
-               ORDER BY CASE b.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 ELSE 2 END,
+               ORDER BY CASE b.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 WHEN 'archive' THEN 2 ELSE 3 END,
                         b.ingestion_ts DESC, b.id DESC) AS rank
       FROM {bronze} b
      WHERE b.is_final

@@ -24,7 +24,7 @@ WITH hours AS (
 -- once ran 2,500 times over).
 counted AS (
     SELECT h.exchange, h.symbol, h.hour_start, e.expected, n.present, n.from_ws,
-           n.from_rest, n.from_lake, n.filled, u.unrecoverable
+           n.from_rest, n.from_lake, n.from_archive, n.filled, u.unrecoverable
       FROM hours h
      CROSS JOIN LATERAL (
            SELECT greatest(0, extract(epoch FROM
@@ -39,6 +39,7 @@ counted AS (
                   count(*) FILTER (WHERE s.source = 'ws')     AS from_ws,
                   count(*) FILTER (WHERE s.source = 'rest')   AS from_rest,
                   count(*) FILTER (WHERE s.source = 'lake')   AS from_lake,
+                  count(*) FILTER (WHERE s.source = 'archive') AS from_archive,
                   count(*) FILTER (WHERE s.source = 'filled') AS filled
              FROM {silver} s
             WHERE s.exchange = h.exchange AND s.symbol = h.symbol AND s.interval_seconds = 60
@@ -63,9 +64,9 @@ counted AS (
 )
 INSERT INTO silver.completeness_hourly AS c
        (exchange, symbol, hour_start, expected, present, from_ws, from_rest, from_lake,
-        filled, missing, ratio, unrecoverable)
+        from_archive, filled, missing, ratio, unrecoverable)
 SELECT exchange, symbol, hour_start, expected, present, from_ws, from_rest, from_lake,
-       filled, greatest(expected - present, 0),
+       from_archive, filled, greatest(expected - present, 0),
        CASE WHEN expected = 0 THEN 1 ELSE round(least(present, expected)::numeric / expected, 6) END,
        unrecoverable
   FROM counted
@@ -73,10 +74,12 @@ SELECT exchange, symbol, hour_start, expected, present, from_ws, from_rest, from
 ON CONFLICT (exchange, symbol, hour_start) DO UPDATE
    SET expected = EXCLUDED.expected, present = EXCLUDED.present,
        from_ws = EXCLUDED.from_ws, from_rest = EXCLUDED.from_rest,
-       from_lake = EXCLUDED.from_lake, filled = EXCLUDED.filled,
+       from_lake = EXCLUDED.from_lake, from_archive = EXCLUDED.from_archive,
+       filled = EXCLUDED.filled,
        missing = EXCLUDED.missing, ratio = EXCLUDED.ratio,
        unrecoverable = EXCLUDED.unrecoverable, updated_at = now()
- WHERE (c.expected, c.present, c.from_ws, c.from_rest, c.from_lake, c.filled, c.unrecoverable)
+ WHERE (c.expected, c.present, c.from_ws, c.from_rest, c.from_lake, c.from_archive,
+        c.filled, c.unrecoverable)
        IS DISTINCT FROM
        (EXCLUDED.expected, EXCLUDED.present, EXCLUDED.from_ws, EXCLUDED.from_rest,
-        EXCLUDED.from_lake, EXCLUDED.filled, EXCLUDED.unrecoverable);
+        EXCLUDED.from_lake, EXCLUDED.from_archive, EXCLUDED.filled, EXCLUDED.unrecoverable);

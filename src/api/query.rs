@@ -469,7 +469,7 @@ pub async fn completeness(State(s): State<ApiState>, params: Params) -> Result<R
         }
     }
     let rows = sqlx::query(
-        "SELECT symbol, hour_start, expected, present, from_ws, from_rest, from_lake, filled, missing,
+        "SELECT symbol, hour_start, expected, present, from_ws, from_rest, from_lake, from_archive, filled, missing,
                 unrecoverable, ratio::text AS ratio
            FROM silver.completeness_hourly
           WHERE exchange = $1 AND ($2::text IS NULL OR symbol = $2)
@@ -493,6 +493,7 @@ pub async fn completeness(State(s): State<ApiState>, params: Params) -> Result<R
                 "from_ws": r.get::<i32, _>("from_ws"),
                 "from_rest": r.get::<i32, _>("from_rest"),
                 "from_lake": r.get::<i32, _>("from_lake"),
+                "from_archive": r.get::<i32, _>("from_archive"),
                 "filled": r.get::<i32, _>("filled"),
                 "missing": r.get::<i32, _>("missing"),
                 "unrecoverable": r.get::<i32, _>("unrecoverable"),

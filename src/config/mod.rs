@@ -77,6 +77,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     /// One table per exchange: `[exchanges.binance]`.
     #[serde(default)]
     pub exchanges: BTreeMap<ExchangeId, ExchangeConfig>,
@@ -567,6 +569,30 @@ impl Default for BackfillConfig {
     }
 }
 
+/// `[archive]`: how `klines archive` fetches the exchanges' published
+/// history files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Files downloaded at once.
+    pub concurrency: usize,
+    /// A request that has not answered in this long fails (and is retried).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per request on network errors and 5xx, with backoff.
+    pub max_attempts: u32,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            concurrency: 4,
+            timeout: Duration::from_secs(120),
+            max_attempts: 4,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeConfig {
@@ -606,6 +632,15 @@ pub struct ExchangeConfig {
     /// differs from the built-in one; older gaps are unrecoverable.
     #[serde(default, with = "humantime_serde")]
     pub rest_history: Option<Duration>,
+    /// Where the exchange's published history files are (`klines archive`):
+    /// by default its own (Binance: `https://data.binance.vision/`); a
+    /// mirror or the simulator.
+    #[serde(default)]
+    pub archive_url: Option<Url>,
+    /// Where their listing is, when it is not at `archive_url` (Binance's
+    /// own files are listed by the bucket behind them).
+    #[serde(default)]
+    pub archive_list_url: Option<Url>,
 }
 
 impl ExchangeConfig {

@@ -19,6 +19,7 @@ pub(super) fn all(c: &Config) -> Result<(), ConfigError> {
     retention(c)?;
     api(c)?;
     backfill(c)?;
+    archive(c)?;
     exchanges(c)
 }
 
@@ -257,6 +258,20 @@ fn backfill(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The archive downloads' pace.
+fn archive(c: &Config) -> Result<(), ConfigError> {
+    positive("archive.concurrency", c.archive.concurrency)?;
+    if c.archive.concurrency > 64 {
+        return Err(ConfigError::invalid(
+            "archive.concurrency",
+            "must be at most 64 (files are large; more at once only queue at the server)",
+        ));
+    }
+    nonzero("archive.timeout", c.archive.timeout)?;
+    positive("archive.max_attempts", c.archive.max_attempts as usize)?;
+    Ok(())
+}
+
 /// At least one exchange enabled, and each one's settings.
 fn exchanges(c: &Config) -> Result<(), ConfigError> {
     if c.exchanges.values().all(|e| !e.enabled) {
@@ -294,6 +309,22 @@ fn exchange(id: ExchangeId, ex: &ExchangeConfig) -> Result<(), ConfigError> {
                 endpoints.rest.scheme()
             ),
         ));
+    }
+    for (name, url) in [
+        ("archive_url", &ex.archive_url),
+        ("archive_list_url", &ex.archive_list_url),
+    ] {
+        if let Some(url) = url {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    key(name),
+                    format!(
+                        "must be an http:// or https:// URL, got scheme `{}`",
+                        url.scheme()
+                    ),
+                ));
+            }
+        }
     }
     if ex.pairs.is_empty() && ex.select.is_none() {
         return Err(ConfigError::invalid(

@@ -138,6 +138,23 @@ async fn copy_rows(pool: &PgPool, text: &str) -> Result<u64, sqlx::Error> {
     copy.finish().await
 }
 
+/// Writes `events` in one COPY on `conn` (a transaction's connection: the
+/// rows commit with whatever else it writes). The caller creates their
+/// hours' partitions first ([`Partitions::ensure_hours`]).
+pub async fn copy_events(
+    conn: &mut sqlx::PgConnection,
+    events: &[CandleEvent],
+) -> Result<u64, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut text = String::with_capacity(events.len() * 200);
+    encode_copy_rows(events, &mut text);
+    let mut copy = conn.copy_in_raw(COPY_STATEMENT).await?;
+    copy.send(text.as_bytes()).await?;
+    copy.finish().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,6 +177,8 @@ pub enum Source {
     Rest,
     /// Reloaded from the raw lake.
     Lake,
+    /// The exchange's own published files (`klines archive import`).
+    Archive,
     /// A minute REST confirmed had no trades, filled at the previous close.
     Filled,
 }
@@ -187,6 +189,7 @@ impl Source {
             Source::Ws => "ws",
             Source::Rest => "rest",
             Source::Lake => "lake",
+            Source::Archive => "archive",
             Source::Filled => "filled",
         }
     }

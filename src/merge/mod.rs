@@ -132,7 +132,8 @@ impl MergeReport {
         self.steps = steps;
     }
 
-    fn add(&mut self, other: MergeReport) {
+    /// Adds the report of another hour (or run).
+    pub fn add(&mut self, other: MergeReport) {
         self.hours += other.hours;
         self.keys += other.keys;
         self.inserted += other.inserted;

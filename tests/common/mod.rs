@@ -530,10 +530,17 @@ pairs = [{pairs}]
 /// Runs `klines backfill ARGS` with `config` against `db_url`: (success,
 /// stdout, stderr).
 pub fn backfill_cli(config: &Path, db_url: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["backfill"];
+    all.extend_from_slice(args);
+    klines_cli(config, db_url, &all)
+}
+
+/// Runs `klines ARGS` with `config` against `db_url`: (success, stdout,
+/// stderr).
+pub fn klines_cli(config: &Path, db_url: &str, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_klines"))
         .arg("--config")
         .arg(config)
-        .arg("backfill")
         .args(args)
         .env("DATABASE_URL", db_url)
         .env("KLINES_LOG", "warn")

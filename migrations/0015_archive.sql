@@ -1,0 +1,70 @@
+-- The exchanges' own published files (Binance's data.binance.vision, OKX's
+-- market-data history, Kraken's OHLCVT downloads) as a source of bronze:
+-- `source = 'archive'`. It ranks below the WebSocket and the lake (a
+-- WebSocket candle is never replaced) and above REST.
+ALTER TABLE bronze.ohlcv_native
+    DROP CONSTRAINT IF EXISTS ohlcv_native_source_check,
+    ADD CONSTRAINT ohlcv_native_source_check
+        CHECK (source IN ('ws', 'rest', 'lake', 'archive'));
+ALTER TABLE silver.fact_ohlcv
+    DROP CONSTRAINT IF EXISTS fact_ohlcv_source_check,
+    ADD CONSTRAINT fact_ohlcv_source_check
+        CHECK (source IN ('ws', 'rest', 'lake', 'archive', 'filled'));
+
+-- Minutes of an hour silver has from an archive.
+ALTER TABLE silver.completeness_hourly
+    ADD COLUMN IF NOT EXISTS from_archive integer NOT NULL DEFAULT 0;
+
+CREATE OR REPLACE VIEW silver.completeness_daily AS
+SELECT exchange,
+       symbol,
+       date_trunc('day', hour_start AT TIME ZONE 'UTC')::date AS day,
+       sum(expected)  AS expected,
+       sum(present)   AS present,
+       sum(from_ws)   AS from_ws,
+       sum(from_rest) AS from_rest,
+       sum(from_lake) AS from_lake,
+       sum(filled)    AS filled,
+       sum(missing)   AS missing,
+       round(sum(present)::numeric / nullif(sum(expected), 0), 6) AS ratio,
+       sum(unrecoverable) AS unrecoverable,
+       sum(from_archive) AS from_archive
+  FROM silver.completeness_hourly
+ GROUP BY exchange, symbol, date_trunc('day', hour_start AT TIME ZONE 'UTC');
+
+CREATE OR REPLACE VIEW silver.v_completeness AS
+SELECT exchange,
+       symbol,
+       hour_start,
+       (hour_start AT TIME ZONE 'UTC')::date AS day_utc,
+       expected,
+       present,
+       from_ws,
+       from_rest,
+       from_lake,
+       filled,
+       missing,
+       ratio,
+       round(100 * ratio, 2)                  AS completion_pct,
+       unrecoverable,
+       from_archive
+  FROM silver.completeness_hourly;
+
+-- Every archive file imported: a file already here with the same checksum
+-- is skipped by the next import; a re-issued file (a new checksum) is
+-- imported again and gets its own row.
+CREATE TABLE IF NOT EXISTS ops.archive_files (
+    exchange     text COLLATE "C" NOT NULL,
+    symbol       text COLLATE "C" NOT NULL,
+    name         text COLLATE "C" NOT NULL,
+    sha256       text COLLATE "C" NOT NULL,
+    -- The minutes the file covers, [period_start, period_end).
+    period_start timestamptz NOT NULL,
+    period_end   timestamptz NOT NULL,
+    rows         integer     NOT NULL,
+    bytes        bigint      NOT NULL,
+    imported_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (exchange, name, sha256)
+);
+CREATE INDEX IF NOT EXISTS archive_files_pair_idx
+    ON ops.archive_files (exchange, symbol, period_start);

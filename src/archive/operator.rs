@@ -1,0 +1,322 @@
+//! `klines archive import`: the operator's import, with validation, a
+//! progress bar (files, rows, MB/s, ETA) and a summary table.
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, NaiveDate, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use super::{ImportReport, ImportSpec, Importer, Progress, Venue};
+use crate::config::Config;
+use crate::db::partitions::Partitions;
+use crate::domain::ExchangeId;
+
+/// What an operator asked for (the CLI's arguments).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub exchange: ExchangeId,
+    /// Symbols as written (normalised here).
+    pub symbol: Vec<String>,
+    /// Every pair configured for the exchange.
+    pub all_pairs: bool,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Only list the files that would be imported.
+    pub dry_run: bool,
+}
+
+/// Checks the arguments against the config, runs the import and prints its
+/// summary. Errors name the argument at fault; files that failed make it
+/// fail after the others were imported and merged.
+pub async fn run(
+    config: &Config,
+    args: &Request,
+    cancel: CancellationToken,
+) -> anyhow::Result<ImportReport> {
+    let now = Utc::now();
+    if args.from >= args.to {
+        bail!(
+            "--from ({}) must be before --to ({})",
+            fmt_time(args.from),
+            fmt_time(args.to)
+        );
+    }
+    if args.from >= now {
+        bail!(
+            "--from ({}) is in the future; archives hold only days that have passed",
+            fmt_time(args.from)
+        );
+    }
+    if args.to > now + chrono::Duration::minutes(1) {
+        bail!(
+            "--to ({}) is in the future; the range must have passed (use --to now)",
+            fmt_time(args.to)
+        );
+    }
+    if let Some(window) = config.retention.silver.filter(|_| config.retention.enabled) {
+        let oldest = now - chrono::Duration::from_std(window).unwrap_or_default();
+        if args.from < oldest {
+            bail!(
+                "--from ({}) is older than silver keeps (retention.silver = {}): start at {} or later",
+                fmt_time(args.from),
+                humantime::format_duration(window),
+                fmt_time(oldest)
+            );
+        }
+    }
+    let id = args.exchange;
+    let Some(ex_config) = config.exchanges.get(&id) else {
+        bail!("--exchange {id}: not configured; add [exchanges.{id}] with its pairs to the config");
+    };
+    let venue =
+        Venue::for_exchange(id, ex_config).map_err(|e| anyhow::anyhow!("--exchange {id}: {e}"))?;
+    let exchange = ex_config
+        .build_exchange(id)
+        .context(format!("--exchange {id}"))?;
+    let symbols: Vec<String> = if args.all_pairs {
+        ex_config
+            .pairs
+            .iter()
+            .map(|s| exchange.normalize_symbol(s))
+            .collect::<Result<_, _>>()
+            .context("exchange pairs in the config")?
+    } else {
+        let mut out = Vec::new();
+        for s in &args.symbol {
+            let native = exchange
+                .normalize_symbol(s)
+                .map_err(|e| anyhow::anyhow!("--symbol {s}: {e}"))?;
+            if !out.contains(&native) {
+                out.push(native);
+            }
+        }
+        out
+    };
+    if symbols.is_empty() {
+        bail!("no pairs: give --symbol or configure exchanges.{id}.pairs");
+    }
+
+    let pool = crate::db::connect_migrated(&config.database).await?;
+    let importer = Importer::new(
+        pool,
+        Arc::new(Partitions::new()),
+        venue.clone(),
+        &config.archive,
+    )?
+    .merging_on(config.merge.parallelism);
+    let spec = ImportSpec {
+        exchange: id,
+        symbols,
+        from: args.from,
+        to: args.to,
+        dry_run: args.dry_run,
+    };
+    let bar = Bar::new();
+    let report = importer.run(&spec, &bar, &cancel).await;
+    bar.finish();
+    let report = report.with_context(|| format!("archive import from {}", venue.describe()))?;
+    print_summary(&report, &spec);
+    let failed: Vec<String> = report
+        .failures()
+        .map(|(file, why)| format!("{file}: {why}"))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} file(s) refused; nothing of them is in bronze (the other files were imported and merged): {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(report)
+}
+
+fn fmt_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Runs of consecutive days, as `2023-03-05` or `2023-03-05..2023-03-09`.
+fn day_runs(days: &[NaiveDate]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < days.len() {
+        let mut j = i;
+        while j + 1 < days.len() && days[j].succ_opt() == Some(days[j + 1]) {
+            j += 1;
+        }
+        out.push(if i == j {
+            days[i].to_string()
+        } else {
+            format!("{}..{}", days[i], days[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+fn print_summary(report: &ImportReport, spec: &ImportSpec) {
+    println!(
+        "archive import {} {} .. {}{}",
+        report.exchange,
+        fmt_time(spec.from),
+        fmt_time(spec.to),
+        if spec.dry_run { " (dry run)" } else { "" }
+    );
+    println!(
+        "{:<14} {:>6} {:>8} {:>8} {:>7} {:>10} {:>11} {:>8}",
+        "symbol", "files", "imported", "skipped", "failed", "rows", "unpublished", "missing"
+    );
+    for p in &report.pairs {
+        println!(
+            "{:<14} {:>6} {:>8} {:>8} {:>7} {:>10} {:>11} {:>8}",
+            p.symbol,
+            p.files.len(),
+            if spec.dry_run {
+                p.count_planned()
+            } else {
+                p.imported()
+            },
+            p.skipped(),
+            p.failed(),
+            p.rows(),
+            p.unpublished.len(),
+            p.missing.len()
+        );
+    }
+    for p in &report.pairs {
+        if !p.missing.is_empty() {
+            println!(
+                "  {}: no file for {} (missing from the archive)",
+                p.symbol,
+                day_runs(&p.missing)
+            );
+        }
+        if !p.unpublished.is_empty() {
+            println!(
+                "  {}: {} not published yet (daily files appear the next day)",
+                p.symbol,
+                day_runs(&p.unpublished)
+            );
+        }
+        if spec.dry_run {
+            for f in &p.files {
+                println!("  {} {:?}", f.name, f.status);
+            }
+        }
+    }
+    for (file, why) in report.failures() {
+        println!("  refused {file}: {why}");
+    }
+    if !spec.dry_run {
+        let mb = report.bytes as f64 / 1e6;
+        println!(
+            "{} rows from {:.1} MB in {:.1} s; merged: {} inserted, {} updated, {} unchanged",
+            report.rows(),
+            mb,
+            report.seconds,
+            report.merge.inserted,
+            report.merge.updated,
+            report.merge.unchanged
+        );
+    }
+}
+
+impl super::PairReport {
+    fn count_planned(&self) -> usize {
+        self.count(|s| *s == super::FileStatus::Planned)
+    }
+}
+
+/// The progress bar: on a terminal an indicatif bar, elsewhere a line at
+/// every tenth of the files.
+struct Bar {
+    bar: Option<ProgressBar>,
+    state: Mutex<BarState>,
+}
+
+struct BarState {
+    total: u64,
+    done: u64,
+    rows: u64,
+    bytes: u64,
+    started: Instant,
+    next_line: u64,
+}
+
+impl Bar {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} files · {msg} · ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Bar {
+            bar,
+            state: Mutex::new(BarState {
+                total: 0,
+                done: 0,
+                rows: 0,
+                bytes: 0,
+                started: Instant::now(),
+                next_line: 0,
+            }),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn planned(&self, files: u64) {
+        let mut s = self.state.lock().expect("progress poisoned");
+        s.total = files;
+        s.started = Instant::now();
+        s.next_line = files.div_ceil(10).max(1);
+        match &self.bar {
+            Some(b) => b.set_length(files),
+            None => eprintln!("archive: {files} files to fetch"),
+        }
+    }
+
+    fn file_done(&self, rows: u64, bytes: u64) {
+        let mut s = self.state.lock().expect("progress poisoned");
+        s.done += 1;
+        s.rows += rows;
+        s.bytes += bytes;
+        let secs = s.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = s.bytes as f64 / 1e6 / secs;
+        match &self.bar {
+            Some(b) => {
+                b.inc(1);
+                b.set_message(format!("{} rows · {rate:.1} MB/s", s.rows));
+            }
+            None => {
+                if s.done >= s.next_line || s.done == s.total {
+                    let step = s.total.div_ceil(10).max(1);
+                    s.next_line = s.done + step;
+                    let eta = if s.done > 0 {
+                        secs / s.done as f64 * (s.total - s.done) as f64
+                    } else {
+                        0.0
+                    };
+                    eprintln!(
+                        "archive: {}/{} files, {} rows, {rate:.1} MB/s, ETA {eta:.0} s",
+                        s.done, s.total, s.rows
+                    );
+                }
+            }
+        }
+    }
+}

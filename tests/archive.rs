@@ -1,0 +1,352 @@
+//! `klines archive import` against the simulator's archives (Binance's
+//! data.binance.vision layout, listing and checksums) and a real
+//! PostgreSQL: silver equals the files exactly, a second run imports
+//! nothing, a re-issued file changes exactly what it changed, and a bad
+//! file imports nothing and is named.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use klines::domain::{ExchangeId, Minute};
+use klines_sim::archive::ArchiveFault;
+use klines_sim::SimHandle;
+use rust_decimal::Decimal;
+use sqlx::Row;
+
+const US_PAIRS: [&str; 3] = ["BTCUSDT", "BTCUSDC", "BTCUSD"];
+
+fn us_file(symbol: &str) -> String {
+    format!(
+        "{symbol}={}/tests/fixtures/binanceus/binanceus_{symbol}_1m_20230301_20230321.csv",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn config_file(dir: &Path, sim: &SimHandle, pairs: &[&str]) -> PathBuf {
+    exchange_config_file(
+        dir,
+        sim,
+        ExchangeId::Binance,
+        pairs,
+        &format!("archive_url = \"{}\"", sim.archive_url(ExchangeId::Binance)),
+    )
+}
+
+fn import(config: &Path, db_url: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["archive", "import", "--exchange", "binance"];
+    all.extend_from_slice(args);
+    klines_cli(config, db_url, &all)
+}
+
+type Row5 = (
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+    Option<Decimal>,
+    Option<i64>,
+    String,
+);
+
+/// Silver 1m rows of `symbol` by minute index.
+async fn silver(pool: &sqlx::PgPool, symbol: &str) -> BTreeMap<i64, Row5> {
+    sqlx::query(
+        "SELECT interval_start, open, high, low, close, volume, quote_volume, trade_count, source
+           FROM silver.fact_ohlcv
+          WHERE exchange = 'binance' AND symbol = $1 AND interval_seconds = 60",
+    )
+    .bind(symbol)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        let t: chrono::DateTime<chrono::Utc> = r.get("interval_start");
+        (
+            Minute::containing(t).index(),
+            (
+                r.get("open"),
+                r.get("high"),
+                r.get("low"),
+                r.get("close"),
+                r.get("volume"),
+                r.get("quote_volume"),
+                r.get("trade_count"),
+                r.get("source"),
+            ),
+        )
+    })
+    .collect()
+}
+
+/// Silver equals the simulator's data for `symbol`, every minute of it.
+async fn assert_silver_is_the_data(db: &TestDb, sim: &SimHandle, symbol: &str, minutes: usize) {
+    let rows = silver(&db.pool, symbol).await;
+    assert_eq!(rows.len(), minutes, "{symbol}: every minute of the data");
+    for (index, (o, h, l, c, v, q, n, source)) in &rows {
+        let want = sim
+            .state
+            .market
+            .candle_at(symbol, Minute::from_index(*index))
+            .unwrap_or_else(|| panic!("{symbol}: no data at {}", Minute::from_index(*index)));
+        assert_eq!(
+            (o, h, l, c, v, q, n),
+            (
+                &want.open,
+                &want.high,
+                &want.low,
+                &want.close,
+                &want.volume,
+                &Some(want.quote_volume),
+                &Some(want.trades)
+            ),
+            "{symbol} at {}",
+            Minute::from_index(*index)
+        );
+        assert_eq!(source, "archive");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binance_us_march_imports_exactly_once_and_a_reissued_day_changes_one_minute() {
+    let db = TestDb::new("ar_us").await;
+    let files: Vec<String> = US_PAIRS.iter().map(|s| us_file(s)).collect();
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let sim = simulator(&refs, 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(Minute::containing("2023-04-05T00:00:00Z".parse().unwrap()));
+    })
+    .await;
+    let dir = tempdir();
+    let config = config_file(dir.path(), &sim, &US_PAIRS);
+
+    // March whole: the three monthly files.
+    let month = ["--all-pairs", "--from", "2023-03-01", "--to", "2023-04-01"];
+    let (ok, out, err) = import(&config, &db.url, &month);
+    assert!(ok, "import failed:\n{out}\n{err}");
+    for symbol in US_PAIRS {
+        assert_silver_is_the_data(&db, &sim, symbol, 21 * 1440).await;
+    }
+    let recorded: Vec<(String, i32)> =
+        sqlx::query_as("SELECT name, rows FROM ops.archive_files ORDER BY name")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        recorded,
+        vec![
+            ("BTCUSD-1m-2023-03.zip".to_string(), 30_240),
+            ("BTCUSDC-1m-2023-03.zip".to_string(), 30_240),
+            ("BTCUSDT-1m-2023-03.zip".to_string(), 30_240),
+        ]
+    );
+    let complete = count(
+        &db.pool,
+        "SELECT sum(from_archive)::bigint FROM silver.completeness_hourly",
+    )
+    .await;
+    assert_eq!(
+        complete,
+        3 * 30_240,
+        "completeness counts the archive's minutes"
+    );
+
+    // Again: every file known by its checksum, nothing imported.
+    let bronze = count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await;
+    let (ok, out, err) = import(&config, &db.url, &month);
+    assert!(ok, "second import failed:\n{out}\n{err}");
+    assert!(out.contains("0 rows from"), "{out}");
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native").await,
+        bronze,
+        "the second run writes nothing"
+    );
+
+    // Three days as daily files: the same rows, silver unchanged.
+    let days = ["--all-pairs", "--from", "2023-03-04", "--to", "2023-03-07"];
+    let (ok, out, err) = import(&config, &db.url, &days);
+    assert!(ok, "daily import failed:\n{out}\n{err}");
+    assert!(
+        out.contains("12960 rows") && out.contains("0 inserted, 0 updated"),
+        "9 daily files, nothing new for silver:\n{out}"
+    );
+    let before = silver(&db.pool, "BTCUSDT").await;
+
+    // Binance re-issues one day with one minute changed: that file alone
+    // is imported again, and exactly that minute changes in silver.
+    let changed = Minute::containing("2023-03-05T10:17:00Z".parse().unwrap());
+    sim.state.archive.set_fault(
+        "BTCUSDT-1m-2023-03-05.zip",
+        Some(ArchiveFault::Reissued(changed)),
+    );
+    let (ok, out, err) = import(&config, &db.url, &days);
+    assert!(ok, "re-import failed:\n{out}\n{err}");
+    assert!(
+        out.contains("1440 rows") && out.contains("0 inserted, 1 updated"),
+        "one file again, one minute changed:\n{out}"
+    );
+    let after = silver(&db.pool, "BTCUSDT").await;
+    assert_eq!(before.len(), after.len());
+    let differ: Vec<i64> = before
+        .iter()
+        .filter(|(k, v)| after.get(k) != Some(v))
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        differ,
+        vec![changed.index()],
+        "exactly the re-issued minute"
+    );
+    assert_eq!(
+        after[&changed.index()].4,
+        before[&changed.index()].4 * Decimal::TWO
+    );
+    for symbol in ["BTCUSDC", "BTCUSD"] {
+        assert_silver_is_the_data(&db, &sim, symbol, 21 * 1440).await;
+    }
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2025_day_with_microsecond_times_imports_exactly() {
+    let db = TestDb::new("ar_micros").await;
+    let start = Minute::containing("2025-03-01T00:00:00Z".parse().unwrap());
+    let sim = simulator(&[BTC_DAY], 1.0, |c| {
+        c.start = Some(start);
+        c.start_immediately = true;
+        c.clock_start = Some(start.plus(3 * 1440));
+    })
+    .await;
+    let dir = tempdir();
+    let config = config_file(dir.path(), &sim, &["BTCUSDT"]);
+    let (ok, out, err) = import(
+        &config,
+        &db.url,
+        &[
+            "--symbol",
+            "BTCUSDT",
+            "--from",
+            "2025-03-01",
+            "--to",
+            "2025-03-02",
+        ],
+    );
+    assert!(ok, "import failed:\n{out}\n{err}");
+    assert!(out.contains("1440 rows"), "{out}");
+    assert_silver_is_the_data(&db, &sim, "BTCUSDT", 1440).await;
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_archive_input_is_named_and_leaves_nothing_in_bronze() {
+    let db = TestDb::new("ar_bad").await;
+    let data = us_file("BTCUSDT");
+    let sim = simulator(&[&data], 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(Minute::containing("2023-03-25T00:00:00Z".parse().unwrap()));
+    })
+    .await;
+    let dir = tempdir();
+    let config = config_file(dir.path(), &sim, &["BTCUSDT"]);
+    let day = [
+        "--symbol",
+        "BTCUSDT",
+        "--from",
+        "2023-03-05",
+        "--to",
+        "2023-03-06",
+    ];
+    let name = "BTCUSDT-1m-2023-03-05.zip";
+    let bronze = || count(&db.pool, "SELECT count(*) FROM bronze.ohlcv_native");
+    let cases = [
+        (ArchiveFault::BadChecksum, "checksum mismatch"),
+        (ArchiveFault::Truncated, "zip"),
+        (
+            ArchiveFault::MalformedRow(Minute::containing("2023-03-05T12:00:00Z".parse().unwrap())),
+            "line 721: field `close`: `abc` is not a decimal number",
+        ),
+        (ArchiveFault::NotFound, "not found (HTTP 404)"),
+    ];
+    for (fault, says) in cases {
+        sim.state.archive.set_fault(name, Some(fault.clone()));
+        let (ok, out, err) = import(&config, &db.url, &day);
+        assert!(!ok, "{fault:?}: the import must fail\n{out}\n{err}");
+        assert!(
+            err.contains(name) && err.contains(says),
+            "{fault:?}: names the file and why ({says}):\n{err}"
+        );
+        assert_eq!(
+            bronze().await,
+            0,
+            "{fault:?}: nothing of the file in bronze"
+        );
+        assert_eq!(
+            count(&db.pool, "SELECT count(*) FROM ops.archive_files").await,
+            0
+        );
+    }
+
+    // A day Binance never published is reported, not an error.
+    sim.state
+        .archive
+        .set_fault(name, Some(ArchiveFault::Missing));
+    let (ok, out, err) = import(&config, &db.url, &day);
+    assert!(ok, "a missing day is not an error:\n{out}\n{err}");
+    assert!(
+        out.contains("no file for 2023-03-05 (missing from the archive)"),
+        "{out}"
+    );
+
+    // A symbol the archive has no files for, and a range in the future.
+    sim.state.archive.set_fault(name, None);
+    let (ok, _, err) = import(
+        &config,
+        &db.url,
+        &[
+            "--symbol",
+            "NOPEUSDT",
+            "--from",
+            "2023-03-05",
+            "--to",
+            "2023-03-06",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--symbol NOPEUSDT") && err.contains("publishes no kline files"),
+        "{err}"
+    );
+    let day_of = |days: i64| {
+        (chrono::Utc::now() + chrono::Duration::days(days))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let (ok, _, err) = import(
+        &config,
+        &db.url,
+        &[
+            "--symbol",
+            "BTCUSDT",
+            "--from",
+            &day_of(-1),
+            "--to",
+            &day_of(2),
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("in the future"), "{err}");
+    assert_eq!(bronze().await, 0);
+
+    // Mended, the same day imports.
+    let (ok, out, err) = import(&config, &db.url, &day);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(bronze().await, 1440);
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
