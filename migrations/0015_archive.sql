@@ -68,3 +68,61 @@ CREATE TABLE IF NOT EXISTS ops.archive_files (
 );
 CREATE INDEX IF NOT EXISTS archive_files_pair_idx
     ON ops.archive_files (exchange, symbol, period_start);
+
+-- `klines archive verify` and the scheduled audit: silver compared with the
+-- exchange's published file, per pair and UTC day, minute by minute and
+-- decimal-exactly on open, high, low, close, volume, quote volume and
+-- trades. The latest result of each pair-day.
+CREATE TABLE IF NOT EXISTS ops.archive_audit (
+    exchange            text COLLATE "C" NOT NULL,
+    symbol              text COLLATE "C" NOT NULL,
+    day                 date        NOT NULL,
+    -- The file compared (a day's or its month's), NULL when there is none.
+    file                text,
+    sha256              text,
+    minutes_in_file     integer     NOT NULL,
+    minutes_in_silver   integer     NOT NULL,
+    equal               integer     NOT NULL,
+    differing           integer     NOT NULL,
+    -- The columns that differ in at least one minute.
+    differing_columns   text[]      NOT NULL DEFAULT '{}',
+    missing_from_silver integer     NOT NULL,
+    missing_from_file   integer     NOT NULL,
+    -- equal | differs | silver_incomplete | archive_incomplete | no_file
+    verdict             text        NOT NULL,
+    -- Minutes silver lacked that a repair imported, and differing minutes
+    -- it replaced with the archive's (`--repair=prefer-archive`).
+    repaired            integer     NOT NULL DEFAULT 0,
+    replaced            integer     NOT NULL DEFAULT 0,
+    checked_at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (exchange, symbol, day),
+    CONSTRAINT archive_audit_verdict_check
+        CHECK (verdict IN ('equal', 'differs', 'silver_incomplete', 'archive_incomplete', 'no_file'))
+);
+CREATE INDEX IF NOT EXISTS archive_audit_verdict_idx ON ops.archive_audit (verdict, day);
+
+-- The minutes behind an audit that are not equal: what differs, with both
+-- sides' values.
+CREATE TABLE IF NOT EXISTS ops.archive_audit_minutes (
+    exchange       text COLLATE "C" NOT NULL,
+    symbol         text COLLATE "C" NOT NULL,
+    interval_start timestamptz NOT NULL,
+    -- differs | missing_from_silver | missing_from_file
+    kind           text        NOT NULL,
+    columns        text[]      NOT NULL DEFAULT '{}',
+    silver         jsonb,
+    archive        jsonb,
+    PRIMARY KEY (exchange, symbol, interval_start)
+);
+
+-- Minutes where the operator chose the archive's candle over silver's
+-- (`klines archive verify --repair=prefer-archive`): the merge ranks the
+-- archive's row first there, above a WebSocket candle.
+CREATE TABLE IF NOT EXISTS ops.archive_preferred (
+    exchange       text COLLATE "C" NOT NULL,
+    symbol         text COLLATE "C" NOT NULL,
+    interval_start timestamptz NOT NULL,
+    sha256         text        NOT NULL,
+    preferred_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (exchange, symbol, interval_start)
+);

@@ -35,7 +35,8 @@ GRANT USAGE ON SCHEMA silver, gold TO klines_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA silver, gold TO klines_reader;
 ALTER DEFAULT PRIVILEGES IN SCHEMA silver, gold GRANT SELECT ON TABLES TO klines_reader;
 GRANT USAGE ON SCHEMA ref, ops TO klines_reader;
-GRANT SELECT ON ref.instruments, ops.backfill_jobs, ops.backfill_pairs, ops.archive_files TO klines_reader;
+GRANT SELECT ON ref.instruments, ops.backfill_jobs, ops.backfill_pairs, ops.archive_files,
+      ops.archive_audit, ops.archive_audit_minutes TO klines_reader;
 
 -- Ingest: append to bronze, create the partitions it writes into.
 GRANT USAGE ON SCHEMA bronze, ops TO klines_ingest;
@@ -50,13 +51,15 @@ GRANT EXECUTE ON FUNCTION ops.ensure_hourly_partitions(regclass, timestamptz, ti
 -- and gap detection, which reads silver.
 GRANT USAGE ON SCHEMA ref TO klines_ingest;
 GRANT SELECT, INSERT, UPDATE ON ref.instruments, ops.backfill_jobs, ops.backfill_pairs,
-      ops.unrecoverable_gaps, ops.archive_files TO klines_ingest;
+      ops.unrecoverable_gaps, ops.archive_files, ops.archive_audit, ops.archive_audit_minutes,
+      ops.archive_preferred TO klines_ingest;
+GRANT DELETE ON ops.archive_audit_minutes TO klines_ingest;
 GRANT USAGE ON SEQUENCE ops.backfill_jobs_id_seq TO klines_ingest;
 GRANT SELECT ON silver.fact_ohlcv TO klines_ingest;
 
 -- Merge: read bronze; write silver, gold, completeness and the run log.
 GRANT USAGE ON SCHEMA bronze, silver, gold, ops, ref TO klines_merge;
-GRANT SELECT ON ref.instruments, ops.unrecoverable_gaps TO klines_merge;
+GRANT SELECT ON ref.instruments, ops.unrecoverable_gaps, ops.archive_preferred TO klines_merge;
 GRANT SELECT ON ALL TABLES IN SCHEMA bronze TO klines_merge;
 -- The merge reads and writes each hour's partition by name, so partitions
 -- created later (by ops.ensure_hourly_partitions, as the owner) need the

@@ -69,6 +69,59 @@ pub enum ArchiveCommand {
     /// with the same checksum is skipped, a re-issued one imported again.
     /// The range is widened to the whole files that touch it.
     Import(ArchiveImportArgs),
+    /// Compare silver with the exchange's published files, per pair and UTC
+    /// day, minute by minute and decimal-exactly (open, high, low, close,
+    /// volume, quote volume, trades); each pair-day's result goes to
+    /// ops.archive_audit. `--repair` imports the minutes silver lacks;
+    /// `--repair=prefer-archive` also replaces the minutes that differ.
+    Verify(ArchiveVerifyArgs),
+}
+
+/// `klines archive verify` options.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("pairs").required(true).args(["symbol", "all_pairs"])))]
+pub struct ArchiveVerifyArgs {
+    /// Exchange, as configured (binance).
+    #[arg(long, value_parser = parse_exchange)]
+    pub exchange: ExchangeId,
+    /// Symbol(s), e.g. BTCUSDT; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub symbol: Vec<String>,
+    /// Every pair configured for the exchange.
+    #[arg(long)]
+    pub all_pairs: bool,
+    /// First day (RFC 3339 or a date), inclusive.
+    #[arg(long, value_parser = parse_time)]
+    pub from: DateTime<Utc>,
+    /// End of the range, exclusive (RFC 3339, a date, or `now`).
+    #[arg(long, value_parser = parse_time_or_now)]
+    pub to: DateTime<Utc>,
+    /// Import the minutes silver lacks (`--repair` or `--repair=missing`);
+    /// `--repair=prefer-archive` also replaces the minutes that differ with
+    /// the archive's candle, kept by every later merge.
+    #[arg(long, num_args = 0..=1, default_missing_value = "missing", value_parser = parse_repair)]
+    pub repair: Option<crate::archive::verify::Repair>,
+}
+
+fn parse_repair(s: &str) -> Result<crate::archive::verify::Repair, String> {
+    match s {
+        "missing" => Ok(crate::archive::verify::Repair::Missing),
+        "prefer-archive" => Ok(crate::archive::verify::Repair::PreferArchive),
+        other => Err(format!("`{other}`: expected `missing` or `prefer-archive`")),
+    }
+}
+
+impl From<&ArchiveVerifyArgs> for crate::archive::operator::Request {
+    fn from(a: &ArchiveVerifyArgs) -> Self {
+        crate::archive::operator::Request {
+            exchange: a.exchange,
+            symbol: a.symbol.clone(),
+            all_pairs: a.all_pairs,
+            from: a.from,
+            to: a.to,
+            dry_run: false,
+        }
+    }
 }
 
 /// `klines archive import` options.

@@ -20,7 +20,8 @@
 //!   spool and uploader);
 //! - [`archive`]: the exchanges' own published history files (Binance's
 //!   data.binance.vision): `klines archive import` checks, reads and
-//!   writes them to bronze, and merges them;
+//!   writes them to bronze, and merges them; `klines archive verify`
+//!   compares silver with them and repairs;
 //! - [`lake`]: the raw JSONL.gz lake's format: lines, object keys, the S3
 //!   and local stores, `klines lake load`;
 //! - [`db`]: pools by purpose, migrations, hourly partitions, bronze's

@@ -119,6 +119,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             klines::archive::operator::run(&config, &args.into(), cancel).await?;
             Ok(())
         }
+        Command::Archive(klines::cli::ArchiveCommand::Verify(args)) => {
+            let config = Config::load(&cli.config)?;
+            let cancel = CancellationToken::new();
+            tokio::spawn(klines::service::cancel_on_signal(cancel.clone()));
+            let repair = args.repair.unwrap_or_default();
+            klines::archive::operator::verify(&config, &(&args).into(), repair, cancel).await?;
+            Ok(())
+        }
         Command::Lake(klines::cli::LakeCommand::Load(args)) => {
             let config = Config::load(&cli.config)?;
             if args.from >= args.to {

@@ -350,3 +350,177 @@ async fn bad_archive_input_is_named_and_leaves_nothing_in_bronze() {
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+/// The audit of a pair-day as recorded: (file rows, silver rows, equal,
+/// differing, columns, missing from silver, missing from the file,
+/// verdict, repaired, replaced).
+type AuditRow = (i32, i32, i32, i32, Vec<String>, i32, i32, String, i32, i32);
+
+async fn audit(db: &TestDb, day: &str) -> AuditRow {
+    sqlx::query_as(
+        "SELECT minutes_in_file, minutes_in_silver, equal, differing, differing_columns,
+                missing_from_silver, missing_from_file, verdict, repaired, replaced
+           FROM ops.archive_audit WHERE exchange = 'binance' AND symbol = 'BTCUSDT' AND day = $1::date",
+    )
+    .bind(day)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_exactly_the_altered_minutes_and_repair_mends_them() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("ar_verify").await;
+    let dir = tempdir();
+    // The day ingested live with faults, the gaps backfilled from REST.
+    let sim = simulator(&[BTC_DAY], 40.0, |c| {
+        c.faults.drop_finals = 0.05;
+        c.faults.disconnect_every = Some(std::time::Duration::from_secs(7));
+    })
+    .await;
+    let mut cfg = config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "");
+    cfg.backfill.enabled = true;
+    cfg.backfill.tick = std::time::Duration::from_millis(100);
+    cfg.merge.every = std::time::Duration::from_millis(200);
+    let service = start_ingest(cfg);
+    let day_sql = "SELECT count(*) FROM silver.fact_ohlcv WHERE symbol = 'BTCUSDT'
+                    AND interval_start >= '2023-01-21' AND interval_start < '2023-01-22'";
+    let complete = wait_until(std::time::Duration::from_secs(150), || async {
+        count(&db.pool, day_sql).await == 1440
+    })
+    .await;
+    assert!(complete, "silver holds the day; {:?}", sim.state.snapshot());
+    service.stop().await;
+    assert!(sim.state.snapshot().dropped > 0);
+
+    let config = config_file(dir.path(), &sim, &["BTCUSDT"]);
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "archive",
+            "verify",
+            "--exchange",
+            "binance",
+            "--symbol",
+            "BTCUSDT",
+            "--from",
+            "2023-01-21",
+            "--to",
+            "2023-01-22",
+        ];
+        args.extend_from_slice(extra);
+        klines_cli(&config, &db.url, &args)
+    };
+    let (ok, out, err) = verify(&[]);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(
+        audit(&db, "2023-01-21").await,
+        (1440, 1440, 1440, 0, vec![], 0, 0, "equal".into(), 0, 0),
+        "{out}"
+    );
+
+    // Three values changed, two minutes deleted. The first change is in
+    // bronze too, as if the feed itself had sent it.
+    let at = |hm: &str| format!("2023-01-21T{hm}:00Z");
+    let alter = [
+        (
+            "UPDATE silver.fact_ohlcv SET close = close + 1 WHERE symbol = 'BTCUSDT' AND interval_start = $1::timestamptz",
+            at("03:10"),
+        ),
+        (
+            "UPDATE bronze.ohlcv_native SET close = close + 1 WHERE symbol = 'BTCUSDT' AND interval_start = $1::timestamptz",
+            at("03:10"),
+        ),
+        (
+            "UPDATE silver.fact_ohlcv SET volume = volume * 2 WHERE symbol = 'BTCUSDT' AND interval_start = $1::timestamptz",
+            at("09:45"),
+        ),
+        (
+            "UPDATE silver.fact_ohlcv SET trade_count = trade_count + 7 WHERE symbol = 'BTCUSDT' AND interval_start = $1::timestamptz",
+            at("17:00"),
+        ),
+        (
+            "DELETE FROM silver.fact_ohlcv WHERE symbol = 'BTCUSDT' AND interval_start = $1::timestamptz",
+            at("12:00"),
+        ),
+        (
+            "DELETE FROM silver.fact_ohlcv WHERE symbol = 'BTCUSDT' AND interval_start = $1::timestamptz",
+            at("23:59"),
+        ),
+    ];
+    for (sql, t) in &alter {
+        sqlx::query(sql).bind(t).execute(&db.pool).await.unwrap();
+    }
+    let (ok, out, err) = verify(&[]);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(
+        audit(&db, "2023-01-21").await,
+        (
+            1440,
+            1438,
+            1435,
+            3,
+            vec!["close".into(), "volume".into(), "trades".into()],
+            2,
+            0,
+            "differs".into(),
+            0,
+            0
+        ),
+        "{out}"
+    );
+    let minutes: Vec<(chrono::DateTime<chrono::Utc>, String, Vec<String>)> = sqlx::query_as(
+        "SELECT interval_start, kind, columns FROM ops.archive_audit_minutes
+          WHERE symbol = 'BTCUSDT' ORDER BY interval_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let t = |hm: &str| at(hm).parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    assert_eq!(
+        minutes,
+        vec![
+            (t("03:10"), "differs".into(), vec!["close".into()]),
+            (t("09:45"), "differs".into(), vec!["volume".into()]),
+            (t("12:00"), "missing_from_silver".into(), vec![]),
+            (t("17:00"), "differs".into(), vec!["trades".into()]),
+            (t("23:59"), "missing_from_silver".into(), vec![]),
+        ]
+    );
+    assert!(out.contains("2023-01-21 03:10 differs: close"), "{out}");
+
+    // --repair: the deleted minutes come back; the differing ones are only
+    // reported.
+    let (ok, out, err) = verify(&["--repair"]);
+    assert!(ok, "{out}\n{err}");
+    let a = audit(&db, "2023-01-21").await;
+    assert_eq!((a.3, a.5, a.7.as_str(), a.8), (3, 0, "differs", 2), "{out}");
+
+    // --repair=prefer-archive: the archive's candles replace them, also
+    // where bronze's own WebSocket candle differs, and a full re-merge of
+    // the day keeps them.
+    let (ok, out, err) = verify(&["--repair=prefer-archive"]);
+    assert!(ok, "{out}\n{err}");
+    let a = audit(&db, "2023-01-21").await;
+    assert_eq!(
+        (a.2, a.3, a.7.as_str(), a.9),
+        (1440, 0, "equal", 3),
+        "{out}"
+    );
+    let (ok, out, err) = klines_cli(
+        &config,
+        &db.url,
+        &["merge", "--from", "2023-01-21", "--to", "2023-01-22"],
+    );
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, err) = verify(&[]);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(
+        audit(&db, "2023-01-21").await,
+        (1440, 1440, 1440, 0, vec![], 0, 0, "equal".into(), 0, 0),
+        "{out}"
+    );
+    assert!(out.contains("1 of 1 pair-days equal"), "{out}");
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

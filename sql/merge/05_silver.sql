@@ -1,7 +1,8 @@
 -- Step 2: the winning final observation of every touched key goes to silver.
 --
 -- The winner of a key is its observation ranked first (05_silver_ranked.sql:
--- WebSocket over lake over archive over REST, then the newest).
+-- WebSocket over lake over archive over REST, then the newest; an archive
+-- candle an operator preferred over all).
 -- New keys are inserted; existing rows are updated only when the winning
 -- values really differ (and the winner's source ranks at least as high as
 -- the row's), so a re-run reports 0 inserted, 0 updated. (The
@@ -15,7 +16,7 @@ WITH {ranked},
 winners AS (
     SELECT r.exchange, r.symbol, r.interval_seconds, r.interval_start, r.interval_end,
            r.open, r.high, r.low, r.close, r.volume, r.quote_volume, r.trade_count,
-           r.vwap, r.source, r.event_ts,
+           r.vwap, r.source, r.event_ts, r.source_rank,
            s.exchange IS NOT NULL AS existed
       FROM ranked r
       LEFT JOIN {silver} s
@@ -43,11 +44,18 @@ updated AS (
          = (w.exchange, w.symbol, w.interval_seconds, w.interval_start)
        AND s.interval_start >= $1 AND s.interval_start < $2
        -- Never for a source that ranks below silver's own: once retention
-       -- has dropped an old hour of bronze, a REST, archive or lake row arriving for
-       -- it is the only observation there, and must not replace the
-       -- WebSocket candle silver keeps (a filled minute ranks last).
-       AND CASE w.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 WHEN 'archive' THEN 2 WHEN 'rest' THEN 3 ELSE 4 END
-        <= CASE s.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1 WHEN 'archive' THEN 2 WHEN 'rest' THEN 3 ELSE 4 END
+       -- has dropped an old hour of bronze, a REST, archive or lake row
+       -- arriving for it is the only observation there, and must not replace
+       -- the WebSocket candle silver keeps (a filled minute ranks last; an
+       -- archive candle an operator preferred, first).
+       AND w.source_rank
+        <= CASE s.source WHEN 'ws' THEN 0 WHEN 'lake' THEN 1
+                WHEN 'archive' THEN CASE WHEN EXISTS (
+                         SELECT 1 FROM ops.archive_preferred p
+                          WHERE (p.exchange, p.symbol, p.interval_start)
+                              = (s.exchange, s.symbol, s.interval_start))
+                     THEN -1 ELSE 2 END
+                WHEN 'rest' THEN 3 ELSE 4 END
        AND (s.open, s.high, s.low, s.close, s.volume, s.quote_volume, s.trade_count,
             s.vwap, s.source)
            IS DISTINCT FROM

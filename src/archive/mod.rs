@@ -14,10 +14,12 @@
 //! transaction.
 //!
 //! One module per venue's layout ([`binance`]); this one fetches, checks
-//! and writes.
+//! and writes; [`verify`] compares silver with the files; [`operator`]
+//! holds the commands.
 
 pub mod binance;
 pub mod operator;
+pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
@@ -407,7 +409,7 @@ pub struct Importer {
     pub pool: PgPool,
     partitions: Arc<Partitions>,
     fetcher: Fetcher,
-    venue: Venue,
+    pub venue: Venue,
     concurrency: usize,
     merge_parallelism: usize,
 }

@@ -1,5 +1,6 @@
-//! `klines archive import`: the operator's import, with validation, a
-//! progress bar (files, rows, MB/s, ETA) and a summary table.
+//! `klines archive import` and `klines archive verify`: the operator's
+//! commands, with validation, a progress bar (files, rows, MB/s, ETA) and a
+//! summary table.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
+use super::verify::{Repair, Verdict, VerifyReport, VerifySpec};
 use super::{ImportReport, ImportSpec, Importer, Progress, Venue};
 use crate::config::Config;
 use crate::db::partitions::Partitions;
@@ -37,6 +39,74 @@ pub async fn run(
     args: &Request,
     cancel: CancellationToken,
 ) -> anyhow::Result<ImportReport> {
+    let (importer, symbols) = prepare(config, args).await?;
+    let spec = ImportSpec {
+        exchange: args.exchange,
+        symbols,
+        from: args.from,
+        to: args.to,
+        dry_run: args.dry_run,
+    };
+    let bar = Bar::new();
+    let report = importer.run(&spec, &bar, &cancel).await;
+    bar.finish();
+    let report =
+        report.with_context(|| format!("archive import from {}", importer.venue.describe()))?;
+    print_summary(&report, &spec);
+    let failed: Vec<String> = report
+        .failures()
+        .map(|(file, why)| format!("{file}: {why}"))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} file(s) refused; nothing of them is in bronze (the other files were imported and merged): {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(report)
+}
+
+/// `klines archive verify`: compares, records, repairs as asked and prints
+/// a table of the pair-days and the minutes that are not equal. Fails when
+/// a file could not be read.
+pub async fn verify(
+    config: &Config,
+    args: &Request,
+    repair: Repair,
+    cancel: CancellationToken,
+) -> anyhow::Result<VerifyReport> {
+    let (importer, symbols) = prepare(config, args).await?;
+    let spec = VerifySpec {
+        symbols,
+        from: args.from,
+        to: args.to,
+        repair,
+    };
+    let bar = Bar::new();
+    let report = importer.verify(&spec, &bar, &cancel).await;
+    bar.finish();
+    let report =
+        report.with_context(|| format!("archive verify against {}", importer.venue.describe()))?;
+    print_audit(&report);
+    if !report.failures.is_empty() {
+        let failed: Vec<String> = report
+            .failures
+            .iter()
+            .map(|(file, why)| format!("{file}: {why}"))
+            .collect();
+        bail!(
+            "{} file(s) could not be read; their days are not audited: {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(report)
+}
+
+/// The checks both commands share: the range, the exchange and its archive,
+/// the symbols; then the importer on a migrated database.
+async fn prepare(config: &Config, args: &Request) -> anyhow::Result<(Importer, Vec<String>)> {
     let now = Utc::now();
     if args.from >= args.to {
         bail!(
@@ -99,39 +169,84 @@ pub async fn run(
     if symbols.is_empty() {
         bail!("no pairs: give --symbol or configure exchanges.{id}.pairs");
     }
-
     let pool = crate::db::connect_migrated(&config.database).await?;
-    let importer = Importer::new(
-        pool,
-        Arc::new(Partitions::new()),
-        venue.clone(),
-        &config.archive,
-    )?
-    .merging_on(config.merge.parallelism);
-    let spec = ImportSpec {
-        exchange: id,
-        symbols,
-        from: args.from,
-        to: args.to,
-        dry_run: args.dry_run,
-    };
-    let bar = Bar::new();
-    let report = importer.run(&spec, &bar, &cancel).await;
-    bar.finish();
-    let report = report.with_context(|| format!("archive import from {}", venue.describe()))?;
-    print_summary(&report, &spec);
-    let failed: Vec<String> = report
-        .failures()
-        .map(|(file, why)| format!("{file}: {why}"))
-        .collect();
-    if !failed.is_empty() {
-        bail!(
-            "{} file(s) refused; nothing of them is in bronze (the other files were imported and merged): {}",
-            failed.len(),
-            failed.join("; ")
+    let importer = Importer::new(pool, Arc::new(Partitions::new()), venue, &config.archive)?
+        .merging_on(config.merge.parallelism);
+    Ok((importer, symbols))
+}
+
+/// The audit's table: a line per pair-day, then each minute not equal (the
+/// first 50 of each pair-day).
+fn print_audit(report: &VerifyReport) {
+    println!("archive verify {}", report.exchange);
+    println!(
+        "{:<12} {:<10} {:>5} {:>6} {:>6} {:>5} {:>9} {:>10} {:>8} {:>8}  verdict",
+        "symbol",
+        "day",
+        "file",
+        "silver",
+        "equal",
+        "diff",
+        "no_silver",
+        "no_archive",
+        "repaired",
+        "replaced"
+    );
+    for d in &report.days {
+        println!(
+            "{:<12} {:<10} {:>5} {:>6} {:>6} {:>5} {:>9} {:>10} {:>8} {:>8}  {}{}",
+            d.symbol,
+            d.day.to_string(),
+            d.minutes_in_file,
+            d.minutes_in_silver,
+            d.equal,
+            d.differing,
+            d.missing_from_silver,
+            d.missing_from_file,
+            d.repaired,
+            d.replaced,
+            d.verdict.as_str(),
+            if d.differing_columns.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", d.differing_columns.join(", "))
+            }
         );
     }
-    Ok(report)
+    for d in &report.days {
+        for f in d.findings.iter().take(50) {
+            println!(
+                "  {} {} {}{}",
+                d.symbol,
+                f.minute.format("%Y-%m-%d %H:%M"),
+                f.kind,
+                if f.columns.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", f.columns.join(", "))
+                }
+            );
+        }
+        if d.findings.len() > 50 {
+            println!(
+                "  {} {}: {} more in ops.archive_audit_minutes",
+                d.symbol,
+                d.day,
+                d.findings.len() - 50
+            );
+        }
+    }
+    let equal = report
+        .days
+        .iter()
+        .filter(|d| d.verdict == Verdict::Equal)
+        .count();
+    println!(
+        "{} of {} pair-days equal in {:.1} s",
+        equal,
+        report.days.len(),
+        report.seconds
+    );
 }
 
 fn fmt_time(t: DateTime<Utc>) -> String {
