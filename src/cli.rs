@@ -81,7 +81,7 @@ pub enum ArchiveCommand {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("pairs").required(true).args(["symbol", "all_pairs"])))]
 pub struct ArchiveVerifyArgs {
-    /// Exchange, as configured (binance).
+    /// Exchange, as configured (binance, okx).
     #[arg(long, value_parser = parse_exchange)]
     pub exchange: ExchangeId,
     /// Symbol(s), e.g. BTCUSDT; repeat or separate with commas.
@@ -128,7 +128,7 @@ impl From<&ArchiveVerifyArgs> for crate::archive::operator::Request {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("pairs").required(true).args(["symbol", "all_pairs"])))]
 pub struct ArchiveImportArgs {
-    /// Exchange, as configured (binance).
+    /// Exchange, as configured (binance, okx).
     #[arg(long, value_parser = parse_exchange)]
     pub exchange: ExchangeId,
     /// Symbol(s), e.g. BTCUSDT; repeat or separate with commas.

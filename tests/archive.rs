@@ -524,3 +524,128 @@ async fn verify_finds_exactly_the_altered_minutes_and_repair_mends_them() {
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn okx_days_cut_at_utc_plus_8_import_exactly() {
+    let db = TestDb::new("ar_okx").await;
+    let sim = simulator(&[BTC_DAY], 1.0, |c| {
+        c.start_immediately = true;
+        c.clock_start = Some(Minute::containing("2023-01-25T00:00:00Z".parse().unwrap()));
+    })
+    .await;
+    let dir = tempdir();
+    let config = exchange_config_file(
+        dir.path(),
+        &sim,
+        ExchangeId::Okx,
+        &["BTC-USDT"],
+        &format!("archive_url = \"{}\"", sim.rest_url(ExchangeId::Okx)),
+    );
+    // The UTC day 2023-01-21 lies in two of OKX's days: 2023-01-21
+    // (from 2023-01-20 16:00 UTC) and 2023-01-22 (from 2023-01-21 16:00).
+    let (ok, out, err) = klines_cli(
+        &config,
+        &db.url,
+        &[
+            "archive",
+            "import",
+            "--exchange",
+            "okx",
+            "--symbol",
+            "BTC-USDT",
+            "--from",
+            "2023-01-21",
+            "--to",
+            "2023-01-22",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("1440 rows"), "{out}");
+    let files: Vec<(String, i32, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT name, rows, period_start FROM ops.archive_files ORDER BY name")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        files,
+        vec![
+            (
+                "BTC-USDT-candlesticks-2023-01-21.zip".into(),
+                960,
+                "2023-01-20T16:00:00Z".parse().unwrap()
+            ),
+            (
+                "BTC-USDT-candlesticks-2023-01-22.zip".into(),
+                480,
+                "2023-01-21T16:00:00Z".parse().unwrap()
+            ),
+        ]
+    );
+    let rows = sqlx::query(
+        "SELECT interval_start, open, high, low, close, volume, quote_volume, source
+           FROM silver.fact_ohlcv WHERE exchange = 'okx' AND symbol = 'BTC-USDT'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1440);
+    for r in rows {
+        let t: chrono::DateTime<chrono::Utc> = r.get("interval_start");
+        let want = sim
+            .state
+            .market
+            .candle_at("BTCUSDT", Minute::containing(t))
+            .unwrap();
+        let got: (
+            Decimal,
+            Decimal,
+            Decimal,
+            Decimal,
+            Decimal,
+            Option<Decimal>,
+            String,
+        ) = (
+            r.get("open"),
+            r.get("high"),
+            r.get("low"),
+            r.get("close"),
+            r.get("volume"),
+            r.get("quote_volume"),
+            r.get("source"),
+        );
+        assert_eq!(
+            got,
+            (
+                want.open,
+                want.high,
+                want.low,
+                want.close,
+                want.volume,
+                Some(want.quote_volume),
+                "archive".to_string()
+            ),
+            "{t}"
+        );
+    }
+    // Again: OKX publishes no checksum; the files are known by their bytes.
+    let (ok, out, err) = klines_cli(
+        &config,
+        &db.url,
+        &[
+            "archive",
+            "import",
+            "--exchange",
+            "okx",
+            "--symbol",
+            "BTC-USDT",
+            "--from",
+            "2023-01-21",
+            "--to",
+            "2023-01-22",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("0 rows from"), "{out}");
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

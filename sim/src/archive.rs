@@ -11,6 +11,12 @@
 //! open times in milliseconds before 2025 and in microseconds from
 //! 2025-01-01, as Binance's spot files have them.
 //!
+//! OKX (`/okx/api/v5/public/market-data-history`, module 2): the listing of
+//! UTC+8 days with download URLs on this server
+//! (`/okx/cdn/candlesticks/daily/YYYYMMDD/BTC-USDT-candlesticks-YYYY-MM-DD.zip`),
+//! each file a header row (OKX's REST names) and the day's minutes, no
+//! checksum.
+//!
 //! Faults, per file name ([`ArchiveFault`]): a wrong checksum, a file
 //! missing from the listing, a short file, a re-issued file (one minute
 //! changed, so a new checksum), a truncated zip, a malformed row, a file
@@ -437,6 +443,194 @@ pub async fn set_fault(
     };
     sim.archive.set_fault(file, fault);
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// OKX's UTC+8 day `[start, end)` in UTC.
+fn okx_day(day: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+    let midnight = Utc.from_utc_datetime(&day.and_hms_opt(0, 0, 0).unwrap_or_default());
+    (
+        midnight - chrono::Duration::hours(8),
+        midnight + chrono::Duration::hours(16),
+    )
+}
+
+fn okx_file_name(inst_id: &str, day: NaiveDate) -> String {
+    format!("{inst_id}-candlesticks-{}.zip", day.format("%Y-%m-%d"))
+}
+
+/// The UTC+8 days of `symbol` with data that have ended by now.
+fn okx_days(
+    sim: &SimState,
+    symbol: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<NaiveDate> {
+    let now = DateTime::from_timestamp_millis(sim.clock.now_ms()).unwrap_or_default();
+    let mut day = (from + chrono::Duration::hours(8)).date_naive();
+    let mut out = Vec::new();
+    while okx_day(day).0 < to {
+        let (start, end) = okx_day(day);
+        let (a, b) = (Minute::containing(start), Minute::containing(end));
+        let has = (a.index()..b.index()).any(|i| {
+            sim.market
+                .candle_at(symbol, Minute::from_index(i))
+                .is_some()
+        });
+        let name = okx_file_name(&super::okx::inst_id(symbol), day);
+        if end <= now && has && sim.archive.fault(&name) != Some(ArchiveFault::Missing) {
+            out.push(day);
+        }
+        match day.succ_opt() {
+            Some(d) => day = d,
+            None => break,
+        }
+    }
+    out
+}
+
+/// `GET /okx/api/v5/public/market-data-history?module=2&instType=SPOT
+/// &instIdList=&dateAggrType=daily&begin=&end=`: the files of the UTC+8 days
+/// in `[begin, end)`, with download URLs on this server.
+pub async fn okx_listing(
+    State(sim): State<Arc<SimState>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let error = |code: &str, msg: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"code": code, "msg": msg, "data": []})),
+        )
+            .into_response()
+    };
+    if q.get("module").map(String::as_str) != Some("2") {
+        return error("51000", "Parameter module error");
+    }
+    let ms = |name: &str| {
+        q.get(name)
+            .and_then(|v| v.parse::<i64>().ok())
+            .and_then(DateTime::from_timestamp_millis)
+    };
+    let (Some(begin), Some(end)) = (ms("begin"), ms("end")) else {
+        return error("51000", "Parameter begin or end error");
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let wanted: Vec<&str> = q
+        .get("instIdList")
+        .map(|l| l.split(',').collect())
+        .unwrap_or_default();
+    let mut details = Vec::new();
+    for symbol in sim.market.symbols() {
+        let inst = super::okx::inst_id(&symbol);
+        if !wanted.contains(&inst.as_str()) {
+            continue;
+        }
+        let groups: Vec<serde_json::Value> = okx_days(&sim, &symbol, begin, end)
+            .into_iter()
+            .map(|day| {
+                let name = okx_file_name(&inst, day);
+                serde_json::json!({
+                    "filename": name,
+                    "dataTs": okx_day(day).0.timestamp_millis().to_string(),
+                    "sizeMB": "0.1",
+                    "url": format!("http://{host}/okx/cdn/candlesticks/daily/{}/{name}", day.format("%Y%m%d")),
+                })
+            })
+            .collect();
+        details.push(serde_json::json!({
+            "instId": inst,
+            "instFamily": "",
+            "dateRangeStart": begin.timestamp_millis().to_string(),
+            "dateRangeEnd": end.timestamp_millis().to_string(),
+            "groupSizeMB": "0.1",
+            "groupDetails": groups,
+        }));
+    }
+    axum::Json(serde_json::json!({
+        "code": "0",
+        "msg": "",
+        "data": [{
+            "ts": sim.clock.now_ms().to_string(),
+            "totalSizeMB": "0.1",
+            "dateAggrType": "daily",
+            "details": details,
+        }],
+    }))
+    .into_response()
+}
+
+/// `GET /okx/cdn/candlesticks/daily/{YYYYMMDD}/{file}`: a UTC+8 day's zip,
+/// a header row then the day's minutes (OKX's REST names for the columns).
+pub async fn okx_object(
+    State(sim): State<Arc<SimState>>,
+    Path((_, name)): Path<(String, String)>,
+) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "not found").into_response();
+    let Some((inst, date)) = name
+        .strip_suffix(".zip")
+        .and_then(|n| n.rsplit_once("-candlesticks-"))
+    else {
+        return not_found();
+    };
+    let Ok(day) = date.parse::<NaiveDate>() else {
+        return not_found();
+    };
+    let Some(symbol) = sim
+        .market
+        .symbols()
+        .into_iter()
+        .find(|s| super::okx::inst_id(s) == inst)
+    else {
+        return not_found();
+    };
+    let (start, end) = okx_day(day);
+    if !okx_days(&sim, &symbol, start, end).contains(&day) {
+        return not_found();
+    }
+    let fault = sim.archive.fault(&name);
+    if fault == Some(ArchiveFault::NotFound) {
+        return not_found();
+    }
+    let mut text = String::from("ts,o,h,l,c,vol,volCcy,volCcyQuote,confirm\n");
+    let (a, b) = (Minute::containing(start), Minute::containing(end));
+    for i in a.index()..b.index() {
+        let m = Minute::from_index(i);
+        if let Some(c) = sim.market.candle_at(&symbol, m) {
+            let _ = writeln!(
+                text,
+                "{},{},{},{},{},{},{},{},1",
+                m.epoch_ms(),
+                c.open,
+                c.high,
+                c.low,
+                c.close,
+                c.volume,
+                c.quote_volume,
+                c.quote_volume
+            );
+        }
+    }
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut w = zip::ZipWriter::new(&mut buf);
+        let when = zip::DateTime::from_date_and_time(2020, 1, 1, 0, 0, 0).unwrap_or_default();
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .last_modified_time(when);
+        if w.start_file(name.replace(".zip", ".csv"), options).is_ok() {
+            let _ = w.write_all(text.as_bytes());
+        }
+        let _ = w.finish();
+    }
+    (
+        [(header::CONTENT_TYPE, "application/zip")],
+        buf.into_inner(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -38,6 +38,14 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/api/v5/public/instruments", get(instruments))
         .route("/api/v5/public/time", get(time))
         .route("/api/v5/market/tickers", get(tickers))
+        .route(
+            "/api/v5/public/market-data-history",
+            get(crate::archive::okx_listing),
+        )
+        .route(
+            "/cdn/candlesticks/daily/{day}/{file}",
+            get(crate::archive::okx_object),
+        )
 }
 
 /// `BTCUSDT` → `BTC-USDT`.

@@ -98,7 +98,8 @@ impl Vision {
     }
 }
 
-fn with_slash(mut url: Url) -> Url {
+/// `url` with a path ending in `/`, so joining keeps its last segment.
+pub(crate) fn with_slash(mut url: Url) -> Url {
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);
@@ -109,7 +110,7 @@ fn with_slash(mut url: Url) -> Url {
 /// `BTCUSDT-1m-2023-03-01.zip`, `BTCUSDT-1m-2023-03.zip`.
 pub fn file_name(symbol: &str, period: Period) -> String {
     match period {
-        Period::Day(d) => format!("{symbol}-1m-{}.zip", d.format("%Y-%m-%d")),
+        Period::Day(d) | Period::DayUtc8(d) => format!("{symbol}-1m-{}.zip", d.format("%Y-%m-%d")),
         Period::Month { year, month } => format!("{symbol}-1m-{year:04}-{month:02}.zip"),
     }
 }

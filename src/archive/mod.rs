@@ -13,11 +13,12 @@
 //! file's rows and its `ops.archive_files` row are written in one
 //! transaction.
 //!
-//! One module per venue's layout ([`binance`]); this one fetches, checks
+//! One module per venue's layout ([`binance`], [`okx`]); this one fetches, checks
 //! and writes; [`verify`] compares silver with the files; [`operator`]
 //! holds the commands.
 
 pub mod binance;
+pub mod okx;
 pub mod operator;
 pub mod verify;
 
@@ -45,7 +46,12 @@ use crate::merge::{self, MergeError, MergeReport, Scope};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Period {
     Day(NaiveDate),
-    Month { year: i32, month: u32 },
+    Month {
+        year: i32,
+        month: u32,
+    },
+    /// A day cut at UTC+8 (OKX's files).
+    DayUtc8(NaiveDate),
 }
 
 impl Period {
@@ -55,6 +61,7 @@ impl Period {
             |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default());
         match self {
             Period::Day(d) => midnight(d)..midnight(d) + chrono::Duration::days(1),
+            Period::DayUtc8(d) => okx::day_range(d),
             Period::Month { year, month } => {
                 let first = NaiveDate::from_ymd_opt(year, month, 1).unwrap_or_default();
                 let next = if month == 12 {
@@ -72,6 +79,7 @@ impl Period {
     pub fn label(self) -> String {
         match self {
             Period::Day(d) => d.format("%Y-%m-%d").to_string(),
+            Period::DayUtc8(d) => format!("{} (UTC+8)", d.format("%Y-%m-%d")),
             Period::Month { year, month } => format!("{year:04}-{month:02}"),
         }
     }
@@ -362,6 +370,8 @@ pub fn unzip_single_csv(bytes: &[u8]) -> Result<String, String> {
 #[derive(Debug, Clone)]
 pub enum Venue {
     Binance(binance::Vision),
+    /// OKX's market-data history, listed at this base URL.
+    Okx(url::Url),
 }
 
 impl Venue {
@@ -375,8 +385,14 @@ impl Venue {
                 config.archive_url.as_ref(),
                 config.archive_list_url.as_ref(),
             ))),
+            ExchangeId::Okx => Ok(Venue::Okx(binance::with_slash(
+                config
+                    .archive_url
+                    .clone()
+                    .unwrap_or_else(|| url::Url::parse(okx::API_URL).expect("a valid built-in URL")),
+            ))),
             other => Err(format!(
-                "{other} publishes no archive klines can import yet (binance does)"
+                "{other} publishes no archive klines can import (binance and okx do; Kraken's OHLCVT zip: --file)"
             )),
         }
     }
@@ -384,6 +400,7 @@ impl Venue {
     pub fn exchange(&self) -> ExchangeId {
         match self {
             Venue::Binance(_) => ExchangeId::Binance,
+            Venue::Okx(_) => ExchangeId::Okx,
         }
     }
 
@@ -391,6 +408,9 @@ impl Venue {
     pub fn describe(&self) -> String {
         match self {
             Venue::Binance(v) => v.objects.to_string(),
+            Venue::Okx(base) => base
+                .join(okx::LIST_PATH)
+                .map_or_else(|_| base.to_string(), |u| u.to_string()),
         }
     }
 }
@@ -614,6 +634,7 @@ impl Importer {
         cancel: &CancellationToken,
     ) -> Result<PairPlan, ArchiveError> {
         match &self.venue {
+            Venue::Okx(base) => self.plan_okx(base, symbol, from, to, cancel).await,
             Venue::Binance(vision) => {
                 let mut listed = BTreeSet::new();
                 for monthly in [false, true] {
@@ -680,6 +701,119 @@ impl Importer {
                 })
             }
         }
+    }
+
+    /// OKX: the UTC+8 days touching `[from, to)`, listed a month at a time
+    /// within the endpoint's 5 requests per 2 s.
+    async fn plan_okx(
+        &self,
+        base: &url::Url,
+        symbol: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        cancel: &CancellationToken,
+    ) -> Result<PairPlan, ArchiveError> {
+        let first = okx::day_of(from);
+        let last = okx::day_of(to - chrono::Duration::microseconds(1));
+        let mut listed: BTreeMap<NaiveDate, okx::Listed> = BTreeMap::new();
+        let mut day = first;
+        let mut asked = false;
+        while day <= last {
+            let span_end = (day + chrono::Duration::days(okx::LIST_SPAN_DAYS))
+                .min(last + chrono::Duration::days(1));
+            if asked {
+                tokio::time::sleep(okx::LIST_INTERVAL).await;
+            }
+            asked = true;
+            if cancel.is_cancelled() {
+                return Err(ArchiveError::Cancelled);
+            }
+            let url = okx::list_url(
+                base,
+                symbol,
+                okx::day_range(day).start,
+                okx::day_range(span_end).start,
+            );
+            let listing = |reason: String| ArchiveError::Listing {
+                url: url.to_string(),
+                reason,
+            };
+            let body = self
+                .fetcher
+                .get(&url, cancel)
+                .await
+                .map_err(|e| listing(e.to_string()))?;
+            for f in okx::parse_listing(&body).map_err(listing)? {
+                if f.symbol == symbol && f.day >= first && f.day <= last {
+                    listed.insert(f.day, f);
+                }
+            }
+            day = span_end;
+        }
+        let now = Utc::now();
+        let mut plan = PairPlan {
+            symbol: symbol.to_owned(),
+            files: Vec::new(),
+            unpublished: Vec::new(),
+            missing: Vec::new(),
+        };
+        let mut day = first;
+        while day <= last {
+            match listed.remove(&day) {
+                Some(f) => plan.files.push(ArchiveFile {
+                    symbol: symbol.to_owned(),
+                    period: Period::DayUtc8(day),
+                    name: f.filename,
+                    url: f.url,
+                    checksum_url: None,
+                }),
+                None if now < okx::day_range(day).end + chrono::Duration::days(1) => {
+                    plan.unpublished.push(day)
+                }
+                None => plan.missing.push(day),
+            }
+            day = day.succ_opt().unwrap_or(day);
+            if day == NaiveDate::MAX {
+                break;
+            }
+        }
+        if plan.files.is_empty() && plan.unpublished.is_empty() && listed.is_empty() {
+            // Nothing for any day: an unknown symbol, or one OKX has no
+            // history for in the range.
+            if !self.okx_has_files(base, symbol, cancel).await? {
+                return Err(ArchiveError::Invalid(format!(
+                    "--symbol {symbol}: {} publishes no 1-minute files for it (listed at {}); check the name",
+                    self.exchange(),
+                    base.join(okx::LIST_PATH).map_or_else(|_| base.to_string(), |u| u.to_string())
+                )));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Whether OKX lists any file of `symbol` in the last year.
+    async fn okx_has_files(
+        &self,
+        base: &url::Url,
+        symbol: &str,
+        cancel: &CancellationToken,
+    ) -> Result<bool, ArchiveError> {
+        tokio::time::sleep(okx::LIST_INTERVAL).await;
+        let now = Utc::now();
+        let url = okx::list_url(base, symbol, now - chrono::Duration::days(365), now);
+        let body = self
+            .fetcher
+            .get(&url, cancel)
+            .await
+            .map_err(|e| ArchiveError::Listing {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        let listed = okx::parse_listing(&body).map_err(|reason| ArchiveError::Listing {
+            url: url.to_string(),
+            reason,
+        })?;
+        Ok(listed.iter().any(|f| f.symbol == symbol))
     }
 
     /// Lists `prefix` after `marker` until a key passes `stop` (without a
@@ -811,6 +945,8 @@ impl Importer {
             let text = unzip_single_csv(&body)?;
             match venue {
                 Venue::Binance(_) => binance::parse_csv(&symbol, period, &text)
+                    .map_err(|e| format!("line {}: {}", e.line, e.reason)),
+                Venue::Okx(_) => okx::parse_csv(&symbol, period, &text)
                     .map_err(|e| format!("line {}: {}", e.line, e.reason)),
             }
         })

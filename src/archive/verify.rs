@@ -281,6 +281,12 @@ impl Importer {
         cancel: &CancellationToken,
     ) -> Result<VerifyReport, ArchiveError> {
         let started = std::time::Instant::now();
+        if !matches!(self.venue, super::Venue::Binance(_)) {
+            return Err(ArchiveError::Invalid(format!(
+                "archive verify compares UTC days with Binance's files; {}'s files are cut at UTC+8 and are imported only (klines archive import)",
+                self.exchange()
+            )));
+        }
         let mut report = VerifyReport {
             exchange: self.exchange().to_string(),
             ..VerifyReport::default()
@@ -320,6 +326,8 @@ impl Importer {
                 let mut by_day: BTreeMap<NaiveDate, BTreeMap<Minute, Candle>> = BTreeMap::new();
                 let days: Vec<NaiveDate> = match file.period {
                     Period::Day(d) => vec![d],
+                    // (refused above)
+                    Period::DayUtc8(_) => Vec::new(),
                     Period::Month { .. } => {
                         let r = file.period.range();
                         let mut d = r.start.date_naive();
@@ -488,11 +496,7 @@ impl Importer {
     }
 
     /// Replaces the pair-day's audit and its minutes.
-    async fn record(
-        &self,
-        audit: &DayAudit,
-        details: &[Detail],
-    ) -> Result<(), ArchiveError> {
+    async fn record(&self, audit: &DayAudit, details: &[Detail]) -> Result<(), ArchiveError> {
         let exchange = self.exchange().as_str();
         let range = Period::Day(audit.day).range();
         let mut tx = self.pool.begin().await?;
