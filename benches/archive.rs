@@ -103,25 +103,40 @@ fn main() {
             "bronze's hourly partitions for the copy: {:.2} s (not counted in the copy)",
             t.elapsed().as_secs_f64()
         );
+        // One file and one \copy per month: a year in one COPY touches
+        // 8,760 hourly partitions, more locks than one transaction may hold.
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bronze.copy");
-        let mut text = String::with_capacity(events.len() * 200);
-        encode_copy_rows(&events, &mut text);
-        std::fs::write(&file, &text).unwrap();
         let columns = COPY_STATEMENT
             .split_once('(')
             .and_then(|(_, rest)| rest.split_once(')'))
             .map(|(cols, _)| cols)
             .unwrap();
+        let mut script = String::new();
+        let mut start = 0;
+        for month in 1..=months {
+            let end_of = klines::archive::Period::Month { year: 2023, month }.range().end;
+            let end = events[start..]
+                .iter()
+                .position(|e| e.candle.interval_start >= end_of)
+                .map_or(events.len(), |p| start + p);
+            let mut text = String::with_capacity((end - start) * 200);
+            encode_copy_rows(&events[start..end], &mut text);
+            let file = dir.path().join(format!("bronze-{month:02}.copy"));
+            std::fs::write(&file, &text).unwrap();
+            script.push_str(&format!(
+                "\\copy bronze.ohlcv_native ({columns}) FROM '{}'\n",
+                file.display()
+            ));
+            start = end;
+        }
+        let script_file = dir.path().join("copy.psql");
+        std::fs::write(&script_file, &script).unwrap();
         sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
         let t = Instant::now();
         let status = Command::new("psql")
             .arg(db.url.as_str())
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
-            .arg(format!(
-                "\\copy bronze.ohlcv_native ({columns}) FROM '{}'",
-                file.display()
-            ))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+            .arg(&script_file)
             .status()
             .expect("psql");
         let copy_s = t.elapsed().as_secs_f64();
@@ -151,6 +166,7 @@ fn main() {
             from,
             to,
             dry_run: false,
+            file: None,
         };
         let t = Instant::now();
         let report = importer

@@ -120,6 +120,7 @@ impl From<&ArchiveVerifyArgs> for crate::archive::operator::Request {
             from: a.from,
             to: a.to,
             dry_run: false,
+            file: None,
         }
     }
 }
@@ -128,7 +129,7 @@ impl From<&ArchiveVerifyArgs> for crate::archive::operator::Request {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("pairs").required(true).args(["symbol", "all_pairs"])))]
 pub struct ArchiveImportArgs {
-    /// Exchange, as configured (binance, okx).
+    /// Exchange, as configured (binance, okx, kraken with --file).
     #[arg(long, value_parser = parse_exchange)]
     pub exchange: ExchangeId,
     /// Symbol(s), e.g. BTCUSDT; repeat or separate with commas.
@@ -147,6 +148,11 @@ pub struct ArchiveImportArgs {
     /// Only list the files that would be imported; download nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Kraken: its downloaded OHLCVT zip (or the pair's 1-minute CSV from
+    /// it); the rows of the range are imported, and the minutes inside the
+    /// file's coverage without a row are recorded as confirmed empty.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
 }
 
 impl From<ArchiveImportArgs> for crate::archive::operator::Request {
@@ -158,6 +164,7 @@ impl From<ArchiveImportArgs> for crate::archive::operator::Request {
             from: a.from,
             to: a.to,
             dry_run: a.dry_run,
+            file: a.file,
         }
     }
 }

@@ -19,7 +19,8 @@
 //!   bronze (batched COPY, its disk spool) and the lake (its write-ahead
 //!   spool and uploader);
 //! - [`archive`]: the exchanges' own published history files (Binance's
-//!   data.binance.vision, OKX's market-data history): `klines archive import` checks, reads and
+//!   data.binance.vision, OKX's market-data history, Kraken's OHLCVT zips):
+//!   `klines archive import` checks, reads and
 //!   writes them to bronze, and merges them; `klines archive verify`
 //!   compares silver with them and repairs;
 //! - [`lake`]: the raw JSONL.gz lake's format: lines, object keys, the S3

@@ -649,3 +649,142 @@ async fn okx_days_cut_at_utc_plus_8_import_exactly() {
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+const KRAKEN_DAY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/kraken/kraken_ohlcvt_XBTUSDC_1m_2023-01-10.csv"
+);
+
+/// A zip laid out like Kraken's OHLCVT download: one CSV per pair and
+/// interval, the 1-minute XBT/USDC file among them.
+fn kraken_zip(dir: &Path, with_pair: bool) -> PathBuf {
+    let path = dir.join(if with_pair {
+        "Kraken_OHLCVT_Q1_2023.zip"
+    } else {
+        "Kraken_OHLCVT_other.zip"
+    });
+    let file = std::fs::File::create(&path).unwrap();
+    let mut w = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default();
+    let mut entries = vec![
+        ("ETHUSD_1.csv", "1673308800,1,1,1,1,1,1\n".to_string()),
+        ("XBTUSDC_5.csv", "1673308800,1,1,1,1,1,1\n".to_string()),
+    ];
+    if with_pair {
+        entries.push((
+            "XBTUSDC_1.csv",
+            std::fs::read_to_string(KRAKEN_DAY).unwrap(),
+        ));
+    }
+    for (name, text) in entries {
+        w.start_file(name, options).unwrap();
+        std::io::Write::write_all(&mut w, text.as_bytes()).unwrap();
+    }
+    w.finish().unwrap();
+    path
+}
+
+/// Kraken's REST reaches back 720 minutes; its OHLCVT zip repairs an older
+/// day: the traded minutes exact, the minutes inside the file's coverage
+/// without a row confirmed empty and filled flat at the previous close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kraken_ohlcvt_zip_repairs_an_old_day_and_fills_its_quiet_minutes_flat() {
+    let db = TestDb::new("ar_kraken").await;
+    let sim = simulator(&[BTC_DAY], 1.0, |_| {}).await;
+    let dir = tempdir();
+    let config = exchange_config_file(dir.path(), &sim, ExchangeId::Kraken, &["BTC/USDC"], "");
+    let zip = kraken_zip(dir.path(), true);
+    let args = [
+        "archive",
+        "import",
+        "--exchange",
+        "kraken",
+        "--symbol",
+        "BTC/USDC",
+        "--file",
+        zip.to_str().unwrap(),
+        "--from",
+        "2023-01-10",
+        "--to",
+        "2023-01-11",
+    ];
+    let (ok, out, err) = klines_cli(&config, &db.url, &args);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("718 rows"), "{out}");
+    let want = csv_rows_kraken(KRAKEN_DAY);
+    let rows = sqlx::query(
+        "SELECT interval_start, open, high, low, close, volume, trade_count, source
+           FROM silver.fact_ohlcv WHERE exchange = 'kraken' AND symbol = 'BTC/USDC'
+          ORDER BY interval_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1440, "every minute of the day");
+    let mut previous_close: Option<Decimal> = None;
+    let (mut traded, mut filled) = (0, 0);
+    for r in rows {
+        let t: chrono::DateTime<chrono::Utc> = r.get("interval_start");
+        let got: (Decimal, Decimal, Decimal, Decimal, Decimal) = (
+            r.get("open"),
+            r.get("high"),
+            r.get("low"),
+            r.get("close"),
+            r.get("volume"),
+        );
+        let source: String = r.get("source");
+        match want.get(&t.timestamp()) {
+            Some((w, trades)) => {
+                assert_eq!((&got, source.as_str()), (w, "archive"), "{t}");
+                assert_eq!(r.get::<Option<i64>, _>("trade_count"), Some(*trades));
+                traded += 1;
+            }
+            None => {
+                let p = previous_close.expect("a quiet minute follows a traded one");
+                assert_eq!(source, "filled", "{t}");
+                assert_eq!(
+                    got,
+                    (p, p, p, p, Decimal::ZERO),
+                    "{t}: flat at the previous close"
+                );
+                filled += 1;
+            }
+        }
+        previous_close = Some(got.3);
+    }
+    assert_eq!((traded, filled), (718, 722));
+
+    // Again: the pair's rows are known by their checksum.
+    let (ok, out, err) = klines_cli(&config, &db.url, &args);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("0 rows from"), "{out}");
+
+    // A zip without the pair's file is refused by name.
+    let other = kraken_zip(dir.path(), false);
+    let mut bad = args;
+    bad[7] = other.to_str().unwrap();
+    let (ok, _, err) = klines_cli(&config, &db.url, &bad);
+    assert!(!ok);
+    assert!(err.contains("holds no XBTUSDC_1.csv"), "{err}");
+    sim.stop().await.unwrap();
+    db.drop().await;
+}
+
+/// Open, high, low, close, volume.
+type Ohlcv = (Decimal, Decimal, Decimal, Decimal, Decimal);
+
+/// Kraken's OHLCVT rows by Unix second: (prices and volume, trades).
+fn csv_rows_kraken(path: &str) -> BTreeMap<i64, (Ohlcv, i64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let d = |i: usize| f[i].parse::<Decimal>().unwrap();
+            (
+                f[0].parse().unwrap(),
+                ((d(1), d(2), d(3), d(4), d(5)), f[6].parse().unwrap()),
+            )
+        })
+        .collect()
+}

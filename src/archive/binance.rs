@@ -112,6 +112,8 @@ pub fn file_name(symbol: &str, period: Period) -> String {
     match period {
         Period::Day(d) | Period::DayUtc8(d) => format!("{symbol}-1m-{}.zip", d.format("%Y-%m-%d")),
         Period::Month { year, month } => format!("{symbol}-1m-{year:04}-{month:02}.zip"),
+        // (not one of Binance's files)
+        Period::Span { from, .. } => format!("{symbol}-1m-{}.zip", from.format("%Y-%m-%d")),
     }
 }
 

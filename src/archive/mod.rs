@@ -13,11 +13,12 @@
 //! file's rows and its `ops.archive_files` row are written in one
 //! transaction.
 //!
-//! One module per venue's layout ([`binance`], [`okx`]); this one fetches, checks
+//! One module per venue's layout ([`binance`], [`okx`], [`kraken`]); this one fetches, checks
 //! and writes; [`verify`] compares silver with the files; [`operator`]
 //! holds the commands.
 
 pub mod binance;
+pub mod kraken;
 pub mod okx;
 pub mod operator;
 pub mod verify;
@@ -52,6 +53,12 @@ pub enum Period {
     },
     /// A day cut at UTC+8 (OKX's files).
     DayUtc8(NaiveDate),
+    /// The part `[from, to)` of a file that covers more (Kraken's quarterly
+    /// files, read for the range asked).
+    Span {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
 }
 
 impl Period {
@@ -62,6 +69,7 @@ impl Period {
         match self {
             Period::Day(d) => midnight(d)..midnight(d) + chrono::Duration::days(1),
             Period::DayUtc8(d) => okx::day_range(d),
+            Period::Span { from, to } => from..to,
             Period::Month { year, month } => {
                 let first = NaiveDate::from_ymd_opt(year, month, 1).unwrap_or_default();
                 let next = if month == 12 {
@@ -80,6 +88,11 @@ impl Period {
         match self {
             Period::Day(d) => d.format("%Y-%m-%d").to_string(),
             Period::DayUtc8(d) => format!("{} (UTC+8)", d.format("%Y-%m-%d")),
+            Period::Span { from, to } => format!(
+                "{} .. {}",
+                from.format("%Y-%m-%dT%H:%MZ"),
+                to.format("%Y-%m-%dT%H:%MZ")
+            ),
             Period::Month { year, month } => format!("{year:04}-{month:02}"),
         }
     }
@@ -134,6 +147,8 @@ pub struct ArchiveFile {
     pub url: url::Url,
     /// Where its checksum is, when the venue publishes one.
     pub checksum_url: Option<url::Url>,
+    /// A file on this machine (`--file`) instead of `url`.
+    pub local: Option<std::path::PathBuf>,
 }
 
 /// What became of one file.
@@ -227,6 +242,8 @@ pub struct ImportSpec {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub dry_run: bool,
+    /// The venue's file on this machine (Kraken's OHLCVT zip).
+    pub file: Option<std::path::PathBuf>,
 }
 
 /// How an import reports its way (the CLI's bar; quiet elsewhere).
@@ -366,12 +383,41 @@ pub fn unzip_single_csv(bytes: &[u8]) -> Result<String, String> {
     Ok(text)
 }
 
+/// The CSV entry `name` of a zip that holds many (Kraken's), as text.
+pub fn unzip_entry(bytes: &[u8], name: &str) -> Result<String, String> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| format!("not a readable zip: {e}"))?;
+    let index = (0..archive.len()).find(|&i| {
+        archive.name_for_index(i).is_some_and(|n| {
+            n.rsplit('/')
+                .next()
+                .is_some_and(|base| base.eq_ignore_ascii_case(name))
+        })
+    });
+    let Some(index) = index else {
+        return Err(format!(
+            "holds no {name} ({} files in it); is it the pair's OHLCVT zip?",
+            archive.len()
+        ));
+    };
+    let mut entry = archive
+        .by_index(index)
+        .map_err(|e| format!("cannot open {name}: {e}"))?;
+    let mut text = String::new();
+    entry
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {name} (truncated or corrupt): {e}"))?;
+    Ok(text)
+}
+
 /// The archive of one configured exchange.
 #[derive(Debug, Clone)]
 pub enum Venue {
     Binance(binance::Vision),
     /// OKX's market-data history, listed at this base URL.
     Okx(url::Url),
+    /// Kraken's OHLCVT zip, given as a file.
+    Kraken,
 }
 
 impl Venue {
@@ -386,13 +432,13 @@ impl Venue {
                 config.archive_list_url.as_ref(),
             ))),
             ExchangeId::Okx => Ok(Venue::Okx(binance::with_slash(
-                config
-                    .archive_url
-                    .clone()
-                    .unwrap_or_else(|| url::Url::parse(okx::API_URL).expect("a valid built-in URL")),
+                config.archive_url.clone().unwrap_or_else(|| {
+                    url::Url::parse(okx::API_URL).expect("a valid built-in URL")
+                }),
             ))),
+            ExchangeId::Kraken => Ok(Venue::Kraken),
             other => Err(format!(
-                "{other} publishes no archive klines can import (binance and okx do; Kraken's OHLCVT zip: --file)"
+                "{other} publishes no archive klines can import (binance, okx and kraken do)"
             )),
         }
     }
@@ -401,6 +447,7 @@ impl Venue {
         match self {
             Venue::Binance(_) => ExchangeId::Binance,
             Venue::Okx(_) => ExchangeId::Okx,
+            Venue::Kraken => ExchangeId::Kraken,
         }
     }
 
@@ -411,6 +458,7 @@ impl Venue {
             Venue::Okx(base) => base
                 .join(okx::LIST_PATH)
                 .map_or_else(|_| base.to_string(), |u| u.to_string()),
+            Venue::Kraken => "Kraken's OHLCVT file".to_owned(),
         }
     }
 }
@@ -422,6 +470,32 @@ struct PairPlan {
     files: Vec<ArchiveFile>,
     unpublished: Vec<NaiveDate>,
     missing: Vec<NaiveDate>,
+}
+
+/// A file on this machine: the part of it in `[from, to)`, recorded under
+/// its entry's name and that range.
+fn plan_local(
+    symbol: &str,
+    path: &std::path::Path,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> PairPlan {
+    let entry = kraken::entry_name(symbol);
+    let period = Period::Span { from, to };
+    PairPlan {
+        symbol: symbol.to_owned(),
+        files: vec![ArchiveFile {
+            symbol: symbol.to_owned(),
+            period,
+            name: format!("{entry} [{}]", period.label()),
+            url: url::Url::from_file_path(path)
+                .unwrap_or_else(|_| url::Url::parse("file:///").expect("a valid URL")),
+            checksum_url: None,
+            local: Some(path.to_owned()),
+        }],
+        unpublished: Vec::new(),
+        missing: Vec::new(),
+    }
 }
 
 /// Imports archives into bronze and merges what they touched.
@@ -480,7 +554,21 @@ impl Importer {
         }
         let mut plans = Vec::with_capacity(spec.symbols.len());
         for symbol in &spec.symbols {
-            plans.push(self.plan(symbol, spec.from, spec.to, cancel).await?);
+            plans.push(match (&self.venue, &spec.file) {
+                (Venue::Kraken, Some(path)) => plan_local(symbol, path, spec.from, spec.to),
+                (Venue::Kraken, None) => {
+                    return Err(ArchiveError::Invalid(
+                        "kraken publishes its OHLCVT history as a zip to download by hand: give it with --file".into(),
+                    ))
+                }
+                (_, Some(_)) => {
+                    return Err(ArchiveError::Invalid(format!(
+                        "--file is for Kraken's OHLCVT zip; {} files are found by listing its archive",
+                        self.exchange()
+                    )))
+                }
+                (_, None) => self.plan(symbol, spec.from, spec.to, cancel).await?,
+            });
         }
         let imported = self.imported_checksums(&plans).await?;
         let mut report = ImportReport {
@@ -556,11 +644,13 @@ impl Importer {
                 }
                 Fetched::Ready {
                     candles,
+                    empties,
                     sha256,
                     bytes,
-                } => match self.write(&file, &candles, &sha256, bytes).await {
+                } => match self.write(&file, &candles, &empties, &sha256, bytes).await {
                     Ok(n) => {
                         hours.extend(candles.iter().map(|c| hour_of(c.interval_start)));
+                        hours.extend(empties.iter().map(|t| hour_of(*t)));
                         (FileStatus::Imported, n, bytes)
                     }
                     Err(e) => {
@@ -634,6 +724,9 @@ impl Importer {
         cancel: &CancellationToken,
     ) -> Result<PairPlan, ArchiveError> {
         match &self.venue {
+            Venue::Kraken => Err(ArchiveError::Invalid(
+                "kraken's files are given with --file".into(),
+            )),
             Venue::Okx(base) => self.plan_okx(base, symbol, from, to, cancel).await,
             Venue::Binance(vision) => {
                 let mut listed = BTreeSet::new();
@@ -690,6 +783,7 @@ impl Importer {
                             name: binance::file_name(symbol, period),
                             url: vision.object_url(&key),
                             checksum_url: Some(vision.object_url(&format!("{key}.CHECKSUM"))),
+                            local: None,
                         }
                     })
                     .collect();
@@ -766,6 +860,7 @@ impl Importer {
                     name: f.filename,
                     url: f.url,
                     checksum_url: None,
+                    local: None,
                 }),
                 None if now < okx::day_range(day).end + chrono::Duration::days(1) => {
                     plan.unpublished.push(day)
@@ -922,9 +1017,15 @@ impl Importer {
                 return Fetched::Known { bytes: 0 };
             }
         }
-        let body = match self.fetcher.get(&file.url, cancel).await {
-            Ok(b) => b,
-            Err(e) => return fail(format!("{}: {e}", file.url)),
+        let body = match &file.local {
+            Some(path) => match tokio::fs::read(path).await {
+                Ok(b) => bytes::Bytes::from(b),
+                Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
+            },
+            None => match self.fetcher.get(&file.url, cancel).await {
+                Ok(b) => b,
+                Err(e) => return fail(format!("{}: {e}", file.url)),
+            },
         };
         let sha256 = sha256_hex(&body);
         if let Some(expected) = expected {
@@ -941,22 +1042,61 @@ impl Importer {
         }
         let bytes = body.len() as u64;
         let (symbol, period, venue) = (file.symbol.clone(), file.period, self.venue.clone());
-        let parsed = tokio::task::spawn_blocking(move || -> Result<Vec<Candle>, String> {
-            let text = unzip_single_csv(&body)?;
+        let local = file.local.clone();
+        let parsed = tokio::task::spawn_blocking(move || -> Result<Read, String> {
+            let line = |e: RowError| format!("line {}: {}", e.line, e.reason);
             match venue {
-                Venue::Binance(_) => binance::parse_csv(&symbol, period, &text)
-                    .map_err(|e| format!("line {}: {}", e.line, e.reason)),
-                Venue::Okx(_) => okx::parse_csv(&symbol, period, &text)
-                    .map_err(|e| format!("line {}: {}", e.line, e.reason)),
+                Venue::Binance(_) => {
+                    let text = unzip_single_csv(&body)?;
+                    Ok((
+                        binance::parse_csv(&symbol, period, &text).map_err(line)?,
+                        Vec::new(),
+                        None,
+                    ))
+                }
+                Venue::Okx(_) => {
+                    let text = unzip_single_csv(&body)?;
+                    Ok((
+                        okx::parse_csv(&symbol, period, &text).map_err(line)?,
+                        Vec::new(),
+                        None,
+                    ))
+                }
+                Venue::Kraken => {
+                    let is_zip = local
+                        .as_ref()
+                        .and_then(|p| p.extension())
+                        .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+                    let text = if is_zip {
+                        unzip_entry(&body, &kraken::entry_name(&symbol))?
+                    } else {
+                        String::from_utf8(body.to_vec())
+                            .map_err(|_| "is not text (a CSV or Kraken's zip)".to_owned())?
+                    };
+                    let (candles, coverage) =
+                        kraken::parse_csv(&symbol, &period.range(), &text).map_err(line)?;
+                    let empties = coverage
+                        .map(|c| kraken::empty_minutes(&c, &candles))
+                        .unwrap_or_default();
+                    // Known by the bytes of the pair's own rows.
+                    Ok((candles, empties, Some(sha256_hex(text.as_bytes()))))
+                }
             }
         })
         .await;
         match parsed {
-            Ok(Ok(candles)) => Fetched::Ready {
-                candles,
-                sha256,
-                bytes,
-            },
+            Ok(Ok((candles, empties, entry_sha))) => {
+                let sha256 = entry_sha.unwrap_or(sha256);
+                if known.contains(&sha256) {
+                    return Fetched::Known { bytes };
+                }
+                Fetched::Ready {
+                    candles,
+                    empties,
+                    sha256,
+                    bytes,
+                }
+            }
             Ok(Err(why)) => fail(why),
             Err(e) => fail(format!("reading it failed: {e}")),
         }
@@ -967,6 +1107,7 @@ impl Importer {
         &self,
         file: &ArchiveFile,
         candles: &[Candle],
+        empties: &[DateTime<Utc>],
         sha256: &str,
         bytes: u64,
     ) -> Result<u64, ArchiveError> {
@@ -989,6 +1130,18 @@ impl Importer {
             .await?;
         let mut tx = self.pool.begin().await?;
         let written = copy_events(&mut tx, &events).await?;
+        if !empties.is_empty() {
+            sqlx::query(
+                "INSERT INTO bronze.empty_minutes (exchange, symbol, interval_start)
+                 SELECT $1, $2, unnest($3::timestamptz[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(self.exchange().as_str())
+            .bind(&file.symbol)
+            .bind(empties)
+            .execute(&mut *tx)
+            .await?;
+        }
         let range = file.period.range();
         sqlx::query(
             "INSERT INTO ops.archive_files
@@ -1011,9 +1164,15 @@ impl Importer {
     }
 }
 
+/// A file read: its rows, its confirmed-empty minutes, and the checksum it
+/// is known by when not that of the bytes fetched.
+type Read = (Vec<Candle>, Vec<DateTime<Utc>>, Option<String>);
+
 enum Fetched {
     Ready {
         candles: Vec<Candle>,
+        /// Minutes the file covers without a row: confirmed empty.
+        empties: Vec<DateTime<Utc>>,
         sha256: String,
         bytes: u64,
     },

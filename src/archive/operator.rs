@@ -29,6 +29,8 @@ pub struct Request {
     pub to: DateTime<Utc>,
     /// Only list the files that would be imported.
     pub dry_run: bool,
+    /// The venue's file on this machine (Kraken's OHLCVT zip).
+    pub file: Option<std::path::PathBuf>,
 }
 
 /// Checks the arguments against the config, runs the import and prints its
@@ -46,6 +48,7 @@ pub async fn run(
         from: args.from,
         to: args.to,
         dry_run: args.dry_run,
+        file: args.file.clone(),
     };
     let bar = Bar::new();
     let report = importer.run(&spec, &bar, &cancel).await;

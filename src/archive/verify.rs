@@ -314,6 +314,7 @@ impl Importer {
                             candles,
                             sha256,
                             bytes,
+                            ..
                         } => (candles, sha256, bytes),
                         Fetched::Failed(e) => {
                             report.failures.push((e.file, e.reason));
@@ -327,7 +328,7 @@ impl Importer {
                 let days: Vec<NaiveDate> = match file.period {
                     Period::Day(d) => vec![d],
                     // (refused above)
-                    Period::DayUtc8(_) => Vec::new(),
+                    Period::DayUtc8(_) | Period::Span { .. } => Vec::new(),
                     Period::Month { .. } => {
                         let r = file.period.range();
                         let mut d = r.start.date_naive();
