@@ -383,6 +383,17 @@ async fn verify_finds_exactly_the_altered_minutes_and_repair_mends_them() {
     cfg.backfill.enabled = true;
     cfg.backfill.tick = std::time::Duration::from_millis(100);
     cfg.merge.every = std::time::Duration::from_millis(200);
+    // The service's own audit, on the exchange's clock (an hour of it is
+    // 1.5 s here).
+    cfg.archive.audit = true;
+    cfg.archive.audit_every = std::time::Duration::from_millis(300);
+    cfg.archive.audit_publish_delay = std::time::Duration::from_secs(3600);
+    cfg.exchanges
+        .get_mut(&ExchangeId::Binance)
+        .unwrap()
+        .archive_url = Some(sim.archive_url(ExchangeId::Binance).parse().unwrap());
+    let port = free_port();
+    cfg.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
     let service = start_ingest(cfg);
     let day_sql = "SELECT count(*) FROM silver.fact_ohlcv WHERE symbol = 'BTCUSDT'
                     AND interval_start >= '2023-01-21' AND interval_start < '2023-01-22'";
@@ -391,6 +402,62 @@ async fn verify_finds_exactly_the_altered_minutes_and_repair_mends_them() {
     })
     .await;
     assert!(complete, "silver holds the day; {:?}", sim.state.snapshot());
+    // Once the day's file is out, the audit finds silver equal to it (the
+    // minutes it may have compared before the merge caught up were
+    // imported from the file, then compared again).
+    let audited = wait_until(std::time::Duration::from_secs(60), || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM ops.archive_audit
+              WHERE symbol = 'BTCUSDT' AND day = '2023-01-21' AND verdict = 'equal'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let rows: Vec<(chrono::NaiveDate, String)> =
+        sqlx::query_as("SELECT day, verdict FROM ops.archive_audit ORDER BY day")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(audited, "the scheduled audit compared the day: {rows:?}");
+    assert_eq!(
+        rows,
+        vec![("2023-01-21".parse().unwrap(), "equal".to_string())],
+        "no day before the pair's listing is audited"
+    );
+    assert!(
+        service.metrics.sum(
+            "klines_archive_audited_days_total",
+            &["verdict=\"equal\"", "exchange=\"binance\""]
+        ) >= 1.0
+    );
+    let http = reqwest::Client::new();
+    let body: serde_json::Value = http
+        .get(format!(
+            "http://127.0.0.1:{port}/v1/audit?exchange=binance&symbol=BTCUSDT&from=2023-01-20&to=2023-01-22"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["days"][0]["day"], "2023-01-21", "{body}");
+    assert_eq!(body["days"][0]["verdict"], "equal", "{body}");
+    assert_eq!(body["days"][0]["minutes_in_file"], 1440, "{body}");
+    let page = http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("data-verdict=\"equal\""),
+        "the status page shows it"
+    );
     service.stop().await;
     assert!(sim.state.snapshot().dropped > 0);
 

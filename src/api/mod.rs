@@ -133,6 +133,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/symbols", get(query::symbols))
         .route("/v1/candles", get(query::candles))
         .route("/v1/completeness", get(query::completeness))
+        .route("/v1/audit", get(query::audit))
         .route("/v1/backfills", get(backfills::list))
         .route("/v1/backfills/{id}", get(backfills::get_one));
     if state.read_key.is_some() {

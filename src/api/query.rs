@@ -504,6 +504,77 @@ pub async fn completeness(State(s): State<ApiState>, params: Params) -> Result<R
     Ok(Json(json!({"exchange": exchange.as_str(), "hours": hours})).into_response())
 }
 
+/// `GET /v1/audit?exchange=&symbol=&from=&to=`: the archive audit's latest
+/// result per pair and UTC day (`ops.archive_audit`), days `[from, to)`
+/// (default: the last 7 days).
+pub async fn audit(State(s): State<ApiState>, params: Params) -> Result<Response, ApiError> {
+    reject_unknown(&params, &["exchange", "symbol", "from", "to"])?;
+    let exchange = exchange_param(&params)?;
+    let symbol = match params.get("symbol") {
+        None => None,
+        Some(_) => Some(symbol_param(&params)?),
+    };
+    let to = match params.get("to") {
+        Some(t) => parse_time("to", t.trim())?,
+        None => Utc::now(),
+    };
+    let from = match params.get("from") {
+        Some(t) => parse_time("from", t.trim())?,
+        None => to - chrono::Duration::days(7),
+    };
+    if from >= to {
+        return Err(ApiError::unprocessable(format!(
+            "from ({}) must be before to ({})",
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        )));
+    }
+    if to - from > chrono::Duration::days(MAX_COMPLETENESS_DAYS) {
+        return Err(ApiError::unprocessable(format!(
+            "the range is longer than {MAX_COMPLETENESS_DAYS} days; ask for less"
+        )));
+    }
+    let rows = sqlx::query(
+        "SELECT symbol, day, file, sha256, minutes_in_file, minutes_in_silver, equal, differing,
+                differing_columns, missing_from_silver, missing_from_file, verdict, repaired,
+                replaced, checked_at
+           FROM ops.archive_audit
+          WHERE exchange = $1 AND ($2::text IS NULL OR symbol = $2)
+            AND day >= ($3::timestamptz AT TIME ZONE 'UTC')::date
+            AND (day::timestamp AT TIME ZONE 'UTC') < $4
+          ORDER BY symbol, day",
+    )
+    .bind(exchange.as_str())
+    .bind(symbol.as_deref())
+    .bind(from)
+    .bind(to)
+    .fetch_all(&s.pool)
+    .await?;
+    let days: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "symbol": r.get::<String, _>("symbol"),
+                "day": r.get::<chrono::NaiveDate, _>("day").to_string(),
+                "file": r.get::<Option<String>, _>("file"),
+                "sha256": r.get::<Option<String>, _>("sha256"),
+                "minutes_in_file": r.get::<i32, _>("minutes_in_file"),
+                "minutes_in_silver": r.get::<i32, _>("minutes_in_silver"),
+                "equal": r.get::<i32, _>("equal"),
+                "differing": r.get::<i32, _>("differing"),
+                "differing_columns": r.get::<Vec<String>, _>("differing_columns"),
+                "missing_from_silver": r.get::<i32, _>("missing_from_silver"),
+                "missing_from_file": r.get::<i32, _>("missing_from_file"),
+                "verdict": r.get::<String, _>("verdict"),
+                "repaired": r.get::<i32, _>("repaired"),
+                "replaced": r.get::<i32, _>("replaced"),
+                "checked_at": r.get::<DateTime<Utc>, _>("checked_at").to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"exchange": exchange.as_str(), "days": days})).into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -196,6 +196,18 @@ fn seconds(v: Option<f64>) -> String {
     }
 }
 
+/// A pair's latest archive audit, for its column.
+#[derive(sqlx::FromRow)]
+struct Audit {
+    exchange: String,
+    symbol: String,
+    day: chrono::NaiveDate,
+    verdict: String,
+    differing: i32,
+    missing_from_silver: i32,
+    missing_from_file: i32,
+}
+
 /// The colour of a completeness ratio: red (0) through amber to green (1).
 fn colour(ratio: f64) -> String {
     let hue = (ratio.clamp(0.0, 1.0) * 120.0).round();
@@ -401,7 +413,18 @@ footer{{margin-top:2rem;color:#5a6272}} a{{color:#2457c5}}
             t.format("%Y-%m-%d %H:00")
         );
     }
-    html.push_str("</tr></thead><tbody>\n");
+    html.push_str("<th title=\"the latest day compared with the exchange's published files (ops.archive_audit)\">archive</th></tr></thead><tbody>\n");
+    // The latest archive audit of each pair.
+    let audits: std::collections::BTreeMap<(String, String), Audit> = sqlx::query_as::<_, Audit>(
+        "SELECT DISTINCT ON (exchange, symbol) exchange, symbol, day, verdict, differing,
+                missing_from_silver, missing_from_file
+           FROM ops.archive_audit ORDER BY exchange, symbol, day DESC",
+    )
+    .fetch_all(&s.pool)
+    .await?
+    .into_iter()
+    .map(|a| ((a.exchange.clone(), a.symbol.clone()), a))
+    .collect();
     for (exchange, symbol) in &pairs {
         let _ = write!(
             html,
@@ -451,10 +474,27 @@ footer{{margin-top:2rem;color:#5a6272}} a{{color:#2457c5}}
                 }
             }
         }
+        match audits.get(&(exchange.clone(), symbol.clone())) {
+            Some(a) => {
+                let _ = write!(
+                    html,
+                    "<td class=\"audit\" data-verdict=\"{v}\" title=\"{e} {s} {day}: {v} · differing {d} · missing from silver {ns} · missing from the file {nf}\">{v}</td>",
+                    v = esc(&a.verdict),
+                    e = esc(exchange),
+                    s = esc(symbol),
+                    day = a.day,
+                    d = a.differing,
+                    ns = a.missing_from_silver,
+                    nf = a.missing_from_file,
+                );
+            }
+            None => html
+                .push_str("<td class=\"audit\" title=\"not compared with the archive yet\">–</td>"),
+        }
         html.push_str("</tr>\n");
     }
     if pairs.is_empty() {
-        html.push_str("<tr><td colspan=\"25\">No pairs configured or merged yet.</td></tr>\n");
+        html.push_str("<tr><td colspan=\"26\">No pairs configured or merged yet.</td></tr>\n");
     }
     html.push_str("</tbody></table>\n");
 

@@ -14,9 +14,10 @@
 //! transaction.
 //!
 //! One module per venue's layout ([`binance`], [`okx`], [`kraken`]); this one fetches, checks
-//! and writes; [`verify`] compares silver with the files; [`operator`]
-//! holds the commands.
+//! and writes; [`verify`] compares silver with the files, [`audit`] does so
+//! on a schedule in the service; [`operator`] holds the commands.
 
+pub mod audit;
 pub mod binance;
 pub mod kraken;
 pub mod okx;
@@ -506,6 +507,9 @@ pub struct Importer {
     pub venue: Venue,
     concurrency: usize,
     merge_parallelism: usize,
+    /// The exchange's time, where known (the service's audit): which days
+    /// are published yet.
+    clock: Option<Arc<crate::rest::clock::ExchangeClock>>,
 }
 
 impl Importer {
@@ -522,7 +526,19 @@ impl Importer {
             venue,
             concurrency: config.concurrency.max(1),
             merge_parallelism: merge::DEFAULT_PARALLELISM,
+            clock: None,
         })
+    }
+
+    /// The same importer judging what is published by the exchange's clock.
+    pub fn on_clock(mut self, clock: Arc<crate::rest::clock::ExchangeClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Now, by the exchange's clock where known.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.as_ref().map_or_else(Utc::now, |c| c.now())
     }
 
     /// Connections a bulk hour of the import's merge may use.
@@ -531,7 +547,7 @@ impl Importer {
         self
     }
 
-    fn exchange(&self) -> ExchangeId {
+    pub fn exchange(&self) -> ExchangeId {
         self.venue.exchange()
     }
 
@@ -771,7 +787,7 @@ impl Importer {
                         )));
                     }
                 }
-                let plan = binance::plan(vision, symbol, from, to, &listed, Utc::now());
+                let plan = binance::plan(vision, symbol, from, to, &listed, self.now());
                 let files = plan
                     .files
                     .iter()
@@ -844,7 +860,7 @@ impl Importer {
             }
             day = span_end;
         }
-        let now = Utc::now();
+        let now = self.now();
         let mut plan = PairPlan {
             symbol: symbol.to_owned(),
             files: Vec::new(),

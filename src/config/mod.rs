@@ -581,6 +581,27 @@ pub struct ArchiveConfig {
     pub timeout: Duration,
     /// Attempts per request on network errors and 5xx, with backoff.
     pub max_attempts: u32,
+    /// The service's audit: every configured pair of an exchange whose
+    /// files klines can compare (Binance), each day once its file is
+    /// published, compared with silver (`ops.archive_audit`). Off unless
+    /// set: it downloads one file per pair and day.
+    pub audit: bool,
+    /// How often the audit looks for days to compare.
+    #[serde(with = "humantime_serde")]
+    pub audit_every: Duration,
+    /// How far back (exchange time) the audit looks.
+    #[serde(with = "humantime_serde")]
+    pub audit_lookback: Duration,
+    /// A day's file is looked for this long after the day ends.
+    #[serde(with = "humantime_serde")]
+    pub audit_publish_delay: Duration,
+    /// Pair-days compared per pass at most.
+    pub audit_batch: usize,
+    /// Import the minutes silver lacks when the file has them.
+    pub audit_repair: bool,
+    /// A pair-day not found equal is compared again after this long.
+    #[serde(with = "humantime_serde")]
+    pub audit_recheck: Duration,
 }
 
 impl Default for ArchiveConfig {
@@ -589,6 +610,13 @@ impl Default for ArchiveConfig {
             concurrency: 4,
             timeout: Duration::from_secs(120),
             max_attempts: 4,
+            audit: false,
+            audit_every: Duration::from_secs(3600),
+            audit_lookback: Duration::from_secs(7 * 24 * 3600),
+            audit_publish_delay: Duration::from_secs(6 * 3600),
+            audit_batch: 50,
+            audit_repair: true,
+            audit_recheck: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -269,6 +269,10 @@ fn archive(c: &Config) -> Result<(), ConfigError> {
     }
     nonzero("archive.timeout", c.archive.timeout)?;
     positive("archive.max_attempts", c.archive.max_attempts as usize)?;
+    nonzero("archive.audit_every", c.archive.audit_every)?;
+    nonzero("archive.audit_lookback", c.archive.audit_lookback)?;
+    nonzero("archive.audit_recheck", c.archive.audit_recheck)?;
+    positive("archive.audit_batch", c.archive.audit_batch)?;
     Ok(())
 }
 

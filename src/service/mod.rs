@@ -49,6 +49,8 @@ pub enum ServiceError {
     Exchange(#[from] exchange::ExchangeError),
     #[error("backfill: {0}")]
     Backfill(#[from] backfill::BackfillError),
+    #[error("archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
     #[error("config: {0}")]
     Pairs(#[from] crate::instruments::PairsError),
     #[error("lake spool: {0}")]
@@ -217,6 +219,41 @@ pub async fn run(
             },
             upkeep_stop.clone(),
         ));
+    }
+
+    if config.archive.audit {
+        // Every configured pair of each exchange whose files the audit
+        // compares (Binance's UTC days).
+        let mut audited = Vec::new();
+        for (id, pairs) in &configured {
+            let Ok(venue) = crate::archive::Venue::for_exchange(*id, &config.exchanges[id]) else {
+                continue;
+            };
+            if !matches!(venue, crate::archive::Venue::Binance(_)) {
+                continue;
+            }
+            let importer = crate::archive::Importer::new(
+                pools.backfill.clone(),
+                Arc::clone(&partitions),
+                venue,
+                &config.archive,
+            )?
+            .merging_on(config.merge.parallelism)
+            .on_clock(Arc::clone(&clocks[id]));
+            audited.push(crate::archive::audit::Audited {
+                importer,
+                symbols: pairs.iter().map(|p| p.symbol.clone()).collect(),
+            });
+        }
+        if !audited.is_empty() {
+            tasks.spawn(crate::archive::audit::run(
+                audited,
+                config.archive.clone(),
+                leader.clone(),
+                Arc::clone(&metrics),
+                upkeep_stop.clone(),
+            ));
+        }
     }
 
     let folding = &config.partitions;

@@ -14,6 +14,14 @@ pub struct ExchangeLabels {
     pub exchange: &'static str,
 }
 
+/// An exchange and an archive audit's verdict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub exchange: &'static str,
+    /// `equal`, `differs`, `silver_incomplete`, `archive_incomplete`, `no_file`.
+    pub verdict: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CandleLabels {
     pub exchange: &'static str,
@@ -130,6 +138,12 @@ pub struct Metrics {
     /// Pairs backing off after failures (the scheduled sweeps skip them
     /// until their next try).
     pub backfill_pairs_backing_off: Family<ExchangeLabels, Gauge>,
+    /// Pair-days the archive audit compared, by verdict.
+    pub archive_audited_days: Family<VerdictLabels, Counter>,
+    /// Minutes the audit imported into silver from the exchange's files.
+    pub archive_repaired_minutes: Family<ExchangeLabels, Counter>,
+    /// Pair-days in the audit's window whose latest verdict is not `equal`.
+    pub archive_days_not_equal: Family<ExchangeLabels, Gauge>,
     /// Lines appended to the lake spool.
     pub lake_lines: Counter,
     /// Lake objects written to the store.
@@ -202,6 +216,9 @@ impl Metrics {
             backfill_pair_failures: Family::default(),
             backfill_pairs_backing_off: Family::default(),
             backfill_jobs: Family::default(),
+            archive_audited_days: Family::default(),
+            archive_repaired_minutes: Family::default(),
+            archive_days_not_equal: Family::default(),
             lake_lines: Counter::default(),
             lake_objects: Counter::default(),
             lake_write_errors: Counter::default(),
@@ -341,6 +358,21 @@ impl Metrics {
             "backfill_confirmed_empty",
             "Minutes REST confirmed had no candle",
             m.backfill_empty_minutes.clone(),
+        );
+        registry.register(
+            "archive_audited_days",
+            "Pair-days compared with the exchange's published files, by verdict",
+            m.archive_audited_days.clone(),
+        );
+        registry.register(
+            "archive_repaired_minutes",
+            "Minutes the archive audit imported into silver from the exchange's files",
+            m.archive_repaired_minutes.clone(),
+        );
+        registry.register(
+            "archive_days_not_equal",
+            "Pair-days in the audit window whose latest comparison with the archive is not equal",
+            m.archive_days_not_equal.clone(),
         );
         registry.register(
             "backfill_pair_failures",
