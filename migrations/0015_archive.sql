@@ -126,3 +126,19 @@ CREATE TABLE IF NOT EXISTS ops.archive_preferred (
     preferred_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (exchange, symbol, interval_start)
 );
+
+-- The hourly WebSocket-against-REST check: per pair and hour sampled, the
+-- minutes both feeds have, how many are equal and which columns differ
+-- (each differing minute is in ops.source_mismatch).
+CREATE TABLE IF NOT EXISTS ops.source_check (
+    exchange          text COLLATE "C" NOT NULL,
+    symbol            text COLLATE "C" NOT NULL,
+    hour_start        timestamptz NOT NULL,
+    compared          integer     NOT NULL,
+    equal             integer     NOT NULL,
+    differing         integer     NOT NULL,
+    differing_columns text[]      NOT NULL DEFAULT '{}',
+    checked_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (exchange, symbol, hour_start)
+);
+CREATE INDEX IF NOT EXISTS source_check_hour_idx ON ops.source_check (hour_start);

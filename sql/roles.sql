@@ -36,7 +36,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA silver, gold TO klines_reader;
 ALTER DEFAULT PRIVILEGES IN SCHEMA silver, gold GRANT SELECT ON TABLES TO klines_reader;
 GRANT USAGE ON SCHEMA ref, ops TO klines_reader;
 GRANT SELECT ON ref.instruments, ops.backfill_jobs, ops.backfill_pairs, ops.archive_files,
-      ops.archive_audit, ops.archive_audit_minutes TO klines_reader;
+      ops.archive_audit, ops.archive_audit_minutes, ops.source_check TO klines_reader;
 
 -- Ingest: append to bronze, create the partitions it writes into.
 GRANT USAGE ON SCHEMA bronze, ops TO klines_ingest;
@@ -54,6 +54,7 @@ GRANT SELECT, INSERT, UPDATE ON ref.instruments, ops.backfill_jobs, ops.backfill
       ops.unrecoverable_gaps, ops.archive_files, ops.archive_audit, ops.archive_audit_minutes,
       ops.archive_preferred TO klines_ingest;
 GRANT DELETE ON ops.archive_audit_minutes TO klines_ingest;
+GRANT SELECT, INSERT, UPDATE ON ops.source_check, ops.source_mismatch TO klines_ingest;
 GRANT USAGE ON SEQUENCE ops.backfill_jobs_id_seq TO klines_ingest;
 GRANT SELECT ON silver.fact_ohlcv TO klines_ingest;
 

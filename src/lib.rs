@@ -14,7 +14,7 @@
 //! - [`ingest`]: the WebSocket slots, finality and reconnect pacing;
 //! - [`instruments`]: `ref.instruments`, the pairs' check and selection;
 //! - [`backfill`]: the REST backfiller: gaps, the hourly sweep, reconnect
-//!   fills and operators' jobs;
+//!   fills, operators' jobs and the hourly WebSocket-REST cross-check;
 //! - [`sink`]: the sinks the workers feed through an [`sink::Outlet`]:
 //!   bronze (batched COPY, its disk spool) and the lake (its write-ahead
 //!   spool and uploader);

@@ -347,6 +347,52 @@ async fn bad_archive_input_is_named_and_leaves_nothing_in_bronze() {
     let (ok, out, err) = import(&config, &db.url, &day);
     assert!(ok, "{out}\n{err}");
     assert_eq!(bronze().await, 1440);
+
+    // Binance publishes a short day, then none: the audit says the archive
+    // is the one incomplete, not silver.
+    let verify = |config: &Path| {
+        klines_cli(
+            config,
+            &db.url,
+            &[
+                "archive",
+                "verify",
+                "--exchange",
+                "binance",
+                "--symbol",
+                "BTCUSDT",
+                "--from",
+                "2023-03-05",
+                "--to",
+                "2023-03-06",
+            ],
+        )
+    };
+    let verdict = || async {
+        sqlx::query_as::<_, (String, i32, i32, i32)>(
+            "SELECT verdict, minutes_in_file, minutes_in_silver, missing_from_file
+               FROM ops.archive_audit WHERE day = '2023-03-05'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    sim.state
+        .archive
+        .set_fault(name, Some(ArchiveFault::Short(1000)));
+    let (ok, out, err) = verify(&config);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(
+        verdict().await,
+        ("archive_incomplete".into(), 1000, 1440, 440),
+        "{out}"
+    );
+    sim.state
+        .archive
+        .set_fault(name, Some(ArchiveFault::Missing));
+    let (ok, out, err) = verify(&config);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(verdict().await, ("no_file".into(), 0, 1440, 1440), "{out}");
     sim.stop().await.unwrap();
     db.drop().await;
 }

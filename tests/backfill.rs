@@ -1201,3 +1201,103 @@ async fn every_exchanges_jobs_run_at_once_on_the_default_backfill_pool() {
     sim.stop().await.unwrap();
     db.drop().await;
 }
+
+/// Each hour the service fetches the hour that closed from REST for a
+/// share of its pairs and compares it with the WebSocket's finals: two
+/// minutes where the simulator's REST drifts from its stream are found,
+/// with the column, and counted; silver keeps the WebSocket's candles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hourly_cross_check_finds_where_rest_and_the_websocket_disagree() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new("bf_cross").await;
+    let dir = tempdir();
+    let sim = simulator(&[BTC_DAY], 40.0, |_| {}).await;
+    let at = |hm: &str| Minute::containing(format!("2023-01-21T{hm}:00Z").parse().unwrap());
+    sim.state.drift_rest("BTCUSDT", at("02:10"));
+    sim.state.drift_rest("BTCUSDT", at("05:20"));
+    let mut cfg = config(&sim, &db.url, &spool_dir(&dir), &["BTCUSDT"], "", "");
+    cfg.backfill.enabled = true;
+    cfg.backfill.tick = Duration::from_millis(100);
+    cfg.backfill.crosscheck_share = 1.0;
+    cfg.merge.every = Duration::from_millis(200);
+    let port = free_port();
+    cfg.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let service = start_ingest(cfg);
+    let checked = wait_until(Duration::from_secs(90), || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM ops.source_check WHERE hour_start = '2023-01-21T05:00:00Z'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(
+        checked,
+        "the hour 05:00 was cross-checked; {:?}",
+        sim.state.snapshot()
+    );
+    /// (hour, compared, equal, differing, columns)
+    type Check = (chrono::DateTime<chrono::Utc>, i32, i32, i32, Vec<String>);
+    let checks: Vec<Check> = sqlx::query_as(
+        "SELECT hour_start, compared, equal, differing, differing_columns FROM ops.source_check
+          WHERE hour_start >= '2023-01-21T01:00:00Z' AND hour_start < '2023-01-21T06:00:00Z'
+          ORDER BY hour_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let hour = |h: u32| -> chrono::DateTime<chrono::Utc> {
+        format!("2023-01-21T{h:02}:00:00Z").parse().unwrap()
+    };
+    let close: Vec<String> = vec!["close".into()];
+    assert_eq!(
+        checks,
+        vec![
+            (hour(1), 60, 60, 0, vec![]),
+            (hour(2), 60, 59, 1, close.clone()),
+            (hour(3), 60, 60, 0, vec![]),
+            (hour(4), 60, 60, 0, vec![]),
+            (hour(5), 60, 59, 1, close.clone()),
+        ]
+    );
+    let mismatches: Vec<(chrono::DateTime<chrono::Utc>, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT interval_start, ws_close, rest_close FROM ops.source_mismatch ORDER BY interval_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(mismatches.len(), 2, "{mismatches:?}");
+    for (t, ws, rest) in &mismatches {
+        assert!([at("02:10").start(), at("05:20").start()].contains(t));
+        assert_eq!(*rest - *ws, Decimal::ONE);
+    }
+    assert!(
+        service
+            .metrics
+            .sum("klines_source_check_minutes_total", &["status=\"differs\""])
+            >= 2.0
+    );
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("ws = rest (24 h)"),
+        "the status page has the column"
+    );
+    service.stop().await;
+    // Silver keeps the WebSocket's candle.
+    let close: Decimal = sqlx::query_scalar(
+        "SELECT close FROM silver.fact_ohlcv WHERE symbol = 'BTCUSDT' AND interval_start = $1",
+    )
+    .bind(at("02:10").start())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(close, mismatches[0].1);
+    sim.stop().await.unwrap();
+    db.drop().await;
+}

@@ -415,13 +415,19 @@ async fn klines(
         .into_iter()
         .filter_map(|m| {
             let full = sim.market.candle_at(symbol, m)?;
-            let c = if m == current {
+            let mut c = if m == current {
                 let elapsed =
                     u32::try_from((now_ms - m.epoch_ms()).clamp(0, 59_999) / 1000).unwrap_or(0);
                 partial_candle(full, elapsed, 60)
             } else {
                 full.clone()
             };
+            if sim.rest_drifts(symbol, m) {
+                // REST's candle disagrees with the stream's: a close one
+                // unit higher.
+                c.close += rust_decimal::Decimal::ONE;
+                c.high = c.high.max(c.close);
+            }
             Some(json!([
                 m.epoch_ms(),
                 c.open.to_string(),

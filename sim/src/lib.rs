@@ -371,6 +371,9 @@ pub struct SimState {
     delisted: Mutex<BTreeSet<String>>,
     /// The archive files served and their faults.
     pub archive: archive::ArchiveStore,
+    /// Minutes (symbol, minute index) whose Binance REST candle differs from
+    /// the stream's: a venue whose two feeds drift apart.
+    rest_drift: Mutex<BTreeSet<(String, i64)>>,
 }
 
 /// Each exchange's documented limit on WebSocket connection attempts per IP:
@@ -472,6 +475,7 @@ impl SimState {
             rest_refused: Mutex::new(BTreeSet::new()),
             delisted: Mutex::new(BTreeSet::new()),
             archive: archive::ArchiveStore::default(),
+            rest_drift: Mutex::new(BTreeSet::new()),
             config,
         }
     }
@@ -507,6 +511,23 @@ impl SimState {
         } else {
             set.remove(symbol);
         }
+    }
+
+    /// Makes Binance's REST answer for `symbol`'s `minute` differ from what
+    /// its stream sends (a close one unit higher).
+    pub fn drift_rest(&self, symbol: &str, minute: Minute) {
+        self.rest_drift
+            .lock()
+            .expect("drift set poisoned")
+            .insert((symbol.to_owned(), minute.index()));
+    }
+
+    /// Whether REST's candle of `symbol`'s `minute` drifts.
+    pub fn rest_drifts(&self, symbol: &str, minute: Minute) -> bool {
+        self.rest_drift
+            .lock()
+            .expect("drift set poisoned")
+            .contains(&(symbol.to_owned(), minute.index()))
     }
 
     /// Whether `symbol` is delisted.

@@ -348,8 +348,20 @@ footer{{margin-top:2rem;color:#5a6272}} a{{color:#2457c5}}
     let before = s.status.oldest();
     html.push_str(
         "<h2>Exchanges</h2>\n<table class=\"list\" id=\"exchanges\"><tr><th>exchange</th><th>state</th><th>connections</th>\
-         <th>messages/s (1 min)</th><th>reconnects</th><th>decode errors</th><th>lag p50 (1 min)</th><th>lag p99 (1 min)</th></tr>\n",
+         <th>messages/s (1 min)</th><th>reconnects</th><th>decode errors</th><th>lag p50 (1 min)</th><th>lag p99 (1 min)</th>\
+         <th title=\"minutes of the sampled pairs equal between the WebSocket and REST, last 24 hours (ops.source_check)\">ws = rest (24 h)</th></tr>\n",
     );
+    let agreement: std::collections::BTreeMap<String, (i64, i64)> =
+        sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT exchange, sum(equal)::bigint, sum(compared)::bigint FROM ops.source_check
+          WHERE hour_start >= $1 GROUP BY exchange",
+        )
+        .bind(now - chrono::Duration::hours(24))
+        .fetch_all(&s.pool)
+        .await?
+        .into_iter()
+        .map(|(e, equal, compared)| (e, (equal, compared)))
+        .collect();
     for e in &s.exchanges {
         let name = e.as_str();
         let open = s
@@ -382,9 +394,13 @@ footer{{margin-top:2rem;color:#5a6272}} a{{color:#2457c5}}
             html,
             "<tr data-exchange=\"{name}\"><td>{name}</td><td>{state}</td><td class=\"num\">{open}</td>\
              <td class=\"num\">{rate}</td><td class=\"num\">{reconnects}</td><td class=\"num\">{decode}</td>\
-             <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num agree\">{}</td></tr>",
             seconds(p50),
             seconds(p99),
+            match agreement.get(name) {
+                Some((equal, compared)) if *compared > 0 => format!("{equal} of {compared}"),
+                _ => "–".to_owned(),
+            },
         );
     }
     html.push_str("</table>\n");

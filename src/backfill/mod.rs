@@ -11,6 +11,7 @@
 //! instead of being retried forever. Every run is a row in
 //! `ops.backfill_jobs`. The schedules of the service live in [`scheduler`].
 
+pub mod crosscheck;
 pub mod gaps;
 pub mod operator;
 pub mod scheduler;

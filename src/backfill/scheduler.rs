@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::crosscheck;
 use super::{Backfiller, JobReport, JobSpec, Quiet};
 use crate::config::BackfillConfig;
 use crate::db::leader::Leader;
@@ -174,6 +175,19 @@ pub async fn run(
             } else if let Some(report) = run_job(&backfiller, &spec, &stop).await {
                 last_sweep = Some(hour);
                 record_swept_to(&backfiller, &report.succeeded(), hour).await;
+            }
+            // The hour before the one that just closed (all its finals are
+            // in by now, late ones and reconnect fills included), from
+            // REST, against the WebSocket.
+            let sampled = crosscheck::sample(&symbols, config.crosscheck_share, hour);
+            if !sampled.is_empty() {
+                let checked = hour - chrono::Duration::hours(2);
+                if let Err(e) = backfiller
+                    .crosscheck(&sampled, checked, &mut tally, &stop)
+                    .await
+                {
+                    warn!(exchange, error = %e, "Cross-check failed; the next hour tries again");
+                }
             }
         }
         // Outages whose minutes have all closed on the exchange.

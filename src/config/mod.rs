@@ -553,6 +553,10 @@ pub struct BackfillConfig {
     pub tick: Duration,
     /// Attempts per REST page on network errors and 5xx, with backoff.
     pub max_attempts: u32,
+    /// Share of the pairs whose last hour is fetched from REST each hour
+    /// and compared with the WebSocket's finals (in turn, so every pair
+    /// comes round); 0 turns the check off.
+    pub crosscheck_share: f64,
 }
 
 impl Default for BackfillConfig {
@@ -565,6 +569,7 @@ impl Default for BackfillConfig {
             settle: Duration::from_secs(5),
             tick: Duration::from_secs(10),
             max_attempts: 5,
+            crosscheck_share: 0.05,
         }
     }
 }

@@ -255,6 +255,13 @@ fn backfill(c: &Config) -> Result<(), ConfigError> {
     nonzero("backfill.lookback", c.backfill.lookback)?;
     nonzero("backfill.tick", c.backfill.tick)?;
     positive("backfill.max_attempts", c.backfill.max_attempts as usize)?;
+    let share = c.backfill.crosscheck_share;
+    if !(0.0..=1.0).contains(&share) {
+        return Err(ConfigError::invalid(
+            "backfill.crosscheck_share",
+            format!("must be between 0 (off) and 1 (every pair every hour), got {share}"),
+        ));
+    }
     Ok(())
 }
 

@@ -38,7 +38,8 @@ pub struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub exchange: &'static str,
-    /// `ok`, `rate_limited`, `banned`, `rejected`, `server_error`, `network`.
+    /// `ok`, `rate_limited`, `banned`, `rejected`, `server_error`, `network`
+    /// (REST calls); `equal`, `differs` (the cross-check).
     pub status: &'static str,
 }
 
@@ -138,6 +139,9 @@ pub struct Metrics {
     /// Pairs backing off after failures (the scheduled sweeps skip them
     /// until their next try).
     pub backfill_pairs_backing_off: Family<ExchangeLabels, Gauge>,
+    /// Minutes the hourly cross-check compared between the WebSocket and
+    /// REST, by result (`equal`, `differs`).
+    pub source_check_minutes: Family<StatusLabels, Counter>,
     /// Pair-days the archive audit compared, by verdict.
     pub archive_audited_days: Family<VerdictLabels, Counter>,
     /// Minutes the audit imported into silver from the exchange's files.
@@ -216,6 +220,7 @@ impl Metrics {
             backfill_pair_failures: Family::default(),
             backfill_pairs_backing_off: Family::default(),
             backfill_jobs: Family::default(),
+            source_check_minutes: Family::default(),
             archive_audited_days: Family::default(),
             archive_repaired_minutes: Family::default(),
             archive_days_not_equal: Family::default(),
@@ -358,6 +363,11 @@ impl Metrics {
             "backfill_confirmed_empty",
             "Minutes REST confirmed had no candle",
             m.backfill_empty_minutes.clone(),
+        );
+        registry.register(
+            "source_check_minutes",
+            "Minutes the hourly cross-check compared between the WebSocket and REST, by result",
+            m.source_check_minutes.clone(),
         );
         registry.register(
             "archive_audited_days",
