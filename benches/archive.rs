@@ -8,7 +8,9 @@
 //!
 //! Run: `cargo bench --bench archive` (uses DATABASE_URL, default the local
 //! server; needs `psql`; creates and drops the database
-//! klines_bench_archive).
+//! klines_bench_archive). KLINES_BENCH_MONTHS=N imports the first N months
+//! only; KLINES_BENCH_PAIRS=N imports N pairs at once (the per-hour work of
+//! the merge is then shared by them).
 
 use std::process::Command;
 use std::sync::Arc;
@@ -47,11 +49,23 @@ fn main() {
             .filter(|m| (1..=12).contains(m))
             .unwrap_or(12);
         let to = klines::archive::Period::Month { year: 2023, month: months }.range().end;
-        // The real day repeated over 2023, published up to 2024-01-05.
+        // KLINES_BENCH_PAIRS (default 1) pairs, each the real day repeated
+        // over 2023, published up to 2024-01-05.
+        let pairs: usize = std::env::var("KLINES_BENCH_PAIRS")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p >= 1)
+            .unwrap_or(1);
+        let symbols: Vec<String> = if pairs == 1 {
+            vec!["BTCUSDT".into()]
+        } else {
+            (0..pairs).map(klines_sim::replica_symbol).collect()
+        };
         let sim = klines_sim::start(klines_sim::SimConfig {
             data: klines_sim::dataset::load_all(&[DAY.to_string()]).unwrap(),
             start: Some(Minute::containing(from)),
             looped: true,
+            replicate: if pairs == 1 { 0 } else { pairs },
             start_immediately: true,
             clock_start: Some(Minute::containing("2024-01-05T00:00:00Z".parse().unwrap())),
             ..klines_sim::SimConfig::default()
@@ -67,13 +81,13 @@ fn main() {
         let t = Instant::now();
         let mut events: Vec<CandleEvent> = Vec::with_capacity(525_600);
         let mut bytes = 0usize;
-        for month in 1..=months {
+        for (month, symbol) in (1..=months).flat_map(|m| symbols.iter().map(move |s| (m, s))) {
             let period = klines::archive::Period::Month { year: 2023, month };
-            let url = vision.object_url(&vision.key("BTCUSDT", period));
+            let url = vision.object_url(&vision.key(symbol, period));
             let body = http.get(url).send().await.unwrap().bytes().await.unwrap();
             bytes += body.len();
             let text = klines::archive::unzip_single_csv(&body).unwrap();
-            for candle in binance::parse_csv("BTCUSDT", period, &text).unwrap() {
+            for candle in binance::parse_csv(symbol, period, &text).unwrap() {
                 events.push(CandleEvent {
                     candle,
                     is_final: true,
@@ -85,7 +99,7 @@ fn main() {
         }
         let rows = events.len();
         println!(
-            "mirror: {months} monthly zips, {:.1} MB, {} rows (built in {:.1} s)",
+            "mirror: {months} monthly zips of {pairs} pair(s), {:.1} MB, {} rows (built in {:.1} s)",
             bytes as f64 / 1e6,
             events.len(),
             t.elapsed().as_secs_f64()
@@ -162,7 +176,7 @@ fn main() {
         .unwrap();
         let spec = ImportSpec {
             exchange: ExchangeId::Binance,
-            symbols: vec!["BTCUSDT".into()],
+            symbols: symbols.clone(),
             from,
             to,
             dry_run: false,
@@ -184,7 +198,7 @@ fn main() {
             .unwrap();
         assert_eq!(report.rows() as usize, rows);
         assert_eq!(silver as usize, rows);
-        assert_eq!(days as usize, rows / 1440);
+        assert_eq!(days as usize, rows / 1440, "a gold day per pair and day");
         println!(
             "klines archive import:         {:>7.2} s  (bronze, silver {silver} rows, gold {days} days; merge {} hours)",
             import_s, report.merge.hours

@@ -77,59 +77,11 @@ pub enum ArchiveCommand {
     Verify(ArchiveVerifyArgs),
 }
 
-/// `klines archive verify` options.
+/// The pairs and range both `klines archive` commands take.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("pairs").required(true).args(["symbol", "all_pairs"])))]
-pub struct ArchiveVerifyArgs {
-    /// Exchange, as configured (binance, okx).
-    #[arg(long, value_parser = parse_exchange)]
-    pub exchange: ExchangeId,
-    /// Symbol(s), e.g. BTCUSDT; repeat or separate with commas.
-    #[arg(long, value_delimiter = ',')]
-    pub symbol: Vec<String>,
-    /// Every pair configured for the exchange.
-    #[arg(long)]
-    pub all_pairs: bool,
-    /// First day (RFC 3339 or a date), inclusive.
-    #[arg(long, value_parser = parse_time)]
-    pub from: DateTime<Utc>,
-    /// End of the range, exclusive (RFC 3339, a date, or `now`).
-    #[arg(long, value_parser = parse_time_or_now)]
-    pub to: DateTime<Utc>,
-    /// Import the minutes silver lacks (`--repair` or `--repair=missing`);
-    /// `--repair=prefer-archive` also replaces the minutes that differ with
-    /// the archive's candle, kept by every later merge.
-    #[arg(long, num_args = 0..=1, default_missing_value = "missing", value_parser = parse_repair)]
-    pub repair: Option<crate::archive::verify::Repair>,
-}
-
-fn parse_repair(s: &str) -> Result<crate::archive::verify::Repair, String> {
-    match s {
-        "missing" => Ok(crate::archive::verify::Repair::Missing),
-        "prefer-archive" => Ok(crate::archive::verify::Repair::PreferArchive),
-        other => Err(format!("`{other}`: expected `missing` or `prefer-archive`")),
-    }
-}
-
-impl From<&ArchiveVerifyArgs> for crate::archive::operator::Request {
-    fn from(a: &ArchiveVerifyArgs) -> Self {
-        crate::archive::operator::Request {
-            exchange: a.exchange,
-            symbol: a.symbol.clone(),
-            all_pairs: a.all_pairs,
-            from: a.from,
-            to: a.to,
-            dry_run: false,
-            file: None,
-        }
-    }
-}
-
-/// `klines archive import` options.
-#[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("pairs").required(true).args(["symbol", "all_pairs"])))]
-pub struct ArchiveImportArgs {
-    /// Exchange, as configured (binance, okx, kraken with --file).
+pub struct ArchiveSelect {
+    /// Exchange, as configured (binance, okx; kraken with --file).
     #[arg(long, value_parser = parse_exchange)]
     pub exchange: ExchangeId,
     /// Symbol(s), e.g. BTCUSDT; repeat or separate with commas.
@@ -145,6 +97,13 @@ pub struct ArchiveImportArgs {
     /// End of the range, exclusive (RFC 3339, a date, or `now`).
     #[arg(long, value_parser = parse_time_or_now)]
     pub to: DateTime<Utc>,
+}
+
+/// `klines archive import` options.
+#[derive(Debug, Args)]
+pub struct ArchiveImportArgs {
+    #[command(flatten)]
+    pub select: ArchiveSelect,
     /// Only list the files that would be imported; download nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -155,16 +114,41 @@ pub struct ArchiveImportArgs {
     pub file: Option<std::path::PathBuf>,
 }
 
-impl From<ArchiveImportArgs> for crate::archive::operator::Request {
-    fn from(a: ArchiveImportArgs) -> Self {
+/// `klines archive verify` options.
+#[derive(Debug, Args)]
+pub struct ArchiveVerifyArgs {
+    #[command(flatten)]
+    pub select: ArchiveSelect,
+    /// Import the minutes silver lacks (`--repair` or `--repair=missing`);
+    /// `--repair=prefer-archive` also replaces the minutes that differ with
+    /// the archive's candle, kept by every later merge.
+    #[arg(long, num_args = 0..=1, default_missing_value = "missing", value_parser = parse_repair)]
+    pub repair: Option<crate::archive::verify::Repair>,
+}
+
+fn parse_repair(s: &str) -> Result<crate::archive::verify::Repair, String> {
+    match s {
+        "missing" => Ok(crate::archive::verify::Repair::Missing),
+        "prefer-archive" => Ok(crate::archive::verify::Repair::PreferArchive),
+        other => Err(format!("`{other}`: expected `missing` or `prefer-archive`")),
+    }
+}
+
+impl ArchiveSelect {
+    /// The operator's request: these pairs and range, `dry_run`, `file`.
+    pub fn request(
+        self,
+        dry_run: bool,
+        file: Option<std::path::PathBuf>,
+    ) -> crate::archive::operator::Request {
         crate::archive::operator::Request {
-            exchange: a.exchange,
-            symbol: a.symbol,
-            all_pairs: a.all_pairs,
-            from: a.from,
-            to: a.to,
-            dry_run: a.dry_run,
-            file: a.file,
+            exchange: self.exchange,
+            symbol: self.symbol,
+            all_pairs: self.all_pairs,
+            from: self.from,
+            to: self.to,
+            dry_run,
+            file,
         }
     }
 }

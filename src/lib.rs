@@ -35,7 +35,8 @@
 //! - [`api`]: the HTTP API, the status page and the OpenAPI document;
 //! - [`service`]: `klines ingest`'s supervisor: starts the sinks, the
 //!   slots, the upkeep, the schedules and the API, and stops them in order;
-//! - [`config`], [`cli`], [`telemetry`] (logs and Prometheus metrics).
+//! - [`config`], [`cli`], [`telemetry`] (logs, Prometheus metrics, the
+//!   commands' progress bars).
 //!
 //! The modules depend on each other one way (no cycle; the README draws the
 //! layers and `tests/module_graph.rs` checks it).

@@ -116,7 +116,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&cli.config)?;
             let cancel = CancellationToken::new();
             tokio::spawn(klines::service::cancel_on_signal(cancel.clone()));
-            klines::archive::operator::run(&config, &args.into(), cancel).await?;
+            klines::archive::operator::run(
+                &config,
+                &args.select.request(args.dry_run, args.file),
+                cancel,
+            )
+            .await?;
             Ok(())
         }
         Command::Archive(klines::cli::ArchiveCommand::Verify(args)) => {
@@ -124,7 +129,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cancel = CancellationToken::new();
             tokio::spawn(klines::service::cancel_on_signal(cancel.clone()));
             let repair = args.repair.unwrap_or_default();
-            klines::archive::operator::verify(&config, &(&args).into(), repair, cancel).await?;
+            klines::archive::operator::verify(
+                &config,
+                &args.select.request(false, None),
+                repair,
+                cancel,
+            )
+            .await?;
             Ok(())
         }
         Command::Lake(klines::cli::LakeCommand::Load(args)) => {

@@ -22,7 +22,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use serde::Deserialize;
 use url::Url;
 
-use super::{Period, RowError};
+use super::{lines, own_minute, prices, trade_count, Period, RowError};
 use crate::domain::{Candle, ExchangeId, Minute, ONE_MINUTE_SECONDS};
 use crate::exchange::{parse_decimal, parse_non_negative};
 
@@ -261,13 +261,8 @@ pub fn parse_csv(symbol: &str, period: Period, text: &str) -> Result<Vec<Candle>
     let range = period.range();
     let mut candles = Vec::with_capacity(text.len() / 100);
     let mut seen = BTreeSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            continue;
-        }
-        if i == 0 && line.starts_with(HEADER_FIRST_FIELD) {
+    for (line_no, line) in lines(text) {
+        if line_no == 1 && line.starts_with(HEADER_FIRST_FIELD) {
             continue;
         }
         let err = |reason: String| RowError {
@@ -305,38 +300,9 @@ pub fn parse_csv(symbol: &str, period: Period, text: &str) -> Result<Vec<Candle>
         }
         let minute = Minute::from_epoch_ms(ms)
             .ok_or_else(|| err(format!("open_time {open_time} is out of range")))?;
-        if minute.start() < range.start || minute.start() >= range.end {
-            return Err(err(format!(
-                "minute {} is outside the file's {}",
-                minute.start().format("%Y-%m-%d %H:%M"),
-                period.label()
-            )));
-        }
-        if !seen.insert(minute) {
-            return Err(err(format!(
-                "minute {} appears twice",
-                minute.start().format("%Y-%m-%d %H:%M")
-            )));
-        }
-        let field = |name: &'static str, text: &str| {
-            parse_non_negative(name, text).map_err(|e| err(e.to_string()))
-        };
-        let trades: i64 = fields[8]
-            .parse()
-            .ok()
-            .filter(|n: &i64| *n >= 0)
-            .ok_or_else(|| err(format!("count `{}` is not a trade count", fields[8])))?;
-        let (open, high, low, close) = (
-            field("open", fields[1])?,
-            field("high", fields[2])?,
-            field("low", fields[3])?,
-            field("close", fields[4])?,
-        );
-        if low > high || open < low || open > high || close < low || close > high {
-            return Err(err(format!(
-                "prices out of order (open {open}, high {high}, low {low}, close {close})"
-            )));
-        }
+        own_minute(minute, &range, &period.label(), &mut seen).map_err(err)?;
+        let [open, high, low, close] =
+            prices(fields[1], fields[2], fields[3], fields[4]).map_err(err)?;
         candles.push(Candle {
             exchange: ExchangeId::Binance,
             symbol: symbol.to_owned(),
@@ -346,11 +312,11 @@ pub fn parse_csv(symbol: &str, period: Period, text: &str) -> Result<Vec<Candle>
             high,
             low,
             close,
-            volume: field("volume", fields[5])?,
+            volume: parse_non_negative("volume", fields[5]).map_err(|e| err(e.to_string()))?,
             quote_volume: Some(
                 parse_decimal("quote_volume", fields[7]).map_err(|e| err(e.to_string()))?,
             ),
-            trade_count: Some(trades),
+            trade_count: Some(trade_count("count", fields[8]).map_err(err)?),
             vwap: None,
         });
     }

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 
-use super::RowError;
+use super::{lines, prices, trade_count, RowError};
 use crate::domain::{Candle, ExchangeId, Minute, ONE_MINUTE_SECONDS};
 use crate::exchange::kraken::Kraken;
 use crate::exchange::parse_non_negative;
@@ -38,14 +38,8 @@ pub fn parse_csv(
     text: &str,
 ) -> Result<Parsed, RowError> {
     let mut candles = Vec::new();
-    let mut seen = BTreeSet::new();
     let (mut first, mut last): (Option<Minute>, Option<Minute>) = (None, None);
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            continue;
-        }
+    for (line_no, line) in lines(text) {
         let err = |reason: String| RowError {
             line: line_no,
             reason,
@@ -72,30 +66,13 @@ pub fn parse_csv(
         }
         first.get_or_insert(minute);
         last = Some(minute);
-        let field = |name: &'static str, text: &str| {
-            parse_non_negative(name, text).map_err(|e| err(e.to_string()))
-        };
-        let (open, high, low, close, volume) = (
-            field("open", fields[1])?,
-            field("high", fields[2])?,
-            field("low", fields[3])?,
-            field("close", fields[4])?,
-            field("volume", fields[5])?,
-        );
-        if low > high || open < low || open > high || close < low || close > high {
-            return Err(err(format!(
-                "prices out of order (open {open}, high {high}, low {low}, close {close})"
-            )));
-        }
-        let trades: i64 = fields[6]
-            .parse()
-            .ok()
-            .filter(|n: &i64| *n >= 0)
-            .ok_or_else(|| err(format!("trades `{}` is not a trade count", fields[6])))?;
+        let [open, high, low, close] =
+            prices(fields[1], fields[2], fields[3], fields[4]).map_err(err)?;
+        let volume = parse_non_negative("volume", fields[5]).map_err(|e| err(e.to_string()))?;
+        let trades = trade_count("trades", fields[6]).map_err(err)?;
         if minute.start() < range.start || minute.start() >= range.end {
             continue;
         }
-        seen.insert(minute);
         candles.push(Candle {
             exchange: ExchangeId::Kraken,
             symbol: symbol.to_owned(),

@@ -107,6 +107,64 @@ impl Period {
     }
 }
 
+/// The non-empty lines of a file with their 1-based numbers (a CR before
+/// the line end dropped).
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
+        .filter(|(_, l)| !l.is_empty())
+}
+
+/// A row's open, high, low and close: exact decimals, none negative, in
+/// order (low ≤ open, close ≤ high).
+pub(crate) fn prices(
+    open: &str,
+    high: &str,
+    low: &str,
+    close: &str,
+) -> Result<[rust_decimal::Decimal; 4], String> {
+    let p = |name, text| crate::exchange::parse_non_negative(name, text).map_err(|e| e.to_string());
+    let (o, h, l, c) = (
+        p("open", open)?,
+        p("high", high)?,
+        p("low", low)?,
+        p("close", close)?,
+    );
+    if l > h || o < l || o > h || c < l || c > h {
+        return Err(format!(
+            "prices out of order (open {o}, high {h}, low {l}, close {c})"
+        ));
+    }
+    Ok([o, h, l, c])
+}
+
+/// A row's minute: inside `range` (the file's period, `label`) and not seen
+/// before in the file.
+pub(crate) fn own_minute(
+    minute: crate::domain::Minute,
+    range: &Range<DateTime<Utc>>,
+    label: &str,
+    seen: &mut BTreeSet<crate::domain::Minute>,
+) -> Result<(), String> {
+    let at = minute.start().format("%Y-%m-%d %H:%M");
+    if minute.start() < range.start || minute.start() >= range.end {
+        return Err(format!("minute {at} is outside the file's {label}"));
+    }
+    if !seen.insert(minute) {
+        return Err(format!("minute {at} appears twice"));
+    }
+    Ok(())
+}
+
+/// A row's trade count.
+pub(crate) fn trade_count(name: &str, text: &str) -> Result<i64, String> {
+    text.parse()
+        .ok()
+        .filter(|n: &i64| *n >= 0)
+        .ok_or_else(|| format!("{name} `{text}` is not a trade count"))
+}
+
 /// A row of a file that is not what it should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowError {

@@ -19,7 +19,7 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use serde::Deserialize;
 use url::Url;
 
-use super::{Period, RowError};
+use super::{lines, own_minute, prices, Period, RowError};
 use crate::domain::{Candle, ExchangeId, Minute, ONE_MINUTE_SECONDS};
 use crate::exchange::{parse_decimal, parse_non_negative};
 
@@ -139,8 +139,8 @@ const QUOTE: &[&str] = &["vol_ccy_quote", "volccyquote", "vol_quote", "quote_vol
 /// candle of the file's UTC+8 day fails the whole file.
 pub fn parse_csv(symbol: &str, period: Period, text: &str) -> Result<Vec<Candle>, RowError> {
     let range = period.range();
-    let mut lines = text.lines().enumerate();
-    let Some((_, header)) = lines.next() else {
+    let mut rows = lines(text);
+    let Some((_, header)) = rows.next() else {
         return Err(RowError {
             line: 1,
             reason: "empty file".into(),
@@ -171,12 +171,7 @@ pub fn parse_csv(symbol: &str, period: Period, text: &str) -> Result<Vec<Candle>
     let q = find(QUOTE, "quote volume").ok();
     let mut candles = Vec::with_capacity(1440);
     let mut seen = std::collections::BTreeSet::new();
-    for (i, line) in lines {
-        let line_no = i + 1;
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            continue;
-        }
+    for (line_no, line) in rows {
         let err = |reason: String| RowError {
             line: line_no,
             reason,
@@ -194,33 +189,9 @@ pub fn parse_csv(symbol: &str, period: Period, text: &str) -> Result<Vec<Candle>
             .map_err(|_| err(format!("time `{}` is not Unix milliseconds", fields[t])))?;
         let minute = Minute::from_epoch_ms(ms)
             .ok_or_else(|| err(format!("time {ms} is not on a minute boundary")))?;
-        if minute.start() < range.start || minute.start() >= range.end {
-            return Err(err(format!(
-                "minute {} is outside the file's {}",
-                minute.start().format("%Y-%m-%d %H:%M"),
-                period.label()
-            )));
-        }
-        if !seen.insert(minute) {
-            return Err(err(format!(
-                "minute {} appears twice",
-                minute.start().format("%Y-%m-%d %H:%M")
-            )));
-        }
-        let field = |name: &'static str, text: &str| {
-            parse_non_negative(name, text).map_err(|e| err(e.to_string()))
-        };
-        let (open, high, low, close) = (
-            field("open", fields[o])?,
-            field("high", fields[h])?,
-            field("low", fields[l])?,
-            field("close", fields[c])?,
-        );
-        if low > high || open < low || open > high || close < low || close > high {
-            return Err(err(format!(
-                "prices out of order (open {open}, high {high}, low {low}, close {close})"
-            )));
-        }
+        own_minute(minute, &range, &period.label(), &mut seen).map_err(err)?;
+        let [open, high, low, close] =
+            prices(fields[o], fields[h], fields[l], fields[c]).map_err(err)?;
         let quote_volume = match q {
             Some(q) => {
                 Some(parse_decimal("quote volume", fields[q]).map_err(|e| err(e.to_string()))?)
@@ -236,7 +207,7 @@ pub fn parse_csv(symbol: &str, period: Period, text: &str) -> Result<Vec<Candle>
             high,
             low,
             close,
-            volume: field("volume", fields[v])?,
+            volume: parse_non_negative("volume", fields[v]).map_err(|e| err(e.to_string()))?,
             quote_volume,
             trade_count: None,
             vwap: None,

@@ -2,13 +2,10 @@
 //! commands, with validation, a progress bar (files, rows, MB/s, ETA) and a
 //! summary table.
 
-use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, NaiveDate, Utc};
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::verify::{Repair, Verdict, VerifyReport, VerifySpec};
@@ -348,93 +345,43 @@ impl super::PairReport {
     }
 }
 
-/// The progress bar: on a terminal an indicatif bar, elsewhere a line at
-/// every tenth of the files.
+/// The progress bar: files, with the rows and megabytes they brought.
 struct Bar {
-    bar: Option<ProgressBar>,
-    state: Mutex<BarState>,
-}
-
-struct BarState {
-    total: u64,
-    done: u64,
-    rows: u64,
-    bytes: u64,
-    started: Instant,
-    next_line: u64,
+    bar: crate::telemetry::progress::Bar,
+    /// (rows, bytes) so far.
+    done: std::sync::Mutex<(u64, u64)>,
 }
 
 impl Bar {
     fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = ProgressBar::new(0);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} files · {msg} · ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            b
-        });
         Bar {
-            bar,
-            state: Mutex::new(BarState {
-                total: 0,
-                done: 0,
-                rows: 0,
-                bytes: 0,
-                started: Instant::now(),
-                next_line: 0,
-            }),
+            bar: crate::telemetry::progress::Bar::new("archive", "files"),
+            done: std::sync::Mutex::new((0, 0)),
         }
     }
 
     fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
+        self.bar.finish();
     }
 }
 
 impl Progress for Bar {
     fn planned(&self, files: u64) {
-        let mut s = self.state.lock().expect("progress poisoned");
-        s.total = files;
-        s.started = Instant::now();
-        s.next_line = files.div_ceil(10).max(1);
-        match &self.bar {
-            Some(b) => b.set_length(files),
-            None => eprintln!("archive: {files} files to fetch"),
-        }
+        self.bar.planned(files, "");
     }
 
     fn file_done(&self, rows: u64, bytes: u64) {
-        let mut s = self.state.lock().expect("progress poisoned");
-        s.done += 1;
-        s.rows += rows;
-        s.bytes += bytes;
-        let secs = s.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = s.bytes as f64 / 1e6 / secs;
-        match &self.bar {
-            Some(b) => {
-                b.inc(1);
-                b.set_message(format!("{} rows · {rate:.1} MB/s", s.rows));
-            }
-            None => {
-                if s.done >= s.next_line || s.done == s.total {
-                    let step = s.total.div_ceil(10).max(1);
-                    s.next_line = s.done + step;
-                    let eta = if s.done > 0 {
-                        secs / s.done as f64 * (s.total - s.done) as f64
-                    } else {
-                        0.0
-                    };
-                    eprintln!(
-                        "archive: {}/{} files, {} rows, {rate:.1} MB/s, ETA {eta:.0} s",
-                        s.done, s.total, s.rows
-                    );
-                }
-            }
-        }
+        let (rows, bytes) = {
+            let mut d = self.done.lock().expect("progress poisoned");
+            d.0 += rows;
+            d.1 += bytes;
+            *d
+        };
+        self.bar.step(|secs| {
+            format!(
+                "{rows} rows, {:.1} MB/s",
+                bytes as f64 / 1e6 / secs.max(1e-3)
+            )
+        });
     }
 }

@@ -1,14 +1,10 @@
 //! `klines backfill`: the operator's gap fill, with validation, a progress
 //! bar (pages, candles, ETA) and a summary table.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::{JobReport, JobSpec, Progress};
@@ -179,89 +175,37 @@ pub async fn run(
     Ok(report)
 }
 
-/// The progress bar: on a terminal an indicatif bar, elsewhere a line at
-/// every tenth of the pages.
+/// The progress bar: pages, with the candles they brought.
 struct Bar {
-    bar: Option<ProgressBar>,
-    state: Mutex<BarState>,
-}
-
-struct BarState {
-    total: u64,
-    done: u64,
-    candles: u64,
-    started: Instant,
-    next_line: u64,
+    bar: crate::telemetry::progress::Bar,
+    candles: std::sync::atomic::AtomicU64,
 }
 
 impl Bar {
     fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = ProgressBar::new(0);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} pages · {msg} · ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            b
-        });
         Bar {
-            bar,
-            state: Mutex::new(BarState {
-                total: 0,
-                done: 0,
-                candles: 0,
-                started: Instant::now(),
-                next_line: 0,
-            }),
+            bar: crate::telemetry::progress::Bar::new("backfill", "pages"),
+            candles: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
+        self.bar.finish();
     }
 }
 
 impl Progress for Bar {
     fn planned(&self, pages: u64, gap_minutes: i64) {
-        let mut s = self.state.lock().expect("progress poisoned");
-        s.total = pages;
-        s.started = Instant::now();
-        s.next_line = pages.div_ceil(10).max(1);
-        match &self.bar {
-            Some(b) => {
-                b.set_length(pages);
-                b.set_message(format!("{gap_minutes} missing minutes"));
-            }
-            None => eprintln!("backfill: {gap_minutes} missing minutes, {pages} pages to fetch"),
-        }
+        self.bar
+            .planned(pages, &format!("{gap_minutes} missing minutes"));
     }
 
     fn page_done(&self, _symbol: &str, candles: u64) {
-        let mut s = self.state.lock().expect("progress poisoned");
-        s.done += 1;
-        s.candles += candles;
-        match &self.bar {
-            Some(b) => {
-                b.inc(1);
-                b.set_message(format!("{} candles", s.candles));
-            }
-            None => {
-                if s.done >= s.next_line || s.done == s.total {
-                    let step = s.total.div_ceil(10).max(1);
-                    s.next_line = s.done + step;
-                    let elapsed = s.started.elapsed().as_secs_f64();
-                    let eta = elapsed / s.done as f64 * (s.total - s.done) as f64;
-                    eprintln!(
-                        "backfill: {}/{} pages, {} candles, ETA {:.0}s",
-                        s.done, s.total, s.candles, eta
-                    );
-                }
-            }
-        }
+        let total = self
+            .candles
+            .fetch_add(candles, std::sync::atomic::Ordering::Relaxed)
+            + candles;
+        self.bar.step(|_| format!("{total} candles"));
     }
 }
 

@@ -1,9 +1,11 @@
-//! Logs and metrics. Logs go through `tracing` (JSON in production, pretty
+//! Logs, metrics and the one-shot commands' progress bars ([`progress`]).
+//! Logs go through `tracing` (JSON in production, pretty
 //! on a terminal); metrics are one [`Metrics`] registry per service instance,
 //! named `klines_<what>_<unit>` with low-cardinality labels, emitted once per
 //! frame or batch rather than per row.
 
 pub mod metrics;
+pub mod progress;
 
 pub use metrics::Metrics;
 
