@@ -740,6 +740,42 @@ async fn okx_days_cut_at_utc_plus_8_import_exactly() {
             "{t}"
         );
     }
+    // Verified by UTC day: the two files that cover it, together.
+    let (ok, out, err) = klines_cli(
+        &config,
+        &db.url,
+        &[
+            "archive",
+            "verify",
+            "--exchange",
+            "okx",
+            "--symbol",
+            "BTC-USDT",
+            "--from",
+            "2023-01-21",
+            "--to",
+            "2023-01-22",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    let audit: (String, String, i32, i32) = sqlx::query_as(
+        "SELECT file, verdict, minutes_in_file, equal FROM ops.archive_audit
+          WHERE exchange = 'okx' AND day = '2023-01-21'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        audit,
+        (
+            "BTC-USDT-candlesticks-2023-01-21.zip + BTC-USDT-candlesticks-2023-01-22.zip".into(),
+            "equal".into(),
+            1440,
+            1440
+        ),
+        "{out}"
+    );
+
     // Again: OKX publishes no checksum; the files are known by their bytes.
     let (ok, out, err) = klines_cli(
         &config,

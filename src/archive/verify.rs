@@ -260,6 +260,15 @@ fn compare(
     (audit, details)
 }
 
+/// A UTC day's rows, gathered from the files that cover it (a Binance day
+/// or month; two of OKX's days).
+#[derive(Default)]
+struct DayRows {
+    rows: BTreeMap<Minute, Candle>,
+    /// (name, sha256) of each file that covers part of the day.
+    files: Vec<(String, String)>,
+}
+
 /// What to verify.
 #[derive(Debug, Clone)]
 pub struct VerifySpec {
@@ -281,11 +290,10 @@ impl Importer {
         cancel: &CancellationToken,
     ) -> Result<VerifyReport, ArchiveError> {
         let started = std::time::Instant::now();
-        if !matches!(self.venue, super::Venue::Binance(_)) {
-            return Err(ArchiveError::Invalid(format!(
-                "archive verify compares UTC days with Binance's files; {}'s files are cut at UTC+8 and are imported only (klines archive import)",
-                self.exchange()
-            )));
+        if matches!(self.venue, super::Venue::Kraken) {
+            return Err(ArchiveError::Invalid(
+                "archive verify fetches the exchange's files itself; Kraken's are a zip downloaded by hand (klines archive import --file)".into(),
+            ));
         }
         let mut report = VerifyReport {
             exchange: self.exchange().to_string(),
@@ -293,66 +301,97 @@ impl Importer {
         };
         let from_day = spec.from.date_naive();
         let to_day = (spec.to - chrono::Duration::microseconds(1)).date_naive();
-        let in_range = |d: NaiveDate| d >= from_day && d <= to_day;
+        // The venue's days (OKX's are cut at UTC+8) as UTC ranges.
+        let venue_day = |d: NaiveDate| match self.venue {
+            super::Venue::Okx(_) => super::okx::day_range(d),
+            _ => Period::Day(d).range(),
+        };
         for symbol in &spec.symbols {
             let plan = self.plan(symbol, spec.from, spec.to, cancel).await?;
             progress.planned(plan.files.len() as u64);
-            // Days the archive has no file for.
-            for &day in &plan.missing {
-                let silver = self.silver_day(symbol, day).await?;
-                let (audit, details) = compare(symbol, day, None, &BTreeMap::new(), &silver);
-                self.record(&audit, &details).await?;
-                report.days.push(audit);
+            let unpublished: Vec<_> = plan.unpublished.iter().map(|d| venue_day(*d)).collect();
+            let mut days: BTreeMap<NaiveDate, DayRows> = BTreeMap::new();
+            let mut d = from_day;
+            while d <= to_day {
+                let r = Period::Day(d).range();
+                // A day part of which is not published yet waits.
+                if !unpublished
+                    .iter()
+                    .any(|u| u.start < r.end && r.start < u.end)
+                {
+                    days.insert(d, DayRows::default());
+                }
+                d = match d.succ_opt() {
+                    Some(n) => n,
+                    None => break,
+                };
             }
-            for file in &plan.files {
+            let mut files = plan.files.clone();
+            files.sort_by_key(|f| f.period.range().start);
+            for file in &files {
                 if cancel.is_cancelled() {
                     return Err(ArchiveError::Cancelled);
                 }
-                let (candles, sha256, bytes) =
-                    match self.fetch(file, &BTreeSet::new(), cancel).await {
-                        Fetched::Ready {
-                            candles,
-                            sha256,
-                            bytes,
-                            ..
-                        } => (candles, sha256, bytes),
-                        Fetched::Failed(e) => {
-                            report.failures.push((e.file, e.reason));
-                            progress.file_done(0, 0);
-                            continue;
+                let range = file.period.range();
+                match self.fetch(file, &BTreeSet::new(), cancel).await {
+                    Fetched::Ready {
+                        candles,
+                        sha256,
+                        bytes,
+                        ..
+                    } => {
+                        progress.file_done(candles.len() as u64, bytes);
+                        for (day, rows) in days.iter_mut() {
+                            let r = Period::Day(*day).range();
+                            if r.start < range.end && range.start < r.end {
+                                rows.files.push((file.name.clone(), sha256.clone()));
+                            }
                         }
-                        Fetched::Known { .. } => unreachable!("nothing is known to a verify"),
-                    };
-                progress.file_done(candles.len() as u64, bytes);
-                let mut by_day: BTreeMap<NaiveDate, BTreeMap<Minute, Candle>> = BTreeMap::new();
-                let days: Vec<NaiveDate> = match file.period {
-                    Period::Day(d) => vec![d],
-                    // (refused above)
-                    Period::DayUtc8(_) | Period::Span { .. } => Vec::new(),
-                    Period::Month { .. } => {
-                        let r = file.period.range();
-                        let mut d = r.start.date_naive();
-                        let mut out = Vec::new();
-                        while d < r.end.date_naive() {
-                            out.push(d);
-                            d = d.succ_opt().unwrap_or(d);
+                        for c in candles {
+                            if let Some(rows) = days.get_mut(&c.interval_start.date_naive()) {
+                                rows.rows.insert(c.minute(), c);
+                            }
                         }
-                        out
                     }
-                };
-                for c in candles {
-                    by_day
-                        .entry(c.interval_start.date_naive())
-                        .or_default()
-                        .insert(c.minute(), c);
+                    Fetched::Failed(e) => {
+                        progress.file_done(0, 0);
+                        report.failures.push((e.file, e.reason));
+                        // Its days are not audited: what the file holds is unknown.
+                        let touched: Vec<NaiveDate> = days
+                            .keys()
+                            .copied()
+                            .filter(|d| {
+                                let r = Period::Day(*d).range();
+                                r.start < range.end && range.start < r.end
+                            })
+                            .collect();
+                        for d in touched {
+                            days.remove(&d);
+                        }
+                        continue;
+                    }
+                    Fetched::Known { .. } => unreachable!("nothing is known to a verify"),
                 }
-                for day in days.into_iter().filter(|d| in_range(*d)) {
-                    let rows = by_day.remove(&day).unwrap_or_default();
-                    let audit = self
-                        .audit_day(symbol, day, &file.name, &sha256, &rows, spec.repair)
-                        .await?;
-                    report.days.push(audit);
+                // Days no later file reaches are complete: compared now, so
+                // a long range never holds more than a file's rows.
+                let done: Vec<NaiveDate> = days
+                    .keys()
+                    .copied()
+                    .filter(|d| Period::Day(*d).range().end <= range.end)
+                    .collect();
+                for d in done {
+                    if let Some(rows) = days.remove(&d) {
+                        report
+                            .days
+                            .push(self.audit_rows(symbol, d, rows, spec.repair).await?);
+                    }
                 }
+            }
+            // The rest: days without (all of) their files.
+            for (d, rows) in days {
+                report
+                    .days
+                    .push(self.audit_rows(symbol, d, rows, spec.repair).await?);
             }
         }
         report
@@ -360,6 +399,33 @@ impl Importer {
             .sort_by(|a, b| (&a.symbol, a.day).cmp(&(&b.symbol, b.day)));
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// A UTC day with the rows of the files that cover it (none: `no_file`).
+    async fn audit_rows(
+        &self,
+        symbol: &str,
+        day: NaiveDate,
+        rows: DayRows,
+        repair: Repair,
+    ) -> Result<DayAudit, ArchiveError> {
+        if rows.files.is_empty() {
+            let silver = self.silver_day(symbol, day).await?;
+            let (audit, details) = compare(symbol, day, None, &BTreeMap::new(), &silver);
+            self.record(&audit, &details).await?;
+            return Ok(audit);
+        }
+        let names: Vec<&str> = rows.files.iter().map(|(n, _)| n.as_str()).collect();
+        let shas: Vec<&str> = rows.files.iter().map(|(_, s)| s.as_str()).collect();
+        self.audit_day(
+            symbol,
+            day,
+            &names.join(" + "),
+            &shas.join(" + "),
+            &rows.rows,
+            repair,
+        )
+        .await
     }
 
     /// One pair-day: compared, repaired as asked (then compared again), and

@@ -223,13 +223,14 @@ pub async fn run(
 
     if config.archive.audit {
         // Every configured pair of each exchange whose files the audit
-        // compares (Binance's UTC days).
+        // fetches (Binance, OKX).
         let mut audited = Vec::new();
         for (id, pairs) in &configured {
             let Ok(venue) = crate::archive::Venue::for_exchange(*id, &config.exchanges[id]) else {
                 continue;
             };
-            if !matches!(venue, crate::archive::Venue::Binance(_)) {
+            // (Kraken's files are downloaded by hand.)
+            if matches!(venue, crate::archive::Venue::Kraken) {
                 continue;
             }
             let importer = crate::archive::Importer::new(
