@@ -474,7 +474,7 @@ async fn verify_finds_exactly_the_altered_minutes_and_repair_mends_them() {
     );
     assert!(
         service.metrics.sum(
-            "klines_archive_audited_days_total",
+            "klines_archive_audits_total",
             &["verdict=\"equal\"", "exchange=\"binance\""]
         ) >= 1.0
     );

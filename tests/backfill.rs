@@ -1275,7 +1275,7 @@ async fn the_hourly_cross_check_finds_where_rest_and_the_websocket_disagree() {
     assert!(
         service
             .metrics
-            .sum("klines_source_check_minutes_total", &["status=\"differs\""])
+            .sum("klines_source_check_candles_total", &["status=\"differs\""])
             >= 2.0
     );
     let page = reqwest::get(format!("http://127.0.0.1:{port}/"))

@@ -134,14 +134,14 @@ pub async fn pass(
         }
         for d in &report.days {
             metrics
-                .archive_audited_days
+                .archive_audits
                 .get_or_create(&VerdictLabels {
                     exchange: exchange.as_str(),
                     verdict: d.verdict.as_str(),
                 })
                 .inc();
             metrics
-                .archive_repaired_minutes
+                .archive_repaired_candles
                 .get_or_create(&labels)
                 .inc_by((d.repaired + d.replaced) as u64);
             if d.verdict != Verdict::Equal {
@@ -167,7 +167,7 @@ pub async fn pass(
     .fetch_one(&importer.pool)
     .await?;
     metrics
-        .archive_days_not_equal
+        .archive_audits_not_equal
         .get_or_create(&labels)
         .set(not_equal);
     if !due.is_empty() {

@@ -7,7 +7,7 @@
 //! finals in bronze, on open, high, low, close and volume, by value. Per
 //! pair and hour the counts go to `ops.source_check`, each minute that
 //! differs to `ops.source_mismatch` (both sides' values), and the totals to
-//! `klines_source_check_minutes_total{exchange,result}`: a venue whose two
+//! `klines_source_check_candles_total{exchange,result}`: a venue whose two
 //! feeds drift apart is noticed without waiting for its archive.
 
 use std::collections::BTreeMap;
@@ -212,7 +212,7 @@ impl Backfiller {
             tx.commit().await?;
             for (result, n) in [("equal", check.equal), ("differs", check.differing)] {
                 self.metrics
-                    .source_check_minutes
+                    .source_check_candles
                     .get_or_create(&StatusLabels {
                         exchange,
                         status: result,

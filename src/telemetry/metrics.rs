@@ -141,13 +141,13 @@ pub struct Metrics {
     pub backfill_pairs_backing_off: Family<ExchangeLabels, Gauge>,
     /// Minutes the hourly cross-check compared between the WebSocket and
     /// REST, by result (`equal`, `differs`).
-    pub source_check_minutes: Family<StatusLabels, Counter>,
+    pub source_check_candles: Family<StatusLabels, Counter>,
     /// Pair-days the archive audit compared, by verdict.
-    pub archive_audited_days: Family<VerdictLabels, Counter>,
+    pub archive_audits: Family<VerdictLabels, Counter>,
     /// Minutes the audit imported into silver from the exchange's files.
-    pub archive_repaired_minutes: Family<ExchangeLabels, Counter>,
+    pub archive_repaired_candles: Family<ExchangeLabels, Counter>,
     /// Pair-days in the audit's window whose latest verdict is not `equal`.
-    pub archive_days_not_equal: Family<ExchangeLabels, Gauge>,
+    pub archive_audits_not_equal: Family<ExchangeLabels, Gauge>,
     /// Lines appended to the lake spool.
     pub lake_lines: Counter,
     /// Lake objects written to the store.
@@ -220,10 +220,10 @@ impl Metrics {
             backfill_pair_failures: Family::default(),
             backfill_pairs_backing_off: Family::default(),
             backfill_jobs: Family::default(),
-            source_check_minutes: Family::default(),
-            archive_audited_days: Family::default(),
-            archive_repaired_minutes: Family::default(),
-            archive_days_not_equal: Family::default(),
+            source_check_candles: Family::default(),
+            archive_audits: Family::default(),
+            archive_repaired_candles: Family::default(),
+            archive_audits_not_equal: Family::default(),
             lake_lines: Counter::default(),
             lake_objects: Counter::default(),
             lake_write_errors: Counter::default(),
@@ -365,24 +365,24 @@ impl Metrics {
             m.backfill_empty_minutes.clone(),
         );
         registry.register(
-            "source_check_minutes",
+            "source_check_candles",
             "Minutes the hourly cross-check compared between the WebSocket and REST, by result",
-            m.source_check_minutes.clone(),
+            m.source_check_candles.clone(),
         );
         registry.register(
-            "archive_audited_days",
+            "archive_audits",
             "Pair-days compared with the exchange's published files, by verdict",
-            m.archive_audited_days.clone(),
+            m.archive_audits.clone(),
         );
         registry.register(
-            "archive_repaired_minutes",
+            "archive_repaired_candles",
             "Minutes the archive audit imported into silver from the exchange's files",
-            m.archive_repaired_minutes.clone(),
+            m.archive_repaired_candles.clone(),
         );
         registry.register(
-            "archive_days_not_equal",
+            "archive_audits_not_equal",
             "Pair-days in the audit window whose latest comparison with the archive is not equal",
-            m.archive_days_not_equal.clone(),
+            m.archive_audits_not_equal.clone(),
         );
         registry.register(
             "backfill_pair_failures",
