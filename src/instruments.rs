@@ -184,6 +184,34 @@ pub fn resolve(
     Ok(out)
 }
 
+/// The native symbols an operator's command names: every configured pair
+/// (`--all-pairs`) or the `--symbol`s, normalised, each once. The error
+/// names the argument at fault.
+pub fn requested_symbols(
+    exchange: &dyn Exchange,
+    configured: &[String],
+    all_pairs: bool,
+    symbols: &[String],
+) -> Result<Vec<String>, String> {
+    if all_pairs {
+        return configured
+            .iter()
+            .map(|s| exchange.normalize_symbol(s))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("exchange pairs in the config: {e}"));
+    }
+    let mut out = Vec::new();
+    for s in symbols {
+        let native = exchange
+            .normalize_symbol(s)
+            .map_err(|e| format!("--symbol {s}: {e}"))?;
+        if !out.contains(&native) {
+            out.push(native);
+        }
+    }
+    Ok(out)
+}
+
 /// Fetches `client`'s exchange's instrument list, with the 24 h quote
 /// volumes when `volumes` (from the tickers, where the list lacks them).
 pub async fn fetch(

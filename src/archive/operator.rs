@@ -108,25 +108,7 @@ pub async fn verify(
 /// the symbols; then the importer on a migrated database.
 async fn prepare(config: &Config, args: &Request) -> anyhow::Result<(Importer, Vec<String>)> {
     let now = Utc::now();
-    if args.from >= args.to {
-        bail!(
-            "--from ({}) must be before --to ({})",
-            fmt_time(args.from),
-            fmt_time(args.to)
-        );
-    }
-    if args.from >= now {
-        bail!(
-            "--from ({}) is in the future; archives hold only days that have passed",
-            fmt_time(args.from)
-        );
-    }
-    if args.to > now + chrono::Duration::minutes(1) {
-        bail!(
-            "--to ({}) is in the future; the range must have passed (use --to now)",
-            fmt_time(args.to)
-        );
-    }
+    crate::domain::check_past_range(args.from, args.to, now).map_err(anyhow::Error::msg)?;
     if let Some(window) = config.retention.silver.filter(|_| config.retention.enabled) {
         let oldest = now - chrono::Duration::from_std(window).unwrap_or_default();
         if args.from < oldest {
@@ -147,25 +129,13 @@ async fn prepare(config: &Config, args: &Request) -> anyhow::Result<(Importer, V
     let exchange = ex_config
         .build_exchange(id)
         .context(format!("--exchange {id}"))?;
-    let symbols: Vec<String> = if args.all_pairs {
-        ex_config
-            .pairs
-            .iter()
-            .map(|s| exchange.normalize_symbol(s))
-            .collect::<Result<_, _>>()
-            .context("exchange pairs in the config")?
-    } else {
-        let mut out = Vec::new();
-        for s in &args.symbol {
-            let native = exchange
-                .normalize_symbol(s)
-                .map_err(|e| anyhow::anyhow!("--symbol {s}: {e}"))?;
-            if !out.contains(&native) {
-                out.push(native);
-            }
-        }
-        out
-    };
+    let symbols = crate::instruments::requested_symbols(
+        exchange.as_ref(),
+        &ex_config.pairs,
+        args.all_pairs,
+        &args.symbol,
+    )
+    .map_err(anyhow::Error::msg)?;
     if symbols.is_empty() {
         bail!("no pairs: give --symbol or configure exchanges.{id}.pairs");
     }

@@ -39,24 +39,7 @@ pub async fn run(
     args: &Request,
     cancel: CancellationToken,
 ) -> anyhow::Result<JobReport> {
-    let now = Utc::now();
-    if args.from >= args.to {
-        bail!(
-            "--from ({}) must be before --to ({})",
-            fmt_time(args.from),
-            fmt_time(args.to)
-        );
-    }
-    if args.from >= now {
-        bail!("--from ({}) is in the future", fmt_time(args.from));
-    }
-    // A minute of slack for `--to now` typed a moment ago.
-    if args.to > now + chrono::Duration::minutes(1) {
-        bail!(
-            "--to ({}) is in the future; the range must have passed (use --to now)",
-            fmt_time(args.to)
-        );
-    }
+    crate::domain::check_past_range(args.from, args.to, Utc::now()).map_err(anyhow::Error::msg)?;
     let id = args.exchange;
     let Some(ex_config) = config.exchanges.get(&id) else {
         bail!("--exchange {id}: not configured; add [exchanges.{id}] with its pairs to the config");
@@ -64,25 +47,13 @@ pub async fn run(
     let exchange = ex_config
         .build_exchange(id)
         .context(format!("--exchange {id}"))?;
-    let symbols: Vec<String> = if args.all_pairs {
-        ex_config
-            .pairs
-            .iter()
-            .map(|s| exchange.normalize_symbol(s))
-            .collect::<Result<_, _>>()
-            .context("exchange pairs in the config")?
-    } else {
-        let mut out = Vec::new();
-        for s in &args.symbol {
-            let native = exchange
-                .normalize_symbol(s)
-                .map_err(|e| anyhow::anyhow!("--symbol {s}: {e}"))?;
-            if !out.contains(&native) {
-                out.push(native);
-            }
-        }
-        out
-    };
+    let symbols = crate::instruments::requested_symbols(
+        exchange.as_ref(),
+        &ex_config.pairs,
+        args.all_pairs,
+        &args.symbol,
+    )
+    .map_err(anyhow::Error::msg)?;
 
     let pool = crate::db::connect_migrated(&config.database).await?;
     let metrics = Arc::new(Metrics::new());

@@ -251,6 +251,34 @@ pub struct CandleEvent {
     pub received_ts: DateTime<Utc>,
 }
 
+/// An operator's `--from`/`--to`: a range that has begun and passed (a
+/// minute of slack for `--to now` typed a moment ago). The error names the
+/// argument at fault.
+pub fn check_past_range(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%MZ").to_string();
+    if from >= to {
+        return Err(format!(
+            "--from ({}) must be before --to ({})",
+            fmt(from),
+            fmt(to)
+        ));
+    }
+    if from >= now {
+        return Err(format!("--from ({}) is in the future", fmt(from)));
+    }
+    if to > now + chrono::Duration::minutes(1) {
+        return Err(format!(
+            "--to ({}) is in the future; the range must have passed (use --to now)",
+            fmt(to)
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a time as operators and API callers write it: RFC 3339 or a
 /// plain date (its 00:00 UTC).
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
