@@ -120,17 +120,28 @@ pub async fn pass(
     let labels = ExchangeLabels {
         exchange: exchange.as_str(),
     };
-    for (symbol, day) in &due {
-        let range = Period::Day(*day).range();
+    // Each pair's due days in runs of consecutive days, one verify each:
+    // one listing and one download of each file (a month's covers a run of
+    // its days) instead of one per day.
+    let mut runs: Vec<(String, NaiveDate, NaiveDate)> = Vec::new();
+    let mut sorted = due.clone();
+    sorted.sort();
+    for (symbol, day) in sorted {
+        match runs.last_mut() {
+            Some((s, _, last)) if *s == symbol && last.succ_opt() == Some(day) => *last = day,
+            _ => runs.push((symbol, day, day)),
+        }
+    }
+    for (symbol, first_day, last_day) in &runs {
         let spec = VerifySpec {
             symbols: vec![symbol.clone()],
-            from: range.start,
-            to: range.end,
+            from: Period::Day(*first_day).range().start,
+            to: Period::Day(*last_day).range().end,
             repair,
         };
         let report = importer.verify(&spec, &Quiet, cancel).await?;
         for (file, why) in &report.failures {
-            warn!(exchange = %exchange, symbol = %symbol, day = %day, file = %file, error = %why, "Archive audit could not read the day's file");
+            warn!(exchange = %exchange, symbol = %symbol, from = %first_day, to = %last_day, file = %file, error = %why, "Archive audit could not read a file");
         }
         for d in &report.days {
             metrics
@@ -148,7 +159,7 @@ pub async fn pass(
                 warn!(
                     exchange = %exchange,
                     symbol = %symbol,
-                    day = %day,
+                    day = %d.day,
                     verdict = d.verdict.as_str(),
                     differing = d.differing,
                     missing_from_silver = d.missing_from_silver,
